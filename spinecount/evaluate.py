@@ -1,0 +1,249 @@
+"""Score detected spines against annotated (or synthetic) ones.
+
+Spines are matched one to one (Hungarian assignment) when they lie within a lateral (xy)
+tolerance and an axial (z) tolerance of each other, both in micrometres. Annotations often cover
+only some dendrites, so scoring can be restricted to a tube around given centre lines.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .tables import POSITION, centerline_length, resample_polyline
+
+LATERAL_TOL_UM = 1.0
+AXIAL_TOL_UM = 2.0
+
+
+@dataclass
+class Evaluation:
+    """Result of :func:`evaluate`.
+
+    Attributes
+    ----------
+    summary : dict
+        ``precision, recall, f1, n_pred, n_gt, true_positives, false_positives,
+        false_negatives`` and the tolerances used.
+    matched : DataFrame
+        One row per predicted or annotated spine inside the scored region: ``status`` (tp, fp,
+        fn), ``pred_index``, ``gt_index`` (row in the input tables, -1 if none), positions
+        and the lateral and axial distances of each match.
+    per_dendrite : DataFrame
+        Per annotated dendrite (when centre lines are given): length, annotated and predicted
+        spine counts and densities, and the relative density error.
+    """
+
+    summary: dict
+    matched: pd.DataFrame
+    per_dendrite: pd.DataFrame
+
+    def write(self, outdir) -> dict[str, Path]:
+        """Write ``matched.csv``, ``per_dendrite.csv`` and ``evaluation.json`` to `outdir`."""
+        outdir = Path(outdir)
+        outdir.mkdir(parents=True, exist_ok=True)
+        paths = {"matched": outdir / "matched.csv", "per_dendrite": outdir / "per_dendrite.csv",
+                 "summary": outdir / "evaluation.json"}
+        self.matched.to_csv(paths["matched"], index=False)
+        self.per_dendrite.to_csv(paths["per_dendrite"], index=False)
+        paths["summary"].write_text(json.dumps(self.summary, indent=2))
+        return paths
+
+
+def _pairs_within(a: np.ndarray, b: np.ndarray, lateral: float, axial: float):
+    """Index pairs (i, j) with |a_i - b_j| within `lateral` in xy and `axial` in z."""
+    from scipy.spatial import cKDTree
+
+    if not len(a) or not len(b):
+        return np.zeros((0, 2), int)
+    # Scale z so that the axial tolerance becomes the lateral one, find candidates in a ball
+    # that contains the cylinder, then keep the true cylinder members.
+    s = np.array([lateral / axial, 1.0, 1.0])
+    ta, tb = cKDTree(a * s), cKDTree(b * s)
+    pairs = ta.query_ball_tree(tb, r=lateral * np.sqrt(2) + 1e-9)
+    ij = np.array([(i, j) for i, js in enumerate(pairs) for j in js], int).reshape(-1, 2)
+    if not len(ij):
+        return ij
+    d = a[ij[:, 0]] - b[ij[:, 1]]
+    ok = (np.hypot(d[:, 1], d[:, 2]) <= lateral + 1e-9) & (np.abs(d[:, 0]) <= axial + 1e-9)
+    return ij[ok]
+
+
+def match_points(pred: np.ndarray, gt: np.ndarray, *, lateral_tol: float = LATERAL_TOL_UM,
+                 axial_tol: float = AXIAL_TOL_UM) -> np.ndarray:
+    """Match points one to one within tolerances; return (k, 2) index pairs (pred, gt).
+
+    The assignment maximises the number of matches and, among those, minimises the summed
+    normalised distance ``sqrt((lateral / lateral_tol)**2 + (axial / axial_tol)**2)``.
+
+    Examples
+    --------
+    >>> pred = np.array([[0, 0, 0], [0, 0, 0.9], [5, 5, 5.0]])
+    >>> gt = np.array([[0, 0, 0.5], [0, 0, 1.6]])
+    >>> match_points(pred, gt).tolist()
+    [[0, 0], [1, 1]]
+    """
+    from scipy.optimize import linear_sum_assignment
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    pred = np.asarray(pred, float).reshape(-1, 3)
+    gt = np.asarray(gt, float).reshape(-1, 3)
+    ij = _pairs_within(pred, gt, lateral_tol, axial_tol)
+    if not len(ij):
+        return np.zeros((0, 2), int)
+    d = pred[ij[:, 0]] - gt[ij[:, 1]]
+    cost = np.hypot(np.hypot(d[:, 1], d[:, 2]) / lateral_tol, d[:, 0] / axial_tol)
+    # Solve each connected group of candidate pairs on its own (small dense problems).
+    n, m = len(pred), len(gt)
+    graph = coo_matrix((np.ones(len(ij)), (ij[:, 0], n + ij[:, 1])), shape=(n + m, n + m))
+    _, label = connected_components(graph, directed=False)
+    out = []
+    big = 1e6
+    for lab in np.unique(label[ij[:, 0]]):
+        sel = label[ij[:, 0]] == lab
+        rows, ri = np.unique(ij[sel, 0], return_inverse=True)
+        cols, ci = np.unique(ij[sel, 1], return_inverse=True)
+        c = np.full((len(rows), len(cols)), big)
+        c[ri, ci] = cost[sel]
+        r, k = linear_sum_assignment(c)
+        keep = c[r, k] < big
+        out.append(np.column_stack([rows[r[keep]], cols[k[keep]]]))
+    res = np.vstack(out)
+    return res[np.argsort(res[:, 0])]
+
+
+def in_tube(points: np.ndarray, centerlines: pd.DataFrame, *, lateral_radius: float,
+            axial_radius: float) -> np.ndarray:
+    """Which points lie within `lateral_radius` (xy) and `axial_radius` (z) of a centre line point.
+
+    Centre lines are resampled every 0.25 um first, so sparse tracings work too.
+    """
+    points = np.asarray(points, float).reshape(-1, 3)
+    dense = _dense_centerlines(centerlines)
+    if not len(points) or not len(dense):
+        return np.zeros(len(points), bool)
+    ij = _pairs_within(points, dense[:, 1:], lateral_radius, axial_radius)
+    out = np.zeros(len(points), bool)
+    out[ij[:, 0]] = True
+    return out
+
+
+def _dense_centerlines(centerlines: pd.DataFrame) -> np.ndarray:
+    """(n, 4) array of dendrite_id, z, y, x, resampled every 0.25 um."""
+    parts = []
+    for did, g in centerlines.groupby("dendrite_id", sort=True):
+        p = resample_polyline(g[POSITION].to_numpy(float), 0.25)
+        parts.append(np.column_stack([np.full(len(p), did), p]))
+    return np.vstack(parts) if parts else np.zeros((0, 4))
+
+
+def nearest_dendrite(points: np.ndarray, centerlines: pd.DataFrame) -> np.ndarray:
+    """dendrite_id of the nearest centre line for each point (in micrometres)."""
+    from scipy.spatial import cKDTree
+
+    dense = _dense_centerlines(centerlines)
+    points = np.asarray(points, float).reshape(-1, 3)
+    if not len(dense) or not len(points):
+        return np.full(len(points), -1)
+    _, k = cKDTree(dense[:, 1:]).query(points)
+    return dense[k, 0].astype(int)
+
+
+def evaluate(pred: pd.DataFrame, gt: pd.DataFrame, *, lateral_tol: float = LATERAL_TOL_UM,
+             axial_tol: float = AXIAL_TOL_UM, centerlines: pd.DataFrame | None = None,
+             tube_lateral_um: float = 4.0, tube_axial_um: float = 5.0) -> Evaluation:
+    """Match predicted spines to annotated spines and report precision, recall and F1.
+
+    Parameters
+    ----------
+    pred, gt : DataFrame
+        Spine tables with ``z_um, y_um, x_um`` (see :func:`spinecount.tables.read_spines`).
+    lateral_tol, axial_tol : float
+        Largest xy and z distance (um) at which a prediction counts as the annotated spine.
+    centerlines : DataFrame, optional
+        Centre lines of the annotated dendrites (``dendrite_id, z_um, y_um, x_um``). When given,
+        only spines inside the tube around them are scored, and densities are reported per
+        dendrite (spines are attributed to the nearest centre line, lengths are measured along
+        the smoothed centre lines, :func:`spinecount.tables.centerline_length`).
+    tube_lateral_um, tube_axial_um : float
+        Tube radius in xy and half-height in z (um).
+
+    Returns
+    -------
+    Evaluation
+
+    Examples
+    --------
+    >>> pred = pd.DataFrame({"z_um": [0, 0, 3], "y_um": [0, 5, 9], "x_um": [0, 0, 9]})
+    >>> gt = pd.DataFrame({"z_um": [0.5, 0], "y_um": [0.3, 5.0], "x_um": [0, 1.5]})
+    >>> ev = evaluate(pred, gt)
+    >>> ev.summary["true_positives"], round(ev.summary["precision"], 3), ev.summary["recall"]
+    (1, 0.333, 0.5)
+    """
+    p_all = pred[POSITION].to_numpy(float)
+    g_all = gt[POSITION].to_numpy(float)
+    p_idx, g_idx = np.arange(len(p_all)), np.arange(len(g_all))
+    if centerlines is not None:
+        kw = {"lateral_radius": tube_lateral_um, "axial_radius": tube_axial_um}
+        p_idx = p_idx[in_tube(p_all, centerlines, **kw)]
+        g_idx = g_idx[in_tube(g_all, centerlines, **kw)]
+    P, G = p_all[p_idx], g_all[g_idx]
+    pairs = match_points(P, G, lateral_tol=lateral_tol, axial_tol=axial_tol)
+    tp = len(pairs)
+    n_pred, n_gt = len(P), len(G)
+    precision = tp / n_pred if n_pred else float("nan")
+    recall = tp / n_gt if n_gt else float("nan")
+    f1 = 2 * tp / (n_pred + n_gt) if (n_pred + n_gt) else float("nan")
+
+    rows = []
+    matched_p, matched_g = set(pairs[:, 0].tolist()), set(pairs[:, 1].tolist())
+    for i, j in pairs:
+        d = P[i] - G[j]
+        rows.append(("tp", p_idx[i], g_idx[j], *P[i], *G[j], float(np.hypot(d[1], d[2])),
+                     float(abs(d[0]))))
+    nan3 = (np.nan, np.nan, np.nan)
+    for i in sorted(set(range(n_pred)) - matched_p):
+        rows.append(("fp", p_idx[i], -1, *P[i], *nan3, np.nan, np.nan))
+    for j in sorted(set(range(n_gt)) - matched_g):
+        rows.append(("fn", -1, g_idx[j], *nan3, *G[j], np.nan, np.nan))
+    matched = pd.DataFrame(rows, columns=[
+        "status", "pred_index", "gt_index", "pred_z_um", "pred_y_um", "pred_x_um",
+        "gt_z_um", "gt_y_um", "gt_x_um", "lateral_distance_um", "axial_distance_um"])
+    if "spine_id" in pred:
+        matched["pred_spine_id"] = [pred["spine_id"].iloc[i] if i >= 0 else -1
+                                    for i in matched["pred_index"]]
+    if "spine_id" in gt:
+        matched["gt_spine_id"] = [gt["spine_id"].iloc[j] if j >= 0 else -1
+                                  for j in matched["gt_index"]]
+
+    per_dendrite = pd.DataFrame(columns=["dendrite_id", "length_um", "n_gt", "n_pred",
+                                         "density_gt_per_um", "density_pred_per_um",
+                                         "density_error"])
+    if centerlines is not None and len(centerlines):
+        pd_ = nearest_dendrite(P, centerlines)
+        gd_ = nearest_dendrite(G, centerlines)
+        recs = []
+        for did, g in centerlines.groupby("dendrite_id", sort=True):
+            length = centerline_length(g[POSITION].to_numpy(float))
+            ng, npred = int((gd_ == did).sum()), int((pd_ == did).sum())
+            recs.append({"dendrite_id": int(did), "length_um": length, "n_gt": ng,
+                         "n_pred": npred, "density_gt_per_um": ng / length,
+                         "density_pred_per_um": npred / length,
+                         "density_error": (npred - ng) / ng if ng else np.nan})
+        per_dendrite = pd.DataFrame(recs)
+
+    summary = {
+        "precision": precision, "recall": recall, "f1": f1, "n_pred": n_pred, "n_gt": n_gt,
+        "true_positives": tp, "false_positives": n_pred - tp, "false_negatives": n_gt - tp,
+        "lateral_tol_um": lateral_tol, "axial_tol_um": axial_tol,
+        "tube": None if centerlines is None else {"lateral_um": tube_lateral_um,
+                                                   "axial_um": tube_axial_um},
+        "mean_abs_density_error": (float(per_dendrite["density_error"].abs().mean())
+                                   if len(per_dendrite) else None),
+    }
+    return Evaluation(summary, matched, per_dendrite)

@@ -1,0 +1,416 @@
+"""Synthetic two-photon stacks of spiny dendrites with known truth (like trackpy's ``artificial``).
+
+:func:`make_stack` draws branching dendrites of varying radius and brightness, spines of the four
+classic types with known head centres, bases and sizes, and forms the image a two-photon
+microscope would record: an anisotropic point-spread function (axial blur several times the
+lateral), dimming with depth, background, out-of-focus haze and bright puncta that are not
+spines, Poisson shot noise and read noise. Everything is deterministic from ``seed``.
+
+The truth tables use the detector's column contract (:mod:`spinecount.tables`), so a detection
+can be scored against them with :func:`spinecount.evaluate.evaluate`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .io import Stack, check_voxel_size, write_imagej
+from .morphology import classify_spine
+from .tables import conform_spines, dendrite_table, resample_polyline
+
+#: Geometry ranges per spine type, micrometres: head diameter, neck diameter, neck length.
+#: Chosen so that :func:`spinecount.morphology.classify_spine` gives the intended type and so
+#: that every spine is visible through a two-photon PSF (a human would not count what is not).
+#: ``"head"`` as neck means a neck as wide as the head.
+SPINE_SHAPES = {
+    "mushroom": {"head": (0.7, 1.1), "neck": (0.15, 0.25), "neck_length": (0.5, 1.0)},
+    # thin: a protrusion about as wide as its head (head/neck <= 1.1), long for its width
+    "thin": {"head": (0.38, 0.48), "neck": "head", "neck_length": (0.9, 1.4)},
+    "stubby": {"head": (0.5, 0.8), "neck": "head", "neck_length": (0.0, 0.0)},
+    "filopodium": {"head": (0.26, 0.32), "neck": "head", "neck_length": (1.9, 2.6)},
+}
+DEFAULT_TYPE_FRACTIONS = {"mushroom": 0.35, "thin": 0.3, "stubby": 0.25, "filopodium": 0.1}
+
+
+@dataclass
+class SyntheticStack:
+    """A synthetic stack with its truth.
+
+    Attributes
+    ----------
+    stack : Stack
+        The image and its voxel size.
+    spines : DataFrame
+        True spines in the detector's column contract, plus ``neck_diameter_um``.
+    dendrites : DataFrame
+        True dendrites (one per branch between junctions and tips) with ``planted_density_per_um``.
+    centerlines : DataFrame
+        True centre lines, ``dendrite_id, z_um, y_um, x_um``, points 0.25 um apart.
+    params : dict
+        The arguments that made it.
+    """
+
+    stack: Stack
+    spines: pd.DataFrame
+    dendrites: pd.DataFrame
+    centerlines: pd.DataFrame
+    params: dict = field(default_factory=dict)
+
+
+def _perpendicular_basis(t):
+    """Unit vectors (u, v) perpendicular to tangent t (z, y, x); u lies in the xy plane."""
+    u = np.cross(t, [1.0, 0.0, 0.0])
+    if np.linalg.norm(u) < 1e-6:
+        u = np.array([0.0, 1.0, 0.0])
+    u /= np.linalg.norm(u)
+    v = np.cross(t, u)
+    return u, v / np.linalg.norm(v)
+
+
+def _walk(rng, start, direction, length, shape_um, margin, step=0.25, turn=0.025):
+    """A smooth random path from `start` along `direction` (z, y, x), clipped to the volume."""
+    pts = [np.asarray(start, float)]
+    d = np.asarray(direction, float)
+    d /= np.linalg.norm(d)
+    zlo, zhi = margin[0], shape_um[0] - margin[0]
+    curv = np.zeros(3)
+    for _ in range(int(length / step)):
+        curv = 0.95 * curv + rng.normal(0, turn, 3) * np.array([0.3, 1, 1])
+        d = d + curv * step
+        p = pts[-1] + d / np.linalg.norm(d) * step
+        if p[0] < zlo or p[0] > zhi:  # stay in the imaged depth: level off
+            d[0] = -0.5 * d[0]
+            curv[0] = 0
+            p = pts[-1] + d / np.linalg.norm(d) * step
+        d /= np.linalg.norm(d)
+        if not all(margin[i] <= p[i] <= shape_um[i] - margin[i] for i in (1, 2)):
+            break
+        pts.append(p)
+    return np.array(pts)
+
+
+def _min_dist(points, others):
+    from scipy.spatial import cKDTree
+
+    if not len(others):
+        return np.full(len(points), np.inf)
+    return cKDTree(np.vstack(others)).query(points)[0]
+
+
+def _draw_dendrites(rng, shape_um, n_dendrites, branch_probability):
+    """Centre lines of main dendrites and branches; returns list of dicts (points, radius, ...)."""
+    margin = (3.0, 1.0, 1.0)
+    Z, Y, X = shape_um
+    mains = []
+    for _ in range(n_dendrites):
+        for _attempt in range(40):
+            side = rng.integers(4)
+            z0 = rng.uniform(0.35, 0.65) * Z
+            if side == 0:
+                start, d = (z0, margin[1], rng.uniform(0.15, 0.85) * X), (0, 1, rng.normal(0, .5))
+            elif side == 1:
+                start, d = (z0, Y - margin[1], rng.uniform(0.15, 0.85) * X), (0, -1, rng.normal(0, .5))
+            elif side == 2:
+                start, d = (z0, rng.uniform(0.15, 0.85) * Y, margin[2]), (0, rng.normal(0, .5), 1)
+            else:
+                start, d = (z0, rng.uniform(0.15, 0.85) * Y, X - margin[2]), (0, rng.normal(0, .5), -1)
+            d = np.array(d, float) + [rng.normal(0, 0.08), 0, 0]
+            pts = _walk(rng, start, d, 4 * max(Y, X), shape_um, margin)
+            if len(pts) * 0.25 < 0.5 * min(Y, X):
+                continue
+            if np.all(_min_dist(pts[:, 1:], [m["points"][:, 1:] for m in mains]) > 6.0):
+                mains.append({"points": pts, "r0": rng.uniform(0.35, 0.6),
+                              "brightness": rng.uniform(0.7, 1.3), "parent": None})
+                break
+    branches = []
+    for mi, m in enumerate(mains):
+        if rng.random() >= branch_probability:
+            continue
+        pts = m["points"]
+        for _attempt in range(20):
+            k = int(rng.uniform(0.3, 0.7) * len(pts))
+            t = pts[min(k + 4, len(pts) - 1)] - pts[max(k - 4, 0)]
+            t /= np.linalg.norm(t)
+            u, _ = _perpendicular_basis(t)
+            ang = np.deg2rad(rng.uniform(35, 65))
+            d = np.cos(ang) * t + np.sin(ang) * u * rng.choice([-1, 1])
+            bp = _walk(rng, pts[k], d, 2 * max(Y, X), shape_um, margin)
+            if len(bp) * 0.25 < 10:
+                continue
+            others = [o["points"][:, 1:] for o in mains + branches]
+            far = np.linalg.norm(bp - pts[k], axis=1) > 8.0  # beyond the junction
+            if far.sum() > 8 and np.all(_min_dist(bp[far, 1:], others) > 4.0):
+                branches.append({"points": bp, "r0": 0.8 * m["r0"],
+                                 "brightness": m["brightness"] * rng.uniform(0.8, 1.1),
+                                 "parent": (mi, k)})
+                break
+    # Split mains at their branch points: truth dendrites are branches between junctions and tips.
+    cuts = {}
+    for b in branches:
+        mi, k = b["parent"]
+        cuts.setdefault(mi, []).append(k)
+    segments = []
+    for mi, m in enumerate(mains):
+        bounds = [0, *sorted(cuts.get(mi, [])), len(m["points"]) - 1]
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            segments.append({**m, "points": m["points"][a:b + 1]})
+    segments += branches
+    for s in segments:
+        n = len(s["points"])
+        phase, wl = rng.uniform(0, 2 * np.pi), rng.uniform(8, 20)
+        s["radius"] = s["r0"] * (1 + 0.15 * np.sin(np.arange(n) * 0.25 * 2 * np.pi / wl + phase))
+    return segments
+
+
+def _draw_spines(rng, seg, density, fractions, others, shape_um, max_elevation_deg):
+    pts, radius = seg["points"], seg["radius"]
+    seglen = np.linalg.norm(np.diff(pts, axis=0), axis=1)
+    s_cum = np.concatenate([[0], np.cumsum(seglen)])
+    length = s_cum[-1]
+    n = int(round(density * length))
+    types = list(fractions)
+    p = np.array([fractions[t] for t in types], float)
+    p /= p.sum()
+    rows = []
+    # Jittered even spacing: every spine has its own stretch of dendrite, like real spacing.
+    for i in range(n):
+        for _attempt in range(30):
+            s = (i + rng.uniform(0.15, 0.85)) * length / n
+            k = int(np.clip(np.searchsorted(s_cum, s), 1, len(pts) - 1))
+            t = pts[min(k + 2, len(pts) - 1)] - pts[max(k - 2, 0)]
+            t /= np.linalg.norm(t)
+            u, v = _perpendicular_basis(t)
+            elev = np.deg2rad(rng.uniform(-max_elevation_deg, max_elevation_deg))
+            direction = rng.choice([-1, 1]) * np.cos(elev) * u + np.sin(elev) * v
+            kind = types[rng.choice(len(types), p=p)]
+            shape = SPINE_SHAPES[kind]
+            head = rng.uniform(*shape["head"])
+            neck_d = head if shape["neck"] == "head" else rng.uniform(*shape["neck"])
+            neck_len = rng.uniform(*shape["neck_length"])
+            centre = pts[k]
+            base = centre + radius[k] * direction
+            # Stubby heads sit partly in the shaft; others at the end of their neck.
+            dist = 0.6 * head / 2 if kind == "stubby" else neck_len + head / 2
+            headc = base + dist * direction
+            inside = all(0.3 <= headc[j] <= shape_um[j] - 0.3 for j in range(3))
+            if inside and _min_dist(headc[None], others)[0] > 2.0:
+                break
+        else:
+            continue
+        rows.append({
+            "z_um": headc[0], "y_um": headc[1], "x_um": headc[2],
+            "base_z_um": base[0], "base_y_um": base[1], "base_x_um": base[2],
+            "head_diameter_um": head, "neck_diameter_um": neck_d,
+            "neck_length_um": max(dist - head / 2, 0.0), "length_um": dist + head / 2,
+            "shaft_distance_um": dist, "intended_type": kind,
+            "brightness": rng.uniform(0.9, 1.5),
+            "_shaft_radius": radius[k],
+        })
+    return rows
+
+
+class _Splatter:
+    """Adds Gaussian-blurred volume elements to an image on a voxel grid."""
+
+    def __init__(self, shape, voxel_size, psf_sigma_um):
+        self.img = np.zeros(shape, np.float32)
+        self.vs = np.asarray(voxel_size, float)
+        self.psf2 = np.asarray(psf_sigma_um, float) ** 2
+        self.grids = [np.arange(n) * v for n, v in zip(shape, voxel_size)]
+
+    def add(self, centre, volume, object_var):
+        sig = np.sqrt(self.psf2 + object_var)
+        sl, g = [], []
+        for ax in range(3):
+            lo = int(np.floor((centre[ax] - 3.5 * sig[ax]) / self.vs[ax]))
+            hi = int(np.ceil((centre[ax] + 3.5 * sig[ax]) / self.vs[ax])) + 1
+            lo, hi = max(lo, 0), min(hi, self.img.shape[ax])
+            if hi <= lo:
+                return
+            x = self.grids[ax][lo:hi]
+            g.append(np.exp(-((x - centre[ax]) ** 2) / (2 * sig[ax] ** 2))
+                     / (np.sqrt(2 * np.pi) * sig[ax]) * self.vs[ax])
+            sl.append(slice(lo, hi))
+        self.img[tuple(sl)] += (volume * g[0][:, None, None] * g[1][None, :, None]
+                                * g[2][None, None, :]).astype(np.float32)
+
+    def tube(self, points, radii, weight, step=0.15):
+        pts = resample_polyline(points, step)
+        r = np.interp(np.linspace(0, 1, len(pts)), np.linspace(0, 1, len(radii)), radii)
+        seg = step if len(pts) > 1 else 0.0
+        for p, ri in zip(pts, r):
+            self.add(p, weight * np.pi * ri**2 * seg, ri**2 / 4)
+
+
+def make_stack(*, shape_um=(16.0, 40.0, 40.0), voxel_size=(1.0, 0.12, 0.12),
+               n_dendrites: int = 2, branch_probability: float = 0.5,
+               spine_density: float = 0.5, density_cv: float = 0.0,
+               type_fractions: dict | None = None, max_elevation_deg: float = 40.0,
+               psf_sigma_um=(0.8, 0.2, 0.2), peak_photons: float = 40.0,
+               background_photons: float = 2.0, read_noise: float = 1.0,
+               haze: float = 0.15, puncta_per_1000um3: float = 1.0,
+               depth_attenuation_um: float = 100.0, dtype: str = "uint16",
+               seed: int = 0) -> SyntheticStack:
+    """Make a synthetic two-photon stack of spiny dendrites with its truth.
+
+    Parameters
+    ----------
+    shape_um : (z, y, x) floats
+        Size of the imaged volume, micrometres.
+    voxel_size : (z, y, x) floats
+        Voxel size, micrometres.
+    n_dendrites : int
+        Number of main dendrites crossing the field; each may branch once.
+    branch_probability : float
+        Chance that a main dendrite has a side branch.
+    spine_density : float
+        Mean planted spine density, spines per micrometre of dendrite.
+    density_cv : float
+        Coefficient of variation of the density between dendrites (0: every dendrite the same).
+    type_fractions : dict, optional
+        Fractions of stubby, thin, mushroom and filopodium spines.
+    max_elevation_deg : float
+        Spines point at most this far out of the imaging (xy) plane.
+    psf_sigma_um : (z, y, x) floats
+        Standard deviation of the Gaussian point-spread function (axial several times lateral).
+    peak_photons : float
+        Expected photons at the centre of a typical shaft (sets the noise level).
+    background_photons, read_noise : float
+        Background photons per voxel, standard deviation of the camera/PMT read noise.
+    haze : float
+        Amplitude of out-of-focus haze relative to the shaft.
+    puncta_per_1000um3 : float
+        Bright spots away from the dendrites (not spines) per 1000 cubic micrometres.
+    depth_attenuation_um : float
+        Signal falls as exp(-z / depth_attenuation_um).
+    dtype : {"uint16", "uint8", "float32"}
+    seed : int
+
+    Returns
+    -------
+    SyntheticStack
+
+    Examples
+    --------
+    >>> syn = make_stack(shape_um=(8, 20, 20), n_dendrites=1, seed=1)
+    >>> syn.stack.data.shape
+    (8, 166, 166)
+    >>> set(syn.spines["type"]) <= {"stubby", "thin", "mushroom", "filopodium"}
+    True
+    """
+    params = {k: v for k, v in locals().items() if k != "rng"}
+    rng = np.random.default_rng(seed)
+    voxel_size = check_voxel_size(voxel_size)
+    shape = tuple(max(int(round(e / v)), 1) for e, v in zip(shape_um, voxel_size))
+    shape_um = tuple(n * v for n, v in zip(shape, voxel_size))
+    fractions = type_fractions or DEFAULT_TYPE_FRACTIONS
+
+    segments = _draw_dendrites(rng, shape_um, n_dendrites, branch_probability)
+    splat = _Splatter(shape, voxel_size, psf_sigma_um)
+    spine_rows, cl_rows, planted = [], [], {}
+    all_pts = [s["points"] for s in segments]
+    for did, seg in enumerate(segments):
+        d = spine_density * (rng.lognormal(-density_cv**2 / 2, density_cv) if density_cv else 1)
+        planted[did] = d
+        others = [p for j, p in enumerate(all_pts) if j != did]
+        rows = _draw_spines(rng, seg, d, fractions, others, shape_um, max_elevation_deg)
+        for r in rows:
+            r["dendrite_id"] = did
+        spine_rows += rows
+        splat.tube(seg["points"], seg["radius"], seg["brightness"])
+        fine = resample_polyline(seg["points"], 0.25)
+        cl_rows.append(pd.DataFrame({"dendrite_id": did, "z_um": fine[:, 0],
+                                     "y_um": fine[:, 1], "x_um": fine[:, 2]}))
+    for r in spine_rows:
+        b = segments[r["dendrite_id"]]["brightness"] * r["brightness"]
+        base = np.array([r["base_z_um"], r["base_y_um"], r["base_x_um"]])
+        head = np.array([r["z_um"], r["y_um"], r["x_um"]])
+        hr, nr = r["head_diameter_um"] / 2, r["neck_diameter_um"] / 2
+        # the neck runs from inside the shaft to the head
+        direction = (head - base) / max(np.linalg.norm(head - base), 1e-9)
+        if r["neck_length_um"] > 0:
+            start = base - 0.3 * direction
+            splat.tube(np.array([start, head - hr * direction]), [nr, nr], b, step=0.1)
+        splat.add(head, b * 4 / 3 * np.pi * hr**3, hr**2 / 5)
+        shaft_per_um = np.pi * r["_shaft_radius"] ** 2
+        neck_vol = np.pi * nr**2 * r["neck_length_um"]
+        r["relative_intensity"] = r["brightness"] * (4 / 3 * np.pi * hr**3 + neck_vol) / shaft_per_um
+
+    # Calibrate: a shaft of radius 0.5 um peaks at `peak_photons`.
+    r0 = 0.5
+    s2 = np.asarray(psf_sigma_um, float) ** 2 + r0**2 / 4
+    ref = np.pi * r0**2 / (2 * np.pi * np.sqrt(s2[0] * s2[1])) * np.prod(voxel_size)
+    signal = splat.img * np.float32(peak_photons / ref)
+
+    # Clutter: puncta away from the dendrites, and large out-of-focus haze.
+    clutter = _Splatter(shape, voxel_size, psf_sigma_um)
+    vol = np.prod(shape_um)
+    n_p = rng.poisson(puncta_per_1000um3 * vol / 1000)
+    cl_all = np.vstack(all_pts) if all_pts else np.zeros((0, 3))
+    for _ in range(n_p):
+        c = rng.uniform(0, 1, 3) * shape_um
+        if _min_dist(c[None], [cl_all])[0] > 5.0:
+            rp = rng.uniform(0.25, 0.5)
+            clutter.add(c, rng.uniform(0.5, 1.5) * 4 / 3 * np.pi * rp**3, rp**2 / 5)
+    punct = clutter.img * np.float32(peak_photons / ref)
+    haze_img = np.zeros(shape, np.float32)
+    if haze > 0:
+        from scipy.ndimage import gaussian_filter
+
+        seeds = rng.random(shape).astype(np.float32) < 2e-4
+        blur = gaussian_filter(seeds.astype(np.float32), np.array([4.0, 4.0, 4.0]) / voxel_size)
+        if blur.max() > 0:
+            haze_img = blur / blur.max() * np.float32(haze * peak_photons)
+    z = (np.arange(shape[0]) * voxel_size[0])[:, None, None]
+    atten = np.exp(-z / depth_attenuation_um).astype(np.float32)
+    expected = background_photons + (signal + punct + haze_img) * atten
+    counts = rng.poisson(expected).astype(np.float32) + rng.normal(0, read_noise, shape).astype(
+        np.float32)
+    counts = np.clip(counts, 0, None)
+    if dtype == "uint8":
+        data = np.clip(np.round(counts * 4), 0, 255).astype(np.uint8)
+    elif dtype == "uint16":
+        data = np.clip(np.round(counts * 16), 0, 65535).astype(np.uint16)
+    else:
+        data = counts.astype(np.float32)
+
+    spines = pd.DataFrame(spine_rows)
+    if len(spines):
+        spines["spine_id"] = np.arange(len(spines))
+        spines["type"] = classify_spine(spines["head_diameter_um"], spines["neck_diameter_um"],
+                                        spines["length_um"])
+        spines["score"] = 1.0
+        spines = spines.drop(columns=["_shaft_radius", "brightness"])
+    spines = conform_spines(spines)
+    centerlines = (pd.concat(cl_rows, ignore_index=True) if cl_rows
+                   else pd.DataFrame(columns=["dendrite_id", "z_um", "y_um", "x_um"]))
+    diam = {i: 2 * float(np.mean(s["radius"])) for i, s in enumerate(segments)}
+    dendrites = dendrite_table(centerlines, spines, diam, smooth_um=0)
+    dendrites["planted_density_per_um"] = dendrites["dendrite_id"].map(planted)
+    stack = Stack(data, voxel_size, None, None,
+                  {"format": "synthetic", "voxel_size_source": "synthetic", "seed": seed})
+    return SyntheticStack(stack, spines, dendrites, centerlines, params)
+
+
+def write_synthetic(syn: SyntheticStack, path) -> dict[str, Path]:
+    """Write the stack as ImageJ TIFF and its truth as CSVs beside it.
+
+    Writes ``NAME.tif``, ``NAME_spines.csv``, ``NAME_dendrites.csv`` and ``NAME_centerlines.csv``
+    and returns their paths.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stem = path.with_suffix("")
+    out = {"stack": path, "spines": Path(f"{stem}_spines.csv"),
+           "dendrites": Path(f"{stem}_dendrites.csv"),
+           "centerlines": Path(f"{stem}_centerlines.csv")}
+    write_imagej(path, syn.stack.data, syn.stack.voxel_size, compression="zlib")
+    syn.spines.to_csv(out["spines"], index=False)
+    syn.dendrites.to_csv(out["dendrites"], index=False)
+    syn.centerlines.to_csv(out["centerlines"], index=False)
+    syn.stack.path = str(path)
+    return out
