@@ -1,0 +1,417 @@
+"""Trace dendrites and detect dendritic spines in a two-photon stack.
+
+The method, in order (all distances in micrometres, converted with the stack's voxel size):
+
+1. **Working resolution.** The stack is block-averaged laterally to about
+   ``working_pixel_um`` (0.24 um) pixels: fine enough for spine heads, and fast.
+2. **Background and noise** are estimated per slice (median and scaled median absolute
+   deviation), so depth dimming does not bias thresholds.
+3. **Dendrites.** The image smoothed by ``dendrite_smoothing_um`` is thresholded at
+   ``dendrite_threshold`` noise SDs above background; parts thicker than
+   ``max_dendrite_radius_um`` (soma, blobs) are removed. The mask is skeletonised in 3D and turned
+   into a graph with skan; tip branches shorter than ``max_spine_length_um`` (spines) are pruned
+   repeatedly and isolated pieces shorter than ``min_dendrite_length_um`` dropped. Each remaining
+   branch between junctions and tips is one dendrite; its length is measured along its centre
+   line smoothed over ``length_smoothing_um``, with the true voxel size in each axis.
+   Alternatively the caller gives the centre lines (``traces``).
+4. **Shaft model.** Around each dendrite, the intensity as a function of distance from the
+   centre line (z scaled by the PSF's axial elongation) is estimated with medians, and scaled by
+   the local centre line brightness. Subtracting it leaves the spines, including heads whose
+   neck is too dim to see.
+5. **Spines** are peaks of the residual, smoothed at the head scale ``head_sigma_um``, that rise
+   ``spine_threshold`` noise SDs above it, lie within ``max_spine_length_um`` of the shaft
+   surface and are at least ``min_spine_separation_um`` apart. Each is attached to its nearest
+   dendrite, its base placed on the shaft surface towards the head, and measured: head diameter
+   (half-maximum area, PSF removed), neck length, total length, distance from the shaft surface,
+   integrated intensity relative to the shaft per micrometre, type (see
+   :mod:`spinecount.morphology`) and a confidence ``score`` from its contrast.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from .io import Stack
+from .morphology import classify_spine
+from .params import DetectionParams
+from .tables import (BASE, POSITION, conform_spines, dendrite_table, empty_spines, resample_polyline,
+                     smooth_polyline)
+
+#: Axial / lateral elongation of the two-photon PSF, used to scale z in the shaft model.
+AXIAL_RATIO = 3.0
+
+
+@dataclass
+class Detection:
+    """Result of :func:`detect`.
+
+    Attributes
+    ----------
+    spines, dendrites, centerlines : DataFrame
+        Tables of the column contract (:mod:`spinecount.tables`).
+    paths : list of ndarray
+        Dendrite centre lines as (n, 3) arrays in micrometres (napari Shapes path data after
+        dividing by the voxel size); ``paths[i]`` belongs to ``dendrites.dendrite_id[i]``.
+    mask : ndarray of bool or None
+        Dendrite mask at working resolution (when asked for with ``return_mask=True``).
+    timings : dict
+        Seconds per stage.
+    """
+
+    spines: pd.DataFrame
+    dendrites: pd.DataFrame
+    centerlines: pd.DataFrame
+    paths: list = field(default_factory=list)
+    mask: np.ndarray | None = None
+    timings: dict = field(default_factory=dict)
+
+
+def _downsample(data: np.ndarray, f: int) -> np.ndarray:
+    """Block-mean by `f` in y and x (float32)."""
+    img = data.astype(np.float32, copy=False)
+    if f == 1:
+        return img.copy() if img is data else img
+    z, y, x = img.shape
+    y2, x2 = y // f * f, x // f * f
+    out = img[:, :y2, :x2].reshape(z, y2 // f, f, x2 // f, f).mean(axis=(2, 4), dtype=np.float32)
+    return out
+
+
+def _slice_stats(img: np.ndarray):
+    """Per-slice background (median) and noise SD (1.4826 x MAD), shaped (z, 1, 1)."""
+    flat = img.reshape(img.shape[0], -1)
+    step = max(1, flat.shape[1] // 200_000)
+    sample = flat[:, ::step]
+    bg = np.median(sample, axis=1)
+    mad = np.median(np.abs(sample - bg[:, None]), axis=1) * 1.4826
+    mad = np.maximum(mad, max(float(np.median(mad)) * 0.1, 1e-6))
+    return bg[:, None, None].astype(np.float32), mad[:, None, None].astype(np.float32)
+
+
+def _sigma_vox(sigma_um, vs):
+    s = np.broadcast_to(np.asarray(sigma_um, float), (3,))
+    return tuple(si / v for si, v in zip(s, vs))
+
+
+def _trace_dendrites(zs: np.ndarray, vs, p: DetectionParams):
+    """Centre lines (list of (n,3) um arrays) and the mask, from a z-scored smoothed image."""
+    from scipy import ndimage as ndi
+    from skimage.morphology import skeletonize
+    import skan
+
+    mask = zs > p.dendrite_threshold
+    # Soma and blobs: remove voxels deep inside thick structures, and their surroundings.
+    edt = ndi.distance_transform_edt(mask, sampling=vs)
+    thick = edt > p.max_dendrite_radius_um
+    if thick.any():
+        grow = int(np.ceil(p.max_dendrite_radius_um / vs[1]))
+        thick = ndi.binary_dilation(thick, iterations=grow, mask=mask)
+        mask &= ~thick
+    lab, n = ndi.label(mask)
+    if n:
+        sizes = ndi.sum_labels(np.ones_like(lab, np.float32), lab, index=np.arange(1, n + 1))
+        min_vox = p.min_dendrite_length_um / vs[1] * 2
+        keep = np.concatenate([[False], sizes >= min_vox])
+        mask = keep[lab]
+    skel = skeletonize(mask)
+    paths = []
+    if not skel.any():
+        return paths, mask, edt
+    sk = skan.Skeleton(skel, spacing=vs)
+    for _ in range(6):
+        summ = skan.summarize(sk, separator="_")
+        radius = edt[tuple(np.round(summ[[f"image_coord_dst_{i}" for i in range(3)]]
+                                    .to_numpy()).astype(int).T)]
+        tips = (summ["branch_type"] == 1) & (summ["branch_distance"]
+                                             < p.max_spine_length_um + radius)
+        if not tips.any():
+            break
+        sk = sk.prune_paths(np.flatnonzero(tips.to_numpy()))
+        if sk.n_paths == 0:
+            return paths, mask, edt
+    summ = skan.summarize(sk, separator="_")
+    for i in range(sk.n_paths):
+        coords = sk.path_coordinates(i) * np.asarray(vs)
+        length = summ["branch_distance"].iloc[i]
+        isolated = summ["branch_type"].iloc[i] == 0
+        if isolated and length < p.min_dendrite_length_um:
+            continue
+        if length < 2 * vs[1]:
+            continue
+        paths.append(coords)
+    return paths, mask, edt
+
+
+def _suppress(idx: np.ndarray, value: np.ndarray, vs, separation_um: float) -> np.ndarray:
+    """Keep the strongest of peaks closer than `separation_um` (z scaled by the PSF elongation)."""
+    from scipy.spatial import cKDTree
+
+    if len(idx) < 2:
+        return idx
+    order = np.argsort(-value[tuple(idx.T)])
+    idx = idx[order]
+    pos = idx * (np.asarray(vs) / np.array([AXIAL_RATIO, 1.0, 1.0]))
+    tree = cKDTree(pos)
+    keep = np.ones(len(idx), bool)
+    for i in range(len(idx)):
+        if keep[i]:
+            for j in tree.query_ball_point(pos[i], separation_um):
+                if j > i:
+                    keep[j] = False
+    return idx[keep]
+
+
+def _rasterize_paths(paths, shape, vs):
+    """Centre line points on the working grid.
+
+    Returns a label image (point index + 1, 0 elsewhere) and, per point, its dendrite (index
+    into `paths`), its arc length position along it (um) and its position (um).
+    """
+    lab = np.zeros(shape, np.int32)
+    owners, arcs, xyz = [], [], []
+    start = 0
+    for i, pts in enumerate(paths):
+        dense = resample_polyline(pts, min(vs) / 2)
+        arc = np.concatenate([[0], np.cumsum(np.linalg.norm(np.diff(dense, axis=0), axis=1))])
+        idx = np.round(dense / np.asarray(vs)).astype(int)
+        ok = np.all((idx >= 0) & (idx < np.asarray(shape)), axis=1)
+        idx, arc = idx[ok], arc[ok]
+        xyz.append(dense[ok])
+        lab[tuple(idx.T)] = start + np.arange(len(idx)) + 1
+        owners.append(np.full(len(idx), i))
+        arcs.append(arc)
+        start += len(idx)
+    return lab, np.concatenate(owners), np.concatenate(arcs), np.vstack(xyz)
+
+
+def detect(stack: Stack, *, params: DetectionParams | None = None, traces: pd.DataFrame | None
+           = None, return_mask: bool = False, progress: bool = False) -> Detection:
+    """Trace the dendrites of a stack and detect their spines.
+
+    Parameters
+    ----------
+    stack : Stack
+        From :func:`spinecount.io.read_stack` (or any array with its voxel size).
+    params : DetectionParams, optional
+        Detection parameters in micrometres; the defaults suit ordinary two-photon data.
+    traces : DataFrame, optional
+        Dendrite centre lines to analyse (``dendrite_id, z_um, y_um, x_um``, e.g. from
+        :func:`spinecount.traces.read_traces`) instead of tracing them automatically.
+    return_mask : bool
+        Keep the dendrite mask in the result.
+    progress : bool
+        Show a progress bar per stage.
+
+    Returns
+    -------
+    Detection
+        ``spines``, ``dendrites`` and ``centerlines`` tables of the column contract.
+
+    Examples
+    --------
+    >>> from spinecount.synthetic import make_stack
+    >>> syn = make_stack(shape_um=(10, 24, 24), n_dendrites=1, branch_probability=0, seed=2)
+    >>> det = detect(syn.stack)
+    >>> len(det.dendrites) >= 1 and set(det.spines.columns) >= {"spine_id", "score", "type"}
+    True
+    """
+    from scipy import ndimage as ndi
+    from scipy.spatial import cKDTree
+
+    p = params or DetectionParams()
+    timings: dict[str, float] = {}
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=4, desc=f"detect {stack.name}", unit="stage", leave=False)
+
+    def lap(name, t0):
+        timings[name] = round(time.perf_counter() - t0, 3)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix_str(name)
+        return time.perf_counter()
+
+    t = time.perf_counter()
+    vz, vy, vx = stack.voxel_size
+    f = max(1, int(round(p.working_pixel_um / max(vy, vx))))
+    img = _downsample(stack.data, f)
+    vs = (vz, vy * f, vx * f)
+    # a working voxel's centre lies (f - 1) / 2 original pixels into its block
+    offset = np.array([0.0, (f - 1) / 2 * vy, (f - 1) / 2 * vx])
+    bg, noise = _slice_stats(img)
+    t = lap("prepare", t)
+
+    # 1. dendrites
+    sm = ndi.gaussian_filter(img, _sigma_vox(p.dendrite_smoothing_um, vs))
+    bg_s, noise_s = _slice_stats(sm)
+    zs = (sm - bg_s) / noise_s
+    del sm
+    if traces is None:
+        paths, mask, _ = _trace_dendrites(zs, vs, p)
+    else:
+        paths = [g[POSITION].to_numpy(float) - offset
+                 for _, g in traces.groupby("dendrite_id", sort=True)]
+        mask = zs > p.dendrite_threshold
+    smooth_paths = [smooth_polyline(q, p.length_smoothing_um) for q in paths]
+    t = lap("dendrites", t)
+
+    if traces is None:
+        ids = np.arange(len(smooth_paths))
+    else:
+        ids = np.array(sorted(traces["dendrite_id"].unique()))
+    centerlines = pd.concat(
+        [pd.DataFrame({"dendrite_id": int(i), "z_um": q[:, 0], "y_um": q[:, 1], "x_um": q[:, 2]})
+         for i, q in zip(ids, (q + offset for q in smooth_paths))], ignore_index=True
+    ) if smooth_paths else pd.DataFrame(columns=["dendrite_id", *POSITION])
+    if not smooth_paths:
+        spines = empty_spines()
+        dendrites = dendrite_table(centerlines, spines, smooth_um=0)
+        if bar is not None:
+            bar.close()
+        return Detection(spines, dendrites, centerlines, [], mask if return_mask else None,
+                         timings)
+
+    # 2. shaft model: distance from the centre line with z scaled by the PSF elongation,
+    # median intensity per stretch of dendrite and distance, never rising with distance.
+    lab, pt_owner, pt_arc, pt_xyz = _rasterize_paths(smooth_paths, img.shape, vs)
+    scaled = (vz / AXIAL_RATIO, vs[1], vs[2])
+    reach = p.max_spine_length_um + p.max_dendrite_radius_um
+    dist, near = ndi.distance_transform_edt(lab == 0, sampling=scaled, return_indices=True)
+    point = lab[tuple(near)] - 1  # nearest centre line point of every voxel
+    del near
+    region = dist <= reach
+    sig = (img - bg) / noise
+    centre_b = ndi.gaussian_filter(sig, _sigma_vox((0.0, 0.3, 0.3), vs))
+    # Cells: stretch of dendrite x z offset (slices) x lateral distance (0.2 um bins).
+    lat_um, stretch_um = 0.2, 2.5
+    n_lat = int(reach / lat_um) + 1
+    n_dz = int(np.ceil(p.max_spine_length_um / vz))
+    rv = np.argwhere(region)
+    pts = point[region]
+    rel = rv * np.asarray(vs) - pt_xyz[pts]
+    dzb = np.clip(np.round(rel[:, 0] / vz).astype(int), -n_dz, n_dz) + n_dz
+    latb = np.minimum((np.hypot(rel[:, 1], rel[:, 2]) / lat_um).astype(int), n_lat - 1)
+    stretch = pt_owner * 100_000 + (pt_arc // stretch_um).astype(int)
+    _, group = np.unique(stretch, return_inverse=True)
+    n_z = 2 * n_dz + 1
+    key = (group[pts] * n_z + dzb) * n_lat + latb
+    med = pd.Series(sig[region]).groupby(key).median()
+    prof = np.zeros((group.max() + 1) * n_z * n_lat, np.float32)
+    prof[med.index.to_numpy()] = med.to_numpy()
+    prof = prof.reshape(-1, n_z, n_lat)
+    # never brighter further out: laterally, then above and below the centre line
+    prof = np.maximum.accumulate(prof[:, :, ::-1], axis=2)[:, :, ::-1]
+    prof[:, n_dz:] = np.maximum.accumulate(prof[:, n_dz:][:, ::-1], axis=1)[:, ::-1]
+    prof[:, :n_dz + 1] = np.maximum.accumulate(prof[:, :n_dz + 1], axis=1)
+    model = np.zeros_like(img)
+    model[region] = prof.ravel()[key]
+    prof = prof[:, n_dz]  # in-plane profile, for the shaft radius
+    bin_um = lat_um
+    radii = {}
+    for k in range(len(smooth_paths)):
+        g = np.unique(group[pt_owner == k])
+        pk_ = np.median(prof[g], axis=0) if len(g) else np.zeros(n_bins)
+        half = np.flatnonzero(pk_ < 0.5 * pk_[0])
+        radii[k + 1] = float(half[0] * bin_um) if len(half) else reach
+    resid = np.where(region, sig - model, 0).astype(np.float32)
+    t = lap("shaft model", t)
+
+    # 3. spine candidates: peaks of the smoothed residual
+    head_sig = _sigma_vox((max(p.head_sigma_um, 0.5 * vz), p.head_sigma_um, p.head_sigma_um), vs)
+    rs = ndi.gaussian_filter(resid, head_sig)
+    # Shot noise grows with brightness: measure the residual's spread as a function of the
+    # shaft model and express peaks in those local noise units.
+    ms = ndi.gaussian_filter(model, head_sig)
+    mv, rv_ = ms[region], rs[region]
+    edges = np.unique(np.quantile(mv, np.linspace(0, 1, 13)))
+    which = np.clip(np.searchsorted(edges, mv) - 1, 0, max(len(edges) - 2, 0))
+    centres, spread = [], []
+    for b in range(max(len(edges) - 1, 1)):
+        v = rv_[which == b]
+        if len(v) > 20:
+            centres.append(float(np.median(mv[which == b])))
+            spread.append(1.4826 * float(np.median(np.abs(v - np.median(v)))))
+    spread = np.maximum.accumulate(np.maximum(spread, 1e-6))  # noise does not fall with signal
+    rz = rs / np.interp(ms, centres, spread).astype(np.float32)
+    del ms, mv, rv_, which
+    peaks = (rz == ndi.maximum_filter(rz, size=3)) & (rz > p.spine_threshold) & region
+    pk = _suppress(np.argwhere(peaks), rz, vs, p.min_spine_separation_um)
+    rows = []
+    if len(pk):
+        pos = pk * np.asarray(vs)
+        # physical nearest centre line point
+        dense, dense_id = [], []
+        for i, q in enumerate(smooth_paths):
+            dq = resample_polyline(q, 0.1)
+            dense.append(dq)
+            dense_id.append(np.full(len(dq), i))
+        dense = np.vstack(dense)
+        dense_id = np.concatenate(dense_id)
+        dd, nn = cKDTree(dense).query(pos)
+        for (zi, yi, xi), hp, dc, ni in zip(pk, pos, dd, nn):
+            k = int(dense_id[ni])
+            r_shaft = max(radii.get(k + 1, 0.5) - 0.5 * p.psf_fwhm_um, 0.2)
+            surface = dc - r_shaft
+            if surface < 0.1 or surface > p.max_spine_length_um:
+                continue
+            cpt = dense[ni]
+            direction = (hp - cpt) / max(dc, 1e-9)
+            base = cpt + r_shaft * direction
+            peak = rs[zi, yi, xi]
+            # head size: area above half maximum in the peak's slice
+            win = int(np.ceil(1.0 / vs[1]))
+            y0, y1 = max(yi - win, 0), min(yi + win + 1, img.shape[1])
+            x0, x1 = max(xi - win, 0), min(xi + win + 1, img.shape[2])
+            patch = rs[zi, y0:y1, x0:x1] >= 0.5 * peak
+            lab2, _ = ndi.label(patch)
+            area = np.sum(lab2 == lab2[yi - y0, xi - x0]) * vs[1] * vs[2]
+            d_obs = 2 * np.sqrt(area / np.pi)
+            head_d = float(np.sqrt(max(d_obs**2 - p.psf_fwhm_um**2, 0.0)))
+            head_d = max(head_d, 0.2)
+            # neck: residual along base -> head relative to the head
+            n_s = max(int(surface / 0.1), 2)
+            line = base[None] + np.linspace(0, 1, n_s)[:, None] * (hp - base)[None]
+            li = np.clip(np.round(line / np.asarray(vs)).astype(int), 0,
+                         np.asarray(img.shape) - 1)
+            along = rs[tuple(li.T)]
+            ratio = float(np.clip(along[: max(n_s - 3, 1)].min() / peak, 0, 1))
+            neck_d = head_d * np.sqrt(ratio) if ratio < 0.6 else head_d
+            integ = float(resid[max(zi - 1, 0):zi + 2, y0:y1, x0:x1].clip(0).sum())
+            shaft_per_um = max(float(np.median(centre_b[lab > 0][pt_owner[lab[lab > 0] - 1] == k])), 1e-3) * np.pi * (
+                r_shaft + 0.5 * p.psf_fwhm_um) ** 2 / (vs[1] * vs[2]) * 1.0 / vs[0]
+            rows.append({
+                "dendrite_id": int(ids[k]), "z_um": hp[0], "y_um": hp[1], "x_um": hp[2],
+                "base_z_um": base[0], "base_y_um": base[1], "base_x_um": base[2],
+                "head_diameter_um": head_d,
+                "neck_length_um": max(surface - head_d / 2, 0.0),
+                "length_um": surface + head_d / 2, "shaft_distance_um": surface,
+                "relative_intensity": integ / shaft_per_um,
+                "neck_diameter_um": neck_d,
+                "contrast": float(rz[zi, yi, xi]),
+            })
+    t = lap("spines", t)
+    if bar is not None:
+        bar.close()
+    spines = pd.DataFrame(rows)
+    if len(spines):
+        spines[POSITION] += offset
+        spines[BASE] += offset
+        spines["score"] = (0.5 + 0.5 * (1 - np.exp(-(spines["contrast"] - p.spine_threshold)
+                                                   / p.spine_threshold))).clip(0, 1)
+        spines = spines[spines["score"] >= p.min_score].reset_index(drop=True)
+        spines["type"] = classify_spine(spines["head_diameter_um"], spines["neck_diameter_um"],
+                                        spines["length_um"])
+        spines["spine_id"] = np.arange(len(spines))
+        spines = conform_spines(spines)
+    else:
+        spines = empty_spines()
+    diam = {int(ids[k - 1]): 2 * max(r - 0.5 * p.psf_fwhm_um, 0.2) for k, r in radii.items()}
+    dendrites = dendrite_table(centerlines, spines, diam, smooth_um=0)
+    return Detection(spines, dendrites, centerlines, [q + offset for q in smooth_paths],
+                     mask if return_mask else None, timings)

@@ -1,0 +1,88 @@
+"""Detection parameters: one documented object, in micrometres, saved in ``run.json``."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from .errors import InputError
+
+
+def _p(default, doc):
+    return field(default=default, metadata={"doc": doc})
+
+
+@dataclass(frozen=True)
+class DetectionParams:
+    """Parameters of :func:`spinecount.detect`. Lengths are micrometres.
+
+    The defaults suit ordinary two-photon stacks (lateral pixels 0.05 to 0.3 um, z steps 0.3 to
+    2 um). Load your own with :func:`load_params` (``--params FILE`` on the command line).
+
+    Examples
+    --------
+    >>> p = DetectionParams(spine_threshold=4.0)
+    >>> DetectionParams.from_dict(p.to_dict()) == p
+    True
+    """
+
+    working_pixel_um: float = _p(0.24, "lateral pixel size at which dendrites are traced")
+    dendrite_threshold: float = _p(
+        5.0, "dendrite mask: smoothed intensity above background, in noise standard deviations")
+    dendrite_smoothing_um: float = _p(0.4, "Gaussian smoothing before the dendrite mask")
+    min_dendrite_length_um: float = _p(6.0, "shorter isolated skeletons are not dendrites")
+    max_spine_length_um: float = _p(
+        3.5, "longest spine, shaft surface to head tip; also prunes skeleton side branches")
+    max_dendrite_radius_um: float = _p(
+        2.5, "structures thicker than this (soma, blobs) are not dendrites")
+    head_sigma_um: float = _p(0.25, "spatial scale of spine heads for the blob filter")
+    spine_threshold: float = _p(
+        3.0, "spine candidates: blob filter peak above local background, in noise SDs")
+    min_spine_separation_um: float = _p(0.7, "two spine heads closer than this are one")
+    min_score: float = _p(0.5, "spines with a lower confidence score are dropped")
+    psf_fwhm_um: float = _p(0.45, "lateral resolution (FWHM), removed from head diameters")
+    length_smoothing_um: float = _p(2.0, "centre lines are smoothed this much before lengths")
+    chunk_um: float = _p(
+        120.0, "large stacks are processed in lateral tiles of this size (0 = never tile)")
+    chunk_overlap_um: float = _p(12.0, "overlap between tiles")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict, *, source=None) -> "DetectionParams":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise InputError(f"unknown parameter(s) {', '.join(unknown)}", path=source,
+                             hint=f"known parameters: {', '.join(sorted(known))}")
+        try:
+            vals = {k: float(v) for k, v in d.items()}
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"parameter values must be numbers ({exc})", path=source) from None
+        bad = [k for k, v in vals.items() if v < 0]
+        if bad:
+            raise InputError(f"parameter(s) {', '.join(bad)} must not be negative", path=source)
+        return cls(**vals)
+
+    @classmethod
+    def describe(cls) -> dict[str, tuple[float, str]]:
+        """name -> (default, description), for documentation and GUIs."""
+        return {f.name: (f.default, f.metadata["doc"]) for f in fields(cls)}
+
+
+def load_params(path) -> DetectionParams:
+    """Read parameters from a JSON file (a ``run.json`` works: its ``parameters`` are used)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError("parameter file not found", path=path)
+    try:
+        d = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise InputError(f"not valid JSON ({exc})", path=path) from None
+    if isinstance(d, dict) and isinstance(d.get("parameters"), dict):
+        d = d["parameters"]
+    if not isinstance(d, dict):
+        raise InputError("expected a JSON object of parameter names and values", path=path)
+    return DetectionParams.from_dict(d, source=path)

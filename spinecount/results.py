@@ -1,0 +1,69 @@
+"""Write a detection's tables and provenance to a result folder, all or nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from ._version import __version__
+
+SPINES_FILE = "spines.csv"
+DENDRITES_FILE = "dendrites.csv"
+CENTERLINES_FILE = "centerlines.csv"
+RUN_FILE = "run.json"
+#: The reviewed (corrected) spine table written by the napari plugin, beside the automatic one.
+REVIEWED_SPINES_FILE = "spines_reviewed.csv"
+
+
+def provenance(stack, params, *, wall_time_s: float | None = None, extra: dict | None = None
+               ) -> dict:
+    """What a result needs to be reproduced: version, parameters, input file and its hash."""
+    from .io import file_sha256
+
+    info = {
+        "spinecount_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "input": {
+            "path": None if stack.path is None else str(Path(stack.path).resolve()),
+            "sha256": file_sha256(stack.path) if stack.path and Path(stack.path).exists() else None,
+            "shape_zyx": list(stack.data.shape),
+            "dtype": str(stack.data.dtype),
+            "channel": stack.channel,
+        },
+        "voxel_size_um": list(stack.voxel_size),
+        "voxel_size_source": stack.metadata.get("voxel_size_source"),
+        "parameters": params.to_dict(),
+        "wall_time_s": wall_time_s,
+        "python": platform.python_version(),
+    }
+    info.update(extra or {})
+    return info
+
+
+def write_result(outdir, detection, run_info: dict) -> dict[str, Path]:
+    """Write spines.csv, dendrites.csv, centerlines.csv and run.json into `outdir`.
+
+    The files are first written to a temporary folder beside `outdir` and only then moved into
+    place, so an error part-way leaves an earlier result untouched.
+    """
+    outdir = Path(outdir)
+    outdir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.", dir=outdir.parent))
+    try:
+        detection.spines.to_csv(tmp / SPINES_FILE, index=False)
+        detection.dendrites.to_csv(tmp / DENDRITES_FILE, index=False)
+        detection.centerlines.to_csv(tmp / CENTERLINES_FILE, index=False)
+        (tmp / RUN_FILE).write_text(json.dumps(run_info, indent=2, default=str))
+        outdir.mkdir(exist_ok=True)
+        paths = {}
+        for name in (SPINES_FILE, DENDRITES_FILE, CENTERLINES_FILE, RUN_FILE):
+            os.replace(tmp / name, outdir / name)
+            paths[name] = outdir / name
+        return paths
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
