@@ -186,8 +186,10 @@ def smooth_polyline(points: np.ndarray, sigma_um: float, step: float = 0.25) -> 
     """
     from scipy.ndimage import gaussian_filter1d
 
+    if sigma_um <= 0:
+        return np.asarray(points, dtype=float)
     pts = resample_polyline(points, step)
-    if sigma_um <= 0 or len(pts) < 3:
+    if len(pts) < 3:
         return pts
     out = gaussian_filter1d(pts, sigma_um / step, axis=0, mode="nearest")
     out[0], out[-1] = pts[0], pts[-1]

@@ -1,0 +1,205 @@
+"""The ``spinecount`` command line.
+
+Errors in the input are printed as one line naming the file and the problem, with exit status 2
+(``--debug`` shows the traceback); nothing is written for a stack that failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from ._version import __version__
+from .errors import InputError, SpinecountError
+
+EXIT_INPUT = 2
+
+
+def _voxel_arg(p: argparse.ArgumentParser):
+    p.add_argument("--voxel-size", nargs=3, type=float, metavar=("Z", "Y", "X"),
+                   help="voxel size in micrometres; overrides the file's metadata")
+
+
+def _cmd_detect(args) -> int:
+    from .detection import detect
+    from .io import read_stack
+    from .params import DetectionParams, load_params
+    from .results import provenance, write_result
+    from .traces import read_traces
+
+    params = load_params(args.params) if args.params else DetectionParams()
+    t0 = time.perf_counter()
+    stack = read_stack(args.stack, channel=args.channel, voxel_size=args.voxel_size,
+                       timepoint=args.timepoint)
+    traces = read_traces(args.traces) if args.traces else None
+    det = detect(stack, params=params, traces=traces, progress=not args.quiet)
+    wall = time.perf_counter() - t0
+    info = provenance(stack, params, wall_time_s=round(wall, 3), extra={
+        "command": "detect", "timings_s": det.timings,
+        "traces": None if args.traces else "automatic",
+        "n_spines": len(det.spines), "n_dendrites": len(det.dendrites)})
+    if args.traces:
+        info["traces"] = str(Path(args.traces).resolve())
+    paths = write_result(args.output, det, info)
+    total_len = float(det.dendrites["length_um"].sum())
+    print(f"{stack.name}: {len(det.spines)} spines on {len(det.dendrites)} dendrites "
+          f"({total_len:.1f} um, {len(det.spines) / total_len if total_len else 0:.3f} "
+          f"spines/um) in {wall:.1f} s")
+    print(f"results: {paths['spines.csv'].parent}")
+    return 0
+
+
+def _cmd_synth(args) -> int:
+    from .synthetic import make_stack, write_synthetic
+
+    syn = make_stack(shape_um=tuple(args.shape_um), voxel_size=tuple(args.voxel_size),
+                     n_dendrites=args.dendrites, spine_density=args.density,
+                     peak_photons=args.photons, seed=args.seed)
+    paths = write_synthetic(syn, args.output)
+    print(f"{paths['stack']}: {len(syn.spines)} spines on {len(syn.dendrites)} dendrites "
+          f"(truth: {paths['spines'].name}, {paths['dendrites'].name}, "
+          f"{paths['centerlines'].name})")
+    return 0
+
+
+def _cmd_evaluate(args) -> int:
+    from .evaluate import evaluate
+    from .tables import read_centerlines, read_spines
+
+    pred, gt = read_spines(args.pred), read_spines(args.gt)
+    cl = read_centerlines(args.centerlines) if args.centerlines else None
+    ev = evaluate(pred, gt, lateral_tol=args.lateral_tol, axial_tol=args.axial_tol,
+                  centerlines=cl, tube_lateral_um=args.tube_lateral,
+                  tube_axial_um=args.tube_axial)
+    s = ev.summary
+    print(f"precision {s['precision']:.3f}  recall {s['recall']:.3f}  F1 {s['f1']:.3f}  "
+          f"(matched {s['true_positives']}, predicted {s['n_pred']}, annotated {s['n_gt']})")
+    if len(ev.per_dendrite):
+        print(ev.per_dendrite.round(3).to_string(index=False))
+    if args.output:
+        paths = ev.write(args.output)
+        print(f"results: {paths['matched'].parent}")
+    if args.json:
+        print(json.dumps(s))
+    return 0
+
+
+def _samples_dir() -> Path:
+    """The bundled sample_stacks folder (beside the package in a checkout, else ./sample_stacks)."""
+    here = Path(__file__).resolve().parents[1] / "sample_stacks"
+    return here if here.is_dir() else Path("sample_stacks")
+
+
+def _cmd_demo(args) -> int:
+    """Detect spines in every bundled sample stack and score them against their truth."""
+    from .detection import detect
+    from .evaluate import evaluate
+    from .io import read_stack
+    from .params import DetectionParams
+    from .results import provenance, write_result
+    from .tables import read_centerlines, read_spines
+
+    samples = Path(args.samples) if args.samples else _samples_dir()
+    cases = [("rr30a_s0_crop", "rr30a_s0_crop_spines.csv", "rr30a_s0_crop_backbone.csv"),
+             ("synthetic_small", "synthetic_small_spines.csv", None)]
+    if not (samples / f"{cases[0][0]}.tif").exists():
+        raise InputError("bundled sample stacks not found", path=samples,
+                         hint="run from the spinecount checkout or pass --samples FOLDER")
+    out = Path(args.output)
+    params = DetectionParams()
+    for name, truth, backbone in cases:
+        t0 = time.perf_counter()
+        stack = read_stack(samples / f"{name}.tif")
+        det = detect(stack, params=params, progress=True)
+        info = provenance(stack, params, wall_time_s=round(time.perf_counter() - t0, 3),
+                          extra={"command": "demo", "timings_s": det.timings})
+        write_result(out / name, det, info)
+        cl = read_centerlines(samples / backbone) if backbone else None
+        ev = evaluate(det.spines, read_spines(samples / truth), centerlines=cl)
+        ev.write(out / name / "evaluation")
+        s = ev.summary
+        print(f"{name}: {len(det.spines)} spines on {len(det.dendrites)} dendrites; against "
+              f"the {'annotation' if backbone else 'truth'}: precision {s['precision']:.2f}, "
+              f"recall {s['recall']:.2f}, F1 {s['f1']:.2f}")
+    print(f"results: {out.resolve()}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="spinecount",
+        description="Count and measure dendritic spines in two-photon stacks. "
+                    "All lengths are in micrometres.")
+    parser.add_argument("--version", action="version", version=f"spinecount {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("detect", help="trace dendrites and detect spines in one stack")
+    p.add_argument("stack", help="TIFF stack (ImageJ, OME, ScanImage or plain)")
+    p.add_argument("-o", "--output", required=True, help="result folder")
+    _voxel_arg(p)
+    p.add_argument("--channel", type=int, help="channel index in a multi-channel file")
+    p.add_argument("--timepoint", type=int, help="time point in a file with a time axis")
+    p.add_argument("--params", help="JSON file of detection parameters (a run.json works)")
+    p.add_argument("--traces", help="analyse these dendrites (SWC or CSV in um) instead of "
+                                    "tracing them")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_detect)
+
+    p = sub.add_parser("demo", help="run spinecount on the bundled sample stacks")
+    p.add_argument("output", nargs="?", default="spinecount-demo", help="result folder")
+    p.add_argument("--samples", help="folder of the sample stacks (default: the bundled ones)")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("synth", help="write a synthetic stack with known truth")
+    p.add_argument("output", help="output TIFF; truth CSVs are written beside it")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shape-um", nargs=3, type=float, default=(16, 40, 40),
+                   metavar=("Z", "Y", "X"), help="size of the volume (um)")
+    p.add_argument("--voxel-size", nargs=3, type=float, default=(1.0, 0.12, 0.12),
+                   metavar=("Z", "Y", "X"), help="voxel size (um)")
+    p.add_argument("--dendrites", type=int, default=2, help="main dendrites")
+    p.add_argument("--density", type=float, default=0.5, help="spines per um of dendrite")
+    p.add_argument("--photons", type=float, default=40.0,
+                   help="photons at a shaft centre (lower = noisier)")
+    p.set_defaults(func=_cmd_synth)
+
+    p = sub.add_parser("evaluate", help="score detected spines against annotated spines")
+    p.add_argument("pred", help="detected spines CSV")
+    p.add_argument("gt", help="annotated (or synthetic truth) spines CSV")
+    p.add_argument("--centerlines", help="score only near these centre lines (CSV in um)")
+    p.add_argument("--lateral-tol", type=float, default=1.0, help="xy tolerance (um)")
+    p.add_argument("--axial-tol", type=float, default=2.0, help="z tolerance (um)")
+    p.add_argument("--tube-lateral", type=float, default=4.0, help="tube radius in xy (um)")
+    p.add_argument("--tube-axial", type=float, default=5.0, help="tube half-height in z (um)")
+    p.add_argument("-o", "--output", help="folder for matched.csv, per_dendrite.csv, "
+                                          "evaluation.json")
+    p.add_argument("--json", action="store_true", help="also print the summary as JSON")
+    p.set_defaults(func=_cmd_evaluate)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 0
+    try:
+        return args.func(args)
+    except (SpinecountError, InputError) as exc:
+        if args.debug:
+            raise
+        print(f"spinecount: error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        print("spinecount: interrupted; nothing was written for the unfinished stack",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

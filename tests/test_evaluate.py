@@ -1,0 +1,79 @@
+"""Scoring: hand-made cases whose answer is known exactly."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from spinecount.evaluate import evaluate, in_tube, match_points
+from spinecount.tables import read_spines
+
+
+def pts(rows):
+    return pd.DataFrame(rows, columns=["z_um", "y_um", "x_um"])
+
+
+def test_tolerances_are_a_cylinder():
+    gt = np.array([[0.0, 0.0, 0.0]])
+    assert len(match_points(np.array([[0, 0, 0.99]]), gt)) == 1
+    assert len(match_points(np.array([[0, 0, 1.01]]), gt)) == 0  # lateral 1.0 um
+    assert len(match_points(np.array([[1.99, 0.6, 0.6]]), gt)) == 1
+    assert len(match_points(np.array([[2.01, 0, 0]]), gt)) == 0  # axial 2.0 um
+    assert len(match_points(np.array([[0, 0, 1.4]]), gt, lateral_tol=1.5)) == 1
+
+
+def test_one_to_one_and_optimal_not_greedy():
+    # Greedy nearest-first would pair p0-g1 (0.1 um) and leave g0 unmatched; the optimal
+    # assignment matches both.
+    pred = np.array([[0, 0, 0.9], [0, 0, 1.8]])
+    gt = np.array([[0, 0, 0.0], [0, 0, 1.0]])
+    assert match_points(pred, gt).tolist() == [[0, 0], [1, 1]]
+    # two predictions on one annotated spine: only one counts
+    ev = evaluate(pts([[0, 0, 0], [0, 0, 0.2]]), pts([[0, 0, 0.1]]))
+    assert ev.summary["true_positives"] == 1 and ev.summary["false_positives"] == 1
+
+
+def test_counts_precision_recall_f1():
+    gt = pts([[0, 0, 0], [0, 10, 0], [0, 20, 0], [0, 30, 0]])
+    pred = pts([[0, 0.5, 0], [0, 10, 0.5], [0, 20, 3], [5, 40, 0], [0, 50, 0]])
+    s = evaluate(pred, gt).summary
+    assert (s["true_positives"], s["false_positives"], s["false_negatives"]) == (2, 3, 2)
+    assert s["precision"] == pytest.approx(2 / 5)
+    assert s["recall"] == pytest.approx(2 / 4)
+    assert s["f1"] == pytest.approx(2 * 2 / 9)
+
+
+def test_tube_restricts_scoring_and_density_per_dendrite():
+    # one straight dendrite along x, 20 um long; spines 1.5 um beside it every 2 um
+    cl = pd.DataFrame({"dendrite_id": 0, "z_um": 0.0, "y_um": 0.0,
+                       "x_um": np.linspace(0, 20, 81)})
+    gt = pts([[0, 1.5, x] for x in range(1, 20, 2)])  # 10 spines
+    pred = pts([[0, 1.5, x + 0.3] for x in range(1, 17, 2)]  # 8 found
+               + [[0, 12.0, 5.0]])  # far from the dendrite: outside the tube
+    ev = evaluate(pred, gt, centerlines=cl)
+    s = ev.summary
+    assert (s["n_pred"], s["n_gt"], s["true_positives"]) == (8, 10, 8)
+    row = ev.per_dendrite.iloc[0]
+    assert row["length_um"] == pytest.approx(20.0, abs=1e-6)
+    assert row["density_gt_per_um"] == pytest.approx(0.5)
+    assert row["density_pred_per_um"] == pytest.approx(0.4)
+    assert row["density_error"] == pytest.approx(-0.2)
+    inside = in_tube(pred[["z_um", "y_um", "x_um"]].to_numpy(), cl, lateral_radius=4,
+                     axial_radius=5)
+    assert inside.tolist() == [True] * 8 + [False]
+
+
+def test_matched_table_written(tmp_path):
+    ev = evaluate(pts([[0, 0, 0]]), pts([[0, 0, 0.5], [0, 9, 9]]))
+    paths = ev.write(tmp_path)
+    m = pd.read_csv(paths["matched"])
+    assert sorted(m["status"]) == ["fn", "tp"]
+    assert m.loc[m.status == "tp", "lateral_distance_um"].item() == pytest.approx(0.5)
+
+
+def test_reads_annotation_csv_format(tmp_path):
+    path = tmp_path / "ann.csv"
+    path.write_text("spine_id,segment_id,z_um,y_um,x_um,base_z_um,base_y_um,base_x_um,is_bad,"
+                    "note\n66,0,31.0,28.69,51.69,31.0,27.35,50.68,0,\n67,2,30,1,2,30,1,1,1,Spine?\n")
+    df = read_spines(path)
+    assert df["dendrite_id"].tolist() == [0, 2] and df["spine_id"].tolist() == [66, 67]
+    assert df["note"].iloc[1] == "Spine?"
