@@ -298,7 +298,7 @@ def make_stack(*, shape_um=(16.0, 40.0, 40.0), voxel_size=(1.0, 0.12, 0.12),
     --------
     >>> syn = make_stack(shape_um=(8, 20, 20), n_dendrites=1, seed=1)
     >>> syn.stack.data.shape
-    (8, 166, 166)
+    (8, 167, 167)
     >>> set(syn.spines["type"]) <= {"stubby", "thin", "mushroom", "filopodium"}
     True
     """

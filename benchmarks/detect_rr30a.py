@@ -1,0 +1,84 @@
+"""Benchmark the detector on the real annotated sessions in ../shared/data/rr30a.
+
+Prints per session: precision, recall and F1 inside a tube around the annotated backbones (4 um
+laterally, 5 um axially; one-to-one matching within 1.0 um laterally and 2.0 um axially), the
+per-segment density against the annotated density, the length of detected dendrite along each
+traced segment against its traced length, time per stage and peak memory.
+
+    python benchmarks/detect_rr30a.py [--data ../shared/data/rr30a] [--sessions 0 1]
+"""
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+
+
+def run_one(data: Path, session: int) -> dict:
+    from spinecount.detection import detect
+    from spinecount.evaluate import evaluate, in_tube
+    from spinecount.io import read_stack
+    from spinecount.tables import POSITION, read_centerlines, read_spines, resample_polyline
+
+    t0 = time.perf_counter()
+    stack = read_stack(data / f"rr30a_s{session}.tif")
+    t_read = time.perf_counter() - t0
+    det = detect(stack)
+    wall = time.perf_counter() - t0
+    gt = read_spines(data / f"rr30a_s{session}_spines.csv")
+    cl = read_centerlines(data / f"rr30a_s{session}_backbone.csv")
+    ev = evaluate(det.spines, gt, centerlines=cl)
+    # detected dendrite length along each traced segment: detected centre line points (0.25 um
+    # apart) within 1.5 um laterally and 3 um axially of that segment's backbone
+    dense = np.vstack([resample_polyline(g[POSITION].to_numpy(), 0.25)
+                       for _, g in det.centerlines.groupby("dendrite_id")]) \
+        if len(det.centerlines) else np.zeros((0, 3))
+    seg = ev.per_dendrite.copy()
+    seg["detected_length_um"] = [
+        0.25 * in_tube(dense, cl[cl.dendrite_id == d], lateral_radius=1.5,
+                       axial_radius=3.0).sum() for d in seg["dendrite_id"]]
+    seg["length_error"] = seg["detected_length_um"] / seg["length_um"] - 1
+    return {"session": session, "summary": ev.summary, "segments": seg.round(3).to_dict("list"),
+            "timings_s": {"read": round(t_read, 2), **det.timings}, "wall_s": round(wall, 2),
+            "n_dendrites": len(det.dendrites),
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", default=str(HERE.parent.parent / "shared/data/rr30a"))
+    ap.add_argument("--sessions", nargs="+", type=int, default=[0, 1])
+    ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    data = Path(a.data)
+    if a.one is not None:
+        print(json.dumps(run_one(data, a.one)))
+        return
+    if not data.exists():
+        sys.exit(f"data folder {data} not found; pass --data")
+    for s in a.sessions:  # each session in its own process, so peak memory is its own
+        out = subprocess.run([sys.executable, __file__, "--data", str(data), "--one", str(s)],
+                             capture_output=True, text=True, check=True).stdout
+        r = json.loads(out.strip().splitlines()[-1])
+        m = r["summary"]
+        print(f"session {s}: precision {m['precision']:.3f}  recall {m['recall']:.3f}  "
+              f"F1 {m['f1']:.3f}  (matched {m['true_positives']}, detected {m['n_pred']}, "
+              f"annotated {m['n_gt']}); {r['n_dendrites']} dendrites detected in the field")
+        seg = r["segments"]
+        for i, d in enumerate(seg["dendrite_id"]):
+            print(f"  segment {d}: density {seg['density_pred_per_um'][i]:.3f} vs annotated "
+                  f"{seg['density_gt_per_um'][i]:.3f} /um (error {seg['density_error'][i]:+.0%}); "
+                  f"length {seg['detected_length_um'][i]:.1f} vs traced {seg['length_um'][i]:.1f} "
+                  f"um (error {seg['length_error'][i]:+.0%})")
+        print(f"  time {r['wall_s']:.1f} s {r['timings_s']}; peak memory {r['peak_rss_mb']:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
