@@ -134,15 +134,13 @@ def _trace_dendrites(zs: np.ndarray, vs, p: DetectionParams):
         if sk.n_paths == 0:
             return paths, mask, edt
     summ = skan.summarize(sk, separator="_")
+    # whole skeletons shorter than a dendrite (puncta, noise, clusters of blobs) are not dendrites
+    total = summ.groupby("skeleton_id")["branch_distance"].transform("sum").to_numpy()
     for i in range(sk.n_paths):
-        coords = sk.path_coordinates(i) * np.asarray(vs)
         length = summ["branch_distance"].iloc[i]
-        isolated = summ["branch_type"].iloc[i] == 0
-        if isolated and length < p.min_dendrite_length_um:
+        if total[i] < p.min_dendrite_length_um or length < 2 * vs[1]:
             continue
-        if length < 2 * vs[1]:
-            continue
-        paths.append(coords)
+        paths.append(sk.path_coordinates(i) * np.asarray(vs))
     return paths, mask, edt
 
 
@@ -320,6 +318,12 @@ def detect(stack: Stack, *, params: DetectionParams | None = None, traces: pd.Da
         half = np.flatnonzero(pk_ < 0.5 * pk_[0])
         radii[k + 1] = float(half[0] * bin_um) if len(half) else reach
     resid = np.where(region, sig - model, 0).astype(np.float32)
+    # median centre line brightness of each dendrite (noise units)
+    on_line = lab > 0
+    line_owner = pt_owner[lab[on_line] - 1]
+    line_b = centre_b[on_line]
+    shaft_brightness = [max(float(np.median(line_b[line_owner == k])), 1e-3)
+                        if np.any(line_owner == k) else 1.0 for k in range(len(smooth_paths))]
     t = lap("shaft model", t)
 
     # 3. spine candidates: peaks of the smoothed residual
@@ -383,8 +387,8 @@ def detect(stack: Stack, *, params: DetectionParams | None = None, traces: pd.Da
             ratio = float(np.clip(along[: max(n_s - 3, 1)].min() / peak, 0, 1))
             neck_d = head_d * np.sqrt(ratio) if ratio < 0.6 else head_d
             integ = float(resid[max(zi - 1, 0):zi + 2, y0:y1, x0:x1].clip(0).sum())
-            shaft_per_um = max(float(np.median(centre_b[lab > 0][pt_owner[lab[lab > 0] - 1] == k])), 1e-3) * np.pi * (
-                r_shaft + 0.5 * p.psf_fwhm_um) ** 2 / (vs[1] * vs[2]) * 1.0 / vs[0]
+            shaft_per_um = shaft_brightness[k] * np.pi * (
+                r_shaft + 0.5 * p.psf_fwhm_um) ** 2 / (vs[1] * vs[2] * vs[0])
             rows.append({
                 "dendrite_id": int(ids[k]), "z_um": hp[0], "y_um": hp[1], "x_um": hp[2],
                 "base_z_um": base[0], "base_y_um": base[1], "base_x_um": base[2],
