@@ -406,6 +406,7 @@ def detect(stack: Stack, *, params: DetectionParams | None = None, traces: pd.Da
     if len(spines):
         spines[POSITION] += offset
         spines[BASE] += offset
+        # 0.5 at the detection threshold, rising towards 1 with the contrast above it
         spines["score"] = (0.5 + 0.5 * (1 - np.exp(-(spines["contrast"] - p.spine_threshold)
                                                    / p.spine_threshold))).clip(0, 1)
         spines = spines[spines["score"] >= p.min_score].reset_index(drop=True)

@@ -234,16 +234,18 @@ def _scanimage(tf, series):
         z = None
     px = scanimage_pixel_size(framedata, meta)
     if px is None:
-        y, x = _resolution_um(page, _tiff_unit_factor(page))
-        px = x if (_plausible(x) and _plausible(y)) else None
+        px = _calibrated_pixel_um(page)[1]
     return arr, (z, px, px), {"frames_per_slice": frames, "channels_saved": n_chan}
 
 
-def _plain_voxel(page):
+def _calibrated_pixel_um(page) -> tuple[float | None, float | None]:
+    """(y, x) pixel size from centimetre resolution tags if it is a plausible microscope pixel."""
     y, x = _resolution_um(page, _tiff_unit_factor(page))
-    if not (_plausible(x) and _plausible(y)):
-        return (None, None, None)
-    return (None, y, x)
+    return (y, x) if (_plausible(x) and _plausible(y)) else (None, None)
+
+
+def _plain_voxel(page):
+    return (None, *_calibrated_pixel_um(page))
 
 
 def _to_zcyx(arr: np.ndarray, axes: str, path, timepoint):

@@ -43,9 +43,6 @@ class DetectionParams:
     min_score: float = _p(0.5, "spines with a lower confidence score are dropped")
     psf_fwhm_um: float = _p(0.45, "lateral resolution (FWHM), removed from head diameters")
     length_smoothing_um: float = _p(2.0, "centre lines are smoothed this much before lengths")
-    chunk_um: float = _p(
-        120.0, "large stacks are processed in lateral tiles of this size (0 = never tile)")
-    chunk_overlap_um: float = _p(12.0, "overlap between tiles")
 
     def to_dict(self) -> dict:
         return asdict(self)
