@@ -23,32 +23,40 @@ def _voxel_arg(p: argparse.ArgumentParser):
                    help="voxel size in micrometres; overrides the file's metadata")
 
 
-def _cmd_detect(args) -> int:
+def _detect_to_folder(path, outdir, params, *, command: str, channel=None, voxel_size=None,
+                      timepoint=None, traces=None, progress=True):
+    """Read one stack, detect, and write its result folder with provenance."""
     from .detection import detect
     from .io import read_stack
-    from .params import DetectionParams, load_params
     from .results import provenance, write_result
     from .traces import read_traces
 
-    params = load_params(args.params) if args.params else DetectionParams()
     t0 = time.perf_counter()
-    stack = read_stack(args.stack, channel=args.channel, voxel_size=args.voxel_size,
-                       timepoint=args.timepoint)
-    traces = read_traces(args.traces) if args.traces else None
-    det = detect(stack, params=params, traces=traces, progress=not args.quiet)
+    stack = read_stack(path, channel=channel, voxel_size=voxel_size, timepoint=timepoint)
+    det = detect(stack, params=params, traces=read_traces(traces) if traces else None,
+                 progress=progress)
     wall = time.perf_counter() - t0
     info = provenance(stack, params, wall_time_s=round(wall, 3), extra={
-        "command": "detect", "timings_s": det.timings,
-        "traces": None if args.traces else "automatic",
+        "command": command, "timings_s": det.timings,
+        "traces": str(Path(traces).resolve()) if traces else "automatic",
         "n_spines": len(det.spines), "n_dendrites": len(det.dendrites)})
-    if args.traces:
-        info["traces"] = str(Path(args.traces).resolve())
-    paths = write_result(args.output, det, info)
+    write_result(outdir, det, info)
+    return stack, det, wall
+
+
+def _cmd_detect(args) -> int:
+    from .params import DetectionParams, load_params
+
+    params = load_params(args.params) if args.params else DetectionParams()
+    stack, det, wall = _detect_to_folder(
+        args.stack, args.output, params, command="detect", channel=args.channel,
+        voxel_size=args.voxel_size, timepoint=args.timepoint, traces=args.traces,
+        progress=not args.quiet)
     total_len = float(det.dendrites["length_um"].sum())
     print(f"{stack.name}: {len(det.spines)} spines on {len(det.dendrites)} dendrites "
           f"({total_len:.1f} um, {len(det.spines) / total_len if total_len else 0:.3f} "
           f"spines/um) in {wall:.1f} s")
-    print(f"results: {paths['spines.csv'].parent}")
+    print(f"results: {Path(args.output)}")
     return 0
 
 
@@ -95,11 +103,8 @@ def _samples_dir() -> Path:
 
 def _cmd_demo(args) -> int:
     """Detect spines in every bundled sample stack and score them against their truth."""
-    from .detection import detect
     from .evaluate import evaluate
-    from .io import read_stack
     from .params import DetectionParams
-    from .results import provenance, write_result
     from .tables import read_centerlines, read_spines
 
     samples = Path(args.samples) if args.samples else _samples_dir()
@@ -111,12 +116,8 @@ def _cmd_demo(args) -> int:
     out = Path(args.output)
     params = DetectionParams()
     for name, truth, backbone in cases:
-        t0 = time.perf_counter()
-        stack = read_stack(samples / f"{name}.tif")
-        det = detect(stack, params=params, progress=True)
-        info = provenance(stack, params, wall_time_s=round(time.perf_counter() - t0, 3),
-                          extra={"command": "demo", "timings_s": det.timings})
-        write_result(out / name, det, info)
+        _, det, _ = _detect_to_folder(samples / f"{name}.tif", out / name, params,
+                                      command="demo")
         cl = read_centerlines(samples / backbone) if backbone else None
         ev = evaluate(det.spines, read_spines(samples / truth), centerlines=cl)
         ev.write(out / name / "evaluation")
@@ -190,7 +191,7 @@ def main(argv=None) -> int:
         return 0
     try:
         return args.func(args)
-    except (SpinecountError, InputError) as exc:
+    except SpinecountError as exc:
         if args.debug:
             raise
         print(f"spinecount: error: {exc}", file=sys.stderr)

@@ -14,13 +14,14 @@ The method, in order (all distances in micrometres, converted with the stack's v
    branch between junctions and tips is one dendrite; its length is measured along its centre
    line smoothed over ``length_smoothing_um``, with the true voxel size in each axis.
    Alternatively the caller gives the centre lines (``traces``).
-4. **Shaft model.** Around each dendrite, the intensity as a function of distance from the
-   centre line (z scaled by the PSF's axial elongation) is estimated with medians, and scaled by
-   the local centre line brightness. Subtracting it leaves the spines, including heads whose
-   neck is too dim to see.
+4. **Shaft model.** Every voxel near a dendrite is assigned to its nearest centre line point
+   (z scaled by the PSF's axial elongation). Per 2.5 um stretch of dendrite, the median intensity
+   by lateral distance (0.2 um bins) and z offset (slices) is the shaft, forced never to get
+   brighter further out. Subtracting it leaves the spines, including heads whose neck is too dim
+   to see.
 5. **Spines** are peaks of the residual, smoothed at the head scale ``head_sigma_um``, that rise
-   ``spine_threshold`` noise SDs above it, lie within ``max_spine_length_um`` of the shaft
-   surface and are at least ``min_spine_separation_um`` apart. Each is attached to its nearest
+   ``spine_threshold`` local noise SDs above it (shot noise grows with the shaft model), lie
+   within ``max_spine_length_um`` of the shaft surface and are at least ``min_spine_separation_um`` apart. Each is attached to its nearest
    dendrite, its base placed on the shaft surface towards the head, and measured: head diameter
    (half-maximum area, PSF removed), neck length, total length, distance from the shaft surface,
    integrated intensity relative to the shaft per micrometre, type (see
@@ -120,7 +121,7 @@ def _trace_dendrites(zs: np.ndarray, vs, p: DetectionParams):
     skel = skeletonize(mask)
     paths = []
     if not skel.any():
-        return paths, mask, edt
+        return paths, mask
     sk = skan.Skeleton(skel, spacing=vs)
     for _ in range(6):
         summ = skan.summarize(sk, separator="_")
@@ -132,7 +133,7 @@ def _trace_dendrites(zs: np.ndarray, vs, p: DetectionParams):
             break
         sk = sk.prune_paths(np.flatnonzero(tips.to_numpy()))
         if sk.n_paths == 0:
-            return paths, mask, edt
+            return paths, mask
     summ = skan.summarize(sk, separator="_")
     # whole skeletons shorter than a dendrite (puncta, noise, clusters of blobs) are not dendrites
     total = summ.groupby("skeleton_id")["branch_distance"].transform("sum").to_numpy()
@@ -141,7 +142,7 @@ def _trace_dendrites(zs: np.ndarray, vs, p: DetectionParams):
         if total[i] < p.min_dendrite_length_um or length < 2 * vs[1]:
             continue
         paths.append(sk.path_coordinates(i) * np.asarray(vs))
-    return paths, mask, edt
+    return paths, mask
 
 
 def _suppress(idx: np.ndarray, value: np.ndarray, vs, separation_um: float) -> np.ndarray:
@@ -251,7 +252,7 @@ def detect(stack: Stack, *, params: DetectionParams | None = None, traces: pd.Da
     zs = (sm - bg_s) / noise_s
     del sm
     if traces is None:
-        paths, mask, _ = _trace_dendrites(zs, vs, p)
+        paths, mask = _trace_dendrites(zs, vs, p)
     else:
         paths = [g[POSITION].to_numpy(float) - offset
                  for _, g in traces.groupby("dendrite_id", sort=True)]
@@ -310,13 +311,12 @@ def detect(stack: Stack, *, params: DetectionParams | None = None, traces: pd.Da
     model = np.zeros_like(img)
     model[region] = prof.ravel()[key]
     prof = prof[:, n_dz]  # in-plane profile, for the shaft radius
-    bin_um = lat_um
     radii = {}
     for k in range(len(smooth_paths)):
         g = np.unique(group[pt_owner == k])
-        pk_ = np.median(prof[g], axis=0) if len(g) else np.zeros(n_bins)
+        pk_ = np.median(prof[g], axis=0) if len(g) else np.zeros(n_lat)
         half = np.flatnonzero(pk_ < 0.5 * pk_[0])
-        radii[k + 1] = float(half[0] * bin_um) if len(half) else reach
+        radii[k + 1] = float(half[0] * lat_um) if len(half) else reach
     resid = np.where(region, sig - model, 0).astype(np.float32)
     # median centre line brightness of each dendrite (noise units)
     on_line = lab > 0
@@ -349,22 +349,15 @@ def detect(stack: Stack, *, params: DetectionParams | None = None, traces: pd.Da
     rows = []
     if len(pk):
         pos = pk * np.asarray(vs)
-        # physical nearest centre line point
-        dense, dense_id = [], []
-        for i, q in enumerate(smooth_paths):
-            dq = resample_polyline(q, 0.1)
-            dense.append(dq)
-            dense_id.append(np.full(len(dq), i))
-        dense = np.vstack(dense)
-        dense_id = np.concatenate(dense_id)
-        dd, nn = cKDTree(dense).query(pos)
+        # physical nearest centre line point (of those rasterised for the shaft model)
+        dd, nn = cKDTree(pt_xyz).query(pos)
         for (zi, yi, xi), hp, dc, ni in zip(pk, pos, dd, nn):
-            k = int(dense_id[ni])
+            k = int(pt_owner[ni])
             r_shaft = max(radii.get(k + 1, 0.5) - 0.5 * p.psf_fwhm_um, 0.2)
             surface = dc - r_shaft
             if surface < 0.1 or surface > p.max_spine_length_um:
                 continue
-            cpt = dense[ni]
+            cpt = pt_xyz[ni]
             direction = (hp - cpt) / max(dc, 1e-9)
             base = cpt + r_shaft * direction
             peak = rs[zi, yi, xi]

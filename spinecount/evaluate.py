@@ -123,8 +123,11 @@ def in_tube(points: np.ndarray, centerlines: pd.DataFrame, *, lateral_radius: fl
 
     Centre lines are resampled every 0.25 um first, so sparse tracings work too.
     """
+    return _in_tube(points, _dense_centerlines(centerlines), lateral_radius, axial_radius)
+
+
+def _in_tube(points, dense: np.ndarray, lateral_radius: float, axial_radius: float):
     points = np.asarray(points, float).reshape(-1, 3)
-    dense = _dense_centerlines(centerlines)
     if not len(points) or not len(dense):
         return np.zeros(len(points), bool)
     ij = _pairs_within(points, dense[:, 1:], lateral_radius, axial_radius)
@@ -144,9 +147,12 @@ def _dense_centerlines(centerlines: pd.DataFrame) -> np.ndarray:
 
 def nearest_dendrite(points: np.ndarray, centerlines: pd.DataFrame) -> np.ndarray:
     """dendrite_id of the nearest centre line for each point (in micrometres)."""
+    return _nearest(points, _dense_centerlines(centerlines))
+
+
+def _nearest(points, dense: np.ndarray) -> np.ndarray:
     from scipy.spatial import cKDTree
 
-    dense = _dense_centerlines(centerlines)
     points = np.asarray(points, float).reshape(-1, 3)
     if not len(dense) or not len(points):
         return np.full(len(points), -1)
@@ -189,9 +195,9 @@ def evaluate(pred: pd.DataFrame, gt: pd.DataFrame, *, lateral_tol: float = LATER
     g_all = gt[POSITION].to_numpy(float)
     p_idx, g_idx = np.arange(len(p_all)), np.arange(len(g_all))
     if centerlines is not None:
-        kw = {"lateral_radius": tube_lateral_um, "axial_radius": tube_axial_um}
-        p_idx = p_idx[in_tube(p_all, centerlines, **kw)]
-        g_idx = g_idx[in_tube(g_all, centerlines, **kw)]
+        dense = _dense_centerlines(centerlines)
+        p_idx = p_idx[_in_tube(p_all, dense, tube_lateral_um, tube_axial_um)]
+        g_idx = g_idx[_in_tube(g_all, dense, tube_lateral_um, tube_axial_um)]
     P, G = p_all[p_idx], g_all[g_idx]
     pairs = match_points(P, G, lateral_tol=lateral_tol, axial_tol=axial_tol)
     tp = len(pairs)
@@ -225,8 +231,7 @@ def evaluate(pred: pd.DataFrame, gt: pd.DataFrame, *, lateral_tol: float = LATER
                                          "density_gt_per_um", "density_pred_per_um",
                                          "density_error"])
     if centerlines is not None and len(centerlines):
-        pd_ = nearest_dendrite(P, centerlines)
-        gd_ = nearest_dendrite(G, centerlines)
+        pd_, gd_ = _nearest(P, dense), _nearest(G, dense)
         recs = []
         for did, g in centerlines.groupby("dendrite_id", sort=True):
             length = centerline_length(g[POSITION].to_numpy(float))
