@@ -15,8 +15,8 @@ The method, in order (all distances in micrometres, converted with the stack's v
    line smoothed over ``length_smoothing_um``, with the true voxel size in each axis.
    Alternatively the caller gives the centre lines (``traces``).
 4. **Shaft model.** Every voxel near a dendrite is assigned to its nearest centre line point
-   (z scaled by the PSF's axial elongation). Per 2.5 um stretch of dendrite, the median intensity
-   by lateral distance (0.2 um bins) and z offset (slices) is the shaft, forced never to get
+   (z scaled by the PSF's axial elongation). Per 4 um stretch of dendrite, the median intensity
+   by side, lateral distance (0.2 um bins) and z offset (slices) is the shaft, forced never to get
    brighter further out. Subtracting it leaves the spines, including heads whose neck is too dim
    to see.
 5. **Spines** are peaks of the residual, smoothed at the head scale ``head_sigma_um``, that rise
@@ -168,10 +168,10 @@ def _rasterize_paths(paths, shape, vs):
     """Centre line points on the working grid.
 
     Returns a label image (point index + 1, 0 elsewhere) and, per point, its dendrite (index
-    into `paths`), its arc length position along it (um) and its position (um).
+    into `paths`), its arc length position along it (um), its position (um) and the unit tangent.
     """
     lab = np.zeros(shape, np.int32)
-    owners, arcs, xyz = [], [], []
+    owners, arcs, xyz, tans = [], [], [], []
     start = 0
     for i, pts in enumerate(paths):
         dense = resample_polyline(pts, min(vs) / 2)
@@ -180,11 +180,14 @@ def _rasterize_paths(paths, shape, vs):
         ok = np.all((idx >= 0) & (idx < np.asarray(shape)), axis=1)
         idx, arc = idx[ok], arc[ok]
         xyz.append(dense[ok])
+        tan = np.gradient(dense, axis=0) if len(dense) > 1 else np.zeros_like(dense)
+        tans.append((tan / np.maximum(np.linalg.norm(tan, axis=1, keepdims=True), 1e-9))[ok])
         lab[tuple(idx.T)] = start + np.arange(len(idx)) + 1
         owners.append(np.full(len(idx), i))
         arcs.append(arc)
         start += len(idx)
-    return lab, np.concatenate(owners), np.concatenate(arcs), np.vstack(xyz)
+    return (lab, np.concatenate(owners), np.concatenate(arcs), np.vstack(xyz),
+            np.vstack(tans))
 
 
 def detect(stack: Stack, *, params: DetectionParams | None = None, traces: pd.DataFrame | None
@@ -278,7 +281,7 @@ def detect(stack: Stack, *, params: DetectionParams | None = None, traces: pd.Da
 
     # 2. shaft model: distance from the centre line with z scaled by the PSF elongation,
     # median intensity per stretch of dendrite and distance, never rising with distance.
-    lab, pt_owner, pt_arc, pt_xyz = _rasterize_paths(smooth_paths, img.shape, vs)
+    lab, pt_owner, pt_arc, pt_xyz, pt_tan = _rasterize_paths(smooth_paths, img.shape, vs)
     scaled = (vz / AXIAL_RATIO, vs[1], vs[2])
     reach = p.max_spine_length_um + p.max_dendrite_radius_um
     dist, near = ndi.distance_transform_edt(lab == 0, sampling=scaled, return_indices=True)
@@ -287,8 +290,10 @@ def detect(stack: Stack, *, params: DetectionParams | None = None, traces: pd.Da
     region = dist <= reach
     sig = (img - bg) / noise
     centre_b = ndi.gaussian_filter(sig, _sigma_vox((0.0, 0.3, 0.3), vs))
-    # Cells: stretch of dendrite x z offset (slices) x lateral distance (0.2 um bins).
-    lat_um, stretch_um = 0.2, 2.5
+    # Cells: stretch of dendrite x z offset (slices) x side x lateral distance (0.2 um bins).
+    # The two sides are modelled apart, so a centre line a little off the middle of the shaft
+    # (or a shaft brighter on one side) leaves no stripe of residual along one edge.
+    lat_um, stretch_um = 0.2, 4.0
     n_lat = int(reach / lat_um) + 1
     n_dz = int(np.ceil(p.max_spine_length_um / vz))
     rv = np.argwhere(region)
@@ -296,21 +301,23 @@ def detect(stack: Stack, *, params: DetectionParams | None = None, traces: pd.Da
     rel = rv * np.asarray(vs) - pt_xyz[pts]
     dzb = np.clip(np.round(rel[:, 0] / vz).astype(int), -n_dz, n_dz) + n_dz
     latb = np.minimum((np.hypot(rel[:, 1], rel[:, 2]) / lat_um).astype(int), n_lat - 1)
+    tan = pt_tan[pts]
+    side = (tan[:, 1] * rel[:, 2] - tan[:, 2] * rel[:, 1] > 0).astype(int)
     stretch = pt_owner * 100_000 + (pt_arc // stretch_um).astype(int)
     _, group = np.unique(stretch, return_inverse=True)
     n_z = 2 * n_dz + 1
-    key = (group[pts] * n_z + dzb) * n_lat + latb
+    key = ((group[pts] * n_z + dzb) * 2 + side) * n_lat + latb
     med = pd.Series(sig[region]).groupby(key).median()
-    prof = np.zeros((group.max() + 1) * n_z * n_lat, np.float32)
+    prof = np.zeros((group.max() + 1) * n_z * 2 * n_lat, np.float32)
     prof[med.index.to_numpy()] = med.to_numpy()
-    prof = prof.reshape(-1, n_z, n_lat)
+    prof = prof.reshape(-1, n_z, 2, n_lat)
     # never brighter further out: laterally, then above and below the centre line
-    prof = np.maximum.accumulate(prof[:, :, ::-1], axis=2)[:, :, ::-1]
+    prof = np.maximum.accumulate(prof[..., ::-1], axis=3)[..., ::-1]
     prof[:, n_dz:] = np.maximum.accumulate(prof[:, n_dz:][:, ::-1], axis=1)[:, ::-1]
     prof[:, :n_dz + 1] = np.maximum.accumulate(prof[:, :n_dz + 1], axis=1)
     model = np.zeros_like(img)
     model[region] = prof.ravel()[key]
-    prof = prof[:, n_dz]  # in-plane profile, for the shaft radius
+    prof = prof.max(axis=1).mean(axis=1)  # in-plane profile, for the shaft radius
     radii = {}
     for k in range(len(smooth_paths)):
         g = np.unique(group[pt_owner == k])
