@@ -21,7 +21,9 @@ The method, in order (all distances in micrometres, converted with the stack's v
    to see.
 5. **Spines** are peaks of the residual, smoothed at the head scale ``head_sigma_um``, that rise
    ``spine_threshold`` local noise SDs above it (shot noise grows with the shaft model), lie
-   within ``max_spine_length_um`` of the shaft surface and are at least ``min_spine_separation_um`` apart. Each is attached to its nearest
+   within ``max_spine_length_um`` of the shaft surface, are at least ``min_spine_separation_um``
+   apart, and protrude: at least ``min_protrusion_fraction`` of the brightness at the head is in
+   excess of the shaft model (a local bulge of the shaft is not a spine). Each is attached to its nearest
    dendrite, its base placed on the shaft surface towards the head, and measured: head diameter
    (half-maximum area, PSF removed), neck length, total length, distance from the shaft surface,
    integrated intensity relative to the shaft per micrometre, type (see
@@ -350,7 +352,7 @@ def detect(stack: Stack, *, params: DetectionParams | None = None, traces: pd.Da
             spread.append(1.4826 * float(np.median(np.abs(v - np.median(v)))))
     spread = np.maximum.accumulate(np.maximum(spread, 1e-6))  # noise does not fall with signal
     rz = rs / np.interp(ms, centres, spread).astype(np.float32)
-    del ms, mv, rv_, which
+    del mv, rv_, which  # ms (the smoothed shaft model) is used below
     peaks = (rz == ndi.maximum_filter(rz, size=3)) & (rz > p.spine_threshold) & region
     pk = _suppress(np.argwhere(peaks), rz, vs, p.min_spine_separation_um)
     rows = []
@@ -364,10 +366,12 @@ def detect(stack: Stack, *, params: DetectionParams | None = None, traces: pd.Da
             surface = dc - r_shaft
             if surface < 0.1 or surface > p.max_spine_length_um:
                 continue
+            peak = rs[zi, yi, xi]
+            if peak < p.min_protrusion_fraction * (peak + ms[zi, yi, xi]):
+                continue  # a bulge of the shaft itself, not a protrusion from it
             cpt = pt_xyz[ni]
             direction = (hp - cpt) / max(dc, 1e-9)
             base = cpt + r_shaft * direction
-            peak = rs[zi, yi, xi]
             # head size: area above half maximum in the peak's slice
             win = int(np.ceil(1.0 / vs[1]))
             y0, y1 = max(yi - win, 0), min(yi + win + 1, img.shape[1])
