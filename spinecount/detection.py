@@ -129,21 +129,44 @@ def _trace_dendrites(zs: np.ndarray, vs, p: DetectionParams):
         summ = skan.summarize(sk, separator="_")
         radius = edt[tuple(np.round(summ[[f"image_coord_dst_{i}" for i in range(3)]]
                                     .to_numpy()).astype(int).T)]
-        tips = (summ["branch_type"] == 1) & (summ["branch_distance"]
-                                             < p.max_spine_length_um + radius)
+        tips = ((summ["branch_type"] == 1) & (summ["branch_distance"]
+                                              < p.max_spine_length_um + radius)).to_numpy().copy()
+        # Where a dendrite ends just past a side branch, the end is a short tip too: of the
+        # short tips at a junction with only one other branch, keep the longest.
+        src, dst = summ["node_id_src"].to_numpy(), summ["node_id_dst"].to_numpy()
+        deg = np.bincount(np.concatenate([src, dst]))
+        junction = np.where(deg[src] > 1, src, dst)
+        for node in np.unique(junction[tips]):
+            at = np.flatnonzero(tips & (junction == node))
+            others = np.count_nonzero(((src == node) | (dst == node))) - len(at)
+            if others == 1:
+                tips[at[np.argmax(summ["branch_distance"].to_numpy()[at])]] = False
         if not tips.any():
             break
-        sk = sk.prune_paths(np.flatnonzero(tips.to_numpy()))
+        sk = sk.prune_paths(np.flatnonzero(tips))
         if sk.n_paths == 0:
             return paths, mask
     summ = skan.summarize(sk, separator="_")
     # whole skeletons shorter than a dendrite (puncta, noise, clusters of blobs) are not dendrites
     total = summ.groupby("skeleton_id")["branch_distance"].transform("sum").to_numpy()
+    src, dst = summ["node_id_src"].to_numpy(), summ["node_id_dst"].to_numpy()
+    deg = np.bincount(np.concatenate([src, dst]))
+    top = (np.asarray(zs.shape) - 1) * np.asarray(vs)
     for i in range(sk.n_paths):
         length = summ["branch_distance"].iloc[i]
         if total[i] < p.min_dendrite_length_um or length < 2 * vs[1]:
             continue
-        paths.append(sk.path_coordinates(i) * np.asarray(vs))
+        pts = sk.path_coordinates(i) * np.asarray(vs)
+        # A skeleton stops about one radius short of a free end: extend tips by their radius.
+        for end, node in ((0, src[i]), (-1, dst[i])):
+            if deg[node] == 1 and len(pts) > 2:
+                tip = pts[end]
+                inner = pts[min(4, len(pts) - 1)] if end == 0 else pts[max(-5, -len(pts))]
+                d = tip - inner
+                r = edt[tuple(np.round(tip / np.asarray(vs)).astype(int))]
+                new = np.clip(tip + d / max(np.linalg.norm(d), 1e-9) * r, 0, top)
+                pts = np.vstack([new[None], pts]) if end == 0 else np.vstack([pts, new[None]])
+        paths.append(pts)
     return paths, mask
 
 

@@ -414,3 +414,54 @@ def write_synthetic(syn: SyntheticStack, path) -> dict[str, Path]:
     syn.centerlines.to_csv(out["centerlines"], index=False)
     syn.stack.path = str(path)
     return out
+
+
+#: Planted mean densities (spines/um) of the demo experiment.
+DEMO_CONDITIONS = {"control": 0.50, "chronic stress": 0.35, "ketamine": 0.47}
+
+
+def make_experiment(folder, *, conditions: dict | None = None, animals_per_condition: int = 4,
+                    stacks_per_animal: int = 2, animal_cv: float = 0.08,
+                    dendrite_cv: float = 0.15, seed: int = 0, **stack_kw) -> Path:
+    """Write a synthetic experiment (stacks, truth and a manifest) with planted densities.
+
+    Each animal's density is its condition's planted density times a log-normal factor
+    (coefficient of variation `animal_cv`); each dendrite varies around its animal's density by
+    `dendrite_cv`. Every stack has two unbranched dendrites (``make_stack`` arguments can be
+    changed with `stack_kw`).
+
+    Returns
+    -------
+    Path
+        ``folder/manifest.csv`` with ``path, animal, condition, cell,
+        planted_density_per_um`` (the animal's planted density) and one
+        ``stacks/<animal>_<cell>.tif`` per stack with its truth CSVs beside it.
+
+    Examples
+    --------
+    >>> import tempfile, pandas as pd
+    >>> m = make_experiment(tempfile.mkdtemp(), animals_per_condition=1, stacks_per_animal=1,
+    ...                     shape_um=(8, 20, 20))
+    >>> pd.read_csv(m)[["animal", "condition"]].values.tolist()
+    [['m01', 'control'], ['m02', 'chronic stress'], ['m03', 'ketamine']]
+    """
+    folder = Path(folder)
+    conditions = conditions or DEMO_CONDITIONS
+    rng = np.random.default_rng(seed)
+    kw = {"shape_um": (16.0, 40.0, 40.0), "n_dendrites": 2, "branch_probability": 0.0,
+          **stack_kw}
+    rows = []
+    for ci, (cond, density) in enumerate(conditions.items()):
+        for a in range(1, animals_per_condition + 1):
+            animal = f"m{ci * animals_per_condition + a:02d}"
+            d = density * rng.lognormal(-animal_cv**2 / 2, animal_cv)
+            for cell in range(1, stacks_per_animal + 1):
+                rel = f"stacks/{animal}_{cell}.tif"
+                syn = make_stack(spine_density=d, density_cv=dendrite_cv,
+                                 seed=int(rng.integers(2**31)), **kw)
+                write_synthetic(syn, folder / rel)
+                rows.append({"path": rel, "animal": animal, "condition": cond, "cell": cell,
+                             "planted_density_per_um": round(d, 4)})
+    path = folder / "manifest.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path

@@ -1,0 +1,298 @@
+"""Run an experiment: every stack of a manifest, in parallel, cached, then aggregated.
+
+``run_experiment`` detects spines in every stack listed in a manifest
+(:mod:`spinecount.manifest`) with dask.distributed (a local cluster of worker processes, or an
+existing cluster given by its scheduler address), and writes into the output folder::
+
+    stacks/<stack>/       one result folder per stack (spines.csv, dendrites.csv,
+                          centerlines.csv, run.json, qc.png) and, after a review,
+                          spines_reviewed.csv, which is then used instead of spines.csv
+    spines.csv            every counted spine, with its stack's manifest columns and source
+    dendrites.csv         every dendrite, with per-type densities and ``included``
+    animals.csv           per animal; conditions.csv per condition (mean and SEM over animals)
+    stats.csv             mixed-model contrasts between conditions (:mod:`spinecount.stats`)
+    failures.csv          stacks that failed, with the error
+    plots/                superplot, density by type, head diameters (PNG and SVG)
+    report.html           one self-contained page with all of it
+    experiment.json       provenance of the run
+
+Each stack's result is cached under a key made of the input file's hash, its channel, voxel
+size and traces, the detection parameters and the spinecount version: a second run redoes
+nothing, an interrupted run resumes, and a changed parameter redoes exactly the stacks it
+affects. A stack that fails is recorded and the others go on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from ._version import __version__
+from .params import DetectionParams
+
+STACKS_DIR = "stacks"
+QC_FILE = "qc.png"
+FAILURE_COLUMNS = ["stack", "path", "animal", "condition", "error"]
+#: Default shortest dendrite that enters the animal, condition and statistics tables (um).
+MIN_LENGTH_UM = 10.0
+
+
+@dataclass
+class ExperimentResult:
+    """Tables of an experiment run (see the module docstring for the files)."""
+
+    outdir: Path
+    spines: pd.DataFrame
+    dendrites: pd.DataFrame
+    animals: pd.DataFrame
+    conditions: pd.DataFrame
+    stats: pd.DataFrame
+    failures: pd.DataFrame
+    report: Path
+    n_computed: int
+    n_cached: int
+
+    @property
+    def ok(self) -> bool:
+        return self.failures.empty
+
+
+def cache_key(task: dict) -> str:
+    """Hash of everything a stack's result depends on."""
+    doc = {k: task[k] for k in ("sha256", "channel", "voxel_size", "traces_sha256", "params")}
+    doc["version"] = __version__
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+def _is_cached(folder: Path, key: str) -> bool:
+    run = folder / "run.json"
+    if not (run.exists() and (folder / QC_FILE).exists()):
+        return False
+    try:
+        return json.loads(run.read_text()).get("cache_key") == key
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def process_stack(task: dict) -> dict:
+    """Read, detect and write one stack's result folder; never raises (runs on a worker).
+
+    Returns a dict with ``stack``, ``ok``, ``error`` and ``seconds``.
+    """
+    t0 = time.perf_counter()
+    try:
+        from .detection import detect
+        from .io import read_stack
+        from .plots import qc_thumbnail
+        from .results import provenance, write_result
+        from .traces import read_traces
+
+        params = DetectionParams.from_dict(task["params"])
+        stack = read_stack(task["file"], channel=task["channel"], voxel_size=task["voxel_size"])
+        traces = read_traces(task["traces_file"]) if task["traces_file"] else None
+        det = detect(stack, params=params, traces=traces)
+        info = provenance(stack, params, wall_time_s=round(time.perf_counter() - t0, 3), extra={
+            "command": "run", "cache_key": task["key"], "stack": task["stack"],
+            "manifest_row": task["row"], "timings_s": det.timings,
+            "traces": task["traces_file"] or "automatic",
+            "n_spines": len(det.spines), "n_dendrites": len(det.dendrites)})
+        folder = Path(task["folder"])
+        write_result(folder, det, info)
+        qc_thumbnail(stack, det.spines, det.centerlines, folder / QC_FILE)
+        return {"stack": task["stack"], "ok": True, "error": "",
+                "seconds": time.perf_counter() - t0}
+    except Exception as exc:  # recorded in failures.csv; the batch goes on
+        msg = str(exc) if exc.__class__.__module__.startswith("spinecount") else (
+            f"{type(exc).__name__}: {exc}")
+        return {"stack": task["stack"], "ok": False, "error": msg,
+                "seconds": time.perf_counter() - t0}
+
+
+def _tasks(df: pd.DataFrame, outdir: Path, params: DetectionParams, progress: bool
+           ) -> list[dict]:
+    from .manifest import INTERNAL, file_hashes, row_channel, row_voxel_size
+
+    hashes = file_hashes([*df["file"], *df["traces_file"]], progress=progress)
+    meta = [c for c in df.columns if c not in INTERNAL]
+    tasks = []
+    for _, row in df.iterrows():
+        t = {"stack": row["stack"], "file": row["file"], "traces_file": row["traces_file"],
+             "sha256": hashes.get(row["file"]), "traces_sha256": hashes.get(row["traces_file"]),
+             "channel": row_channel(row), "voxel_size": row_voxel_size(row),
+             "params": params.to_dict(), "row": {c: row[c] for c in meta},
+             "folder": str(outdir / STACKS_DIR / row["stack"])}
+        t["key"] = cache_key(t)
+        tasks.append(t)
+    return tasks
+
+
+def _execute(tasks: list[dict], *, workers: int, scheduler: str | None, progress: bool
+             ) -> list[dict]:
+    """Run process_stack over `tasks` on dask.distributed (or in this process with 0 workers)."""
+    from tqdm.auto import tqdm
+
+    results = []
+    bar = tqdm(total=len(tasks), desc="stacks", unit="stack", disable=not progress)
+
+    def done(res):
+        results.append(res)
+        bar.update(1)
+        n_fail = sum(not r["ok"] for r in results)
+        bar.set_postfix_str(f"done {len(results) - n_fail}, failed {n_fail}")
+
+    try:
+        if not tasks:
+            return results
+        if scheduler is None and workers == 0:
+            for t in tasks:
+                done(process_stack(t))
+            return results
+        from dask.distributed import Client, LocalCluster, as_completed
+
+        cluster = None
+        if scheduler is None:
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                   dashboard_address=None, silence_logs=logging.ERROR)
+        client = Client(cluster if cluster is not None else scheduler)
+        try:
+            futures = {client.submit(process_stack, t, key=f"spinecount-{t['stack']}-"
+                                     f"{t['key'][:12]}", pure=False): t for t in tasks}
+            for fut in as_completed(futures):
+                try:
+                    done(fut.result())
+                except Exception as exc:  # the worker died (memory, crash)
+                    done({"stack": futures[fut]["stack"], "ok": False, "seconds": None,
+                          "error": f"worker lost: {type(exc).__name__}: {exc}"})
+        finally:
+            client.close()
+            if cluster is not None:
+                cluster.close()
+        return results
+    finally:
+        bar.close()
+
+
+def run_experiment(manifest, outdir, *, params: DetectionParams | None = None,
+                   workers: int | None = None, scheduler: str | None = None,
+                   reference: str | None = None, min_length_um: float = MIN_LENGTH_UM,
+                   progress: bool = True) -> ExperimentResult:
+    """Detect spines in every stack of a manifest and write the experiment's tables and report.
+
+    Parameters
+    ----------
+    manifest : path
+        The experiment table (see :mod:`spinecount.manifest`). It is checked first and every
+        problem is reported at once (:class:`spinecount.manifest.ManifestError`).
+    outdir : path
+        Output folder; a second run into the same folder reuses every unchanged result.
+    params : DetectionParams, optional
+        Detection parameters (defaults otherwise).
+    workers : int, optional
+        Worker processes of the local cluster (default: the number of cores, at most the
+        number of stacks to compute); 0 runs in this process without a cluster.
+    scheduler : str, optional
+        Address of a running dask scheduler (``tcp://host:8786``); its workers do the work.
+    reference : str, optional
+        Reference condition for the statistics (default: one named control).
+    min_length_um : float
+        Dendrites shorter than this are listed but left out of the animal, condition and
+        statistics tables.
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    ExperimentResult
+    """
+    from .manifest import INTERNAL, load_manifest
+
+    t0 = time.perf_counter()
+    params = params or DetectionParams()
+    outdir = Path(outdir)
+    df = load_manifest(manifest)
+    outdir.mkdir(parents=True, exist_ok=True)
+    tasks = _tasks(df, outdir, params, progress)
+    todo = [t for t in tasks if not _is_cached(Path(t["folder"]), t["key"])]
+    if workers is None:
+        workers = max(1, min(os.cpu_count() or 1, len(todo)))
+    results = {r["stack"]: r for r in _execute(todo, workers=workers, scheduler=scheduler,
+                                                progress=progress)}
+    failed = [t for t in todo if not results[t["stack"]]["ok"]]
+    failures = pd.DataFrame(
+        [{"stack": t["stack"], "path": t["row"].get("path", ""),
+          "animal": t["row"].get("animal", ""), "condition": t["row"].get("condition", ""),
+          "error": results[t["stack"]]["error"]} for t in failed], columns=FAILURE_COLUMNS)
+    good = [t for t in tasks if t not in failed]
+    meta = [c for c in df.columns if c not in INTERNAL]
+    res = _aggregate(good, meta, outdir, failures, reference=reference,
+                     min_length_um=min_length_um)
+    info = {
+        "spinecount_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "manifest": str(Path(manifest).resolve()), "parameters": params.to_dict(),
+        "min_length_um": min_length_um, "reference": res["order"][0] if res["order"] else None,
+        "workers": workers, "scheduler": scheduler, "n_stacks": len(tasks),
+        "n_computed": len(todo) - len(failed), "n_cached": len(tasks) - len(todo),
+        "n_failed": len(failed), "wall_time_s": round(time.perf_counter() - t0, 3),
+        "stacks": {t["stack"]: {"path": t["row"].get("path"), "sha256": t["sha256"],
+                                "cache_key": t["key"]} for t in tasks},
+    }
+    (outdir / "experiment.json").write_text(json.dumps(info, indent=2, default=str))
+    from .report import write_report
+
+    report = write_report(outdir, res, info)
+    return ExperimentResult(outdir, res["spines"], res["dendrites"], res["animals"],
+                            res["conditions"], res["stats"], failures, report,
+                            info["n_computed"], info["n_cached"])
+
+
+def _aggregate(tasks, meta, outdir: Path, failures, *, reference, min_length_um) -> dict:
+    """Collect the stack results into the experiment tables, statistics and plots."""
+    from .aggregate import MEASURES, animal_table, condition_table, dendrite_measures
+    from .plots import head_diameter_plot, save, superplot, type_density_plot
+    from .review import load_result
+    from .stats import STATS_COLUMNS, compare_conditions, condition_order
+
+    sp, de = [], []
+    for t in tasks:
+        spines, dendrites, _, source = load_result(t["folder"])
+        for table, out in ((spines, sp), (dendrites, de)):
+            table = table.copy()
+            for c in reversed(meta):
+                table.insert(0, c, t["row"][c])
+            table.insert(0, "source", source)
+            table.insert(0, "stack", t["stack"])
+            out.append(table)
+    spines = pd.concat(sp, ignore_index=True) if sp else pd.DataFrame(
+        columns=["stack", "source", *meta])
+    dendrites = pd.concat(de, ignore_index=True) if de else pd.DataFrame(
+        columns=["stack", "source", *meta, "dendrite_id", "length_um", "n_spines"])
+    dendrites = dendrite_measures(dendrites, spines, min_length_um=min_length_um)
+    order = condition_order(dendrites["condition"], reference) if len(dendrites) else []
+    animals = animal_table(dendrites)
+    conditions = condition_table(animals, order)
+    included = dendrites[dendrites["included"]]
+    stats = pd.concat([compare_conditions(included, m, reference=order[0] if order else None)
+                       for m in MEASURES], ignore_index=True) if len(included) else (
+        pd.DataFrame(columns=STATS_COLUMNS))
+    for name, table in (("spines", spines), ("dendrites", dendrites), ("animals", animals),
+                        ("conditions", conditions), ("stats", stats), ("failures", failures)):
+        table.to_csv(outdir / f"{name}.csv", index=False)
+    plots = {}
+    if order:
+        figs = {
+            "density": ("density_superplot", superplot(
+                included, "density_per_um", order=order, ylabel="spine density (spines/um)")),
+            "types": ("density_by_type", type_density_plot(animals, order=order)),
+            "heads": ("head_diameter", head_diameter_plot(spines, order=order)),
+        }
+        plots = {k: save(ax.figure, outdir / "plots", name) for k, (name, ax) in figs.items()}
+    return {"spines": spines, "dendrites": dendrites, "animals": animals,
+            "conditions": conditions, "stats": stats, "failures": failures, "order": order,
+            "plots": plots, "tasks": tasks}
