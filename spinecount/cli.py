@@ -101,32 +101,86 @@ def _samples_dir() -> Path:
     return here if here.is_dir() else Path("sample_stacks")
 
 
-def _cmd_demo(args) -> int:
-    """Detect spines in every bundled sample stack and score them against their truth."""
+def _score_real_sample(samples: Path, out: Path, params) -> None:
+    """Detect spines in the bundled real crop and score them against the human annotation."""
     from .evaluate import evaluate
-    from .params import DetectionParams
     from .tables import read_centerlines, read_spines
 
-    samples = Path(args.samples) if args.samples else _samples_dir()
-    cases = [("rr30a_s0_crop", "rr30a_s0_crop_spines.csv", "rr30a_s0_crop_backbone.csv"),
-             ("synthetic_small", "synthetic_small_spines.csv", None)]
-    if not (samples / f"{cases[0][0]}.tif").exists():
+    name = "rr30a_s0_crop"
+    if not (samples / f"{name}.tif").exists():
         raise InputError("bundled sample stacks not found", path=samples,
                          hint="run from the spinecount checkout or pass --samples FOLDER")
+    _, det, _ = _detect_to_folder(samples / f"{name}.tif", out / name, params, command="demo",
+                                  progress=False)
+    ev = evaluate(det.spines, read_spines(samples / f"{name}_spines.csv"),
+                  centerlines=read_centerlines(samples / f"{name}_backbone.csv"))
+    ev.write(out / name / "evaluation")
+    s = ev.summary
+    print(f"real sample {name}: {len(det.spines)} spines; against the human annotation: "
+          f"precision {s['precision']:.2f}, recall {s['recall']:.2f}, F1 {s['f1']:.2f}")
+
+
+def _cmd_demo(args) -> int:
+    """Make a synthetic experiment with planted densities, run it, and compare."""
+    import pandas as pd
+
+    from .experiment import run_experiment
+    from .params import DetectionParams
+    from .synthetic import make_experiment
+
     out = Path(args.output)
-    params = DetectionParams()
-    for name, truth, backbone in cases:
-        _, det, _ = _detect_to_folder(samples / f"{name}.tif", out / name, params,
-                                      command="demo")
-        cl = read_centerlines(samples / backbone) if backbone else None
-        ev = evaluate(det.spines, read_spines(samples / truth), centerlines=cl)
-        ev.write(out / name / "evaluation")
-        s = ev.summary
-        print(f"{name}: {len(det.spines)} spines on {len(det.dendrites)} dendrites; against "
-              f"the {'annotation' if backbone else 'truth'}: precision {s['precision']:.2f}, "
-              f"recall {s['recall']:.2f}, F1 {s['f1']:.2f}")
-    print(f"results: {out.resolve()}")
+    manifest = out / "data" / "manifest.csv"
+    if not manifest.exists():
+        print(f"writing a synthetic experiment to {manifest.parent} ...")
+        make_experiment(manifest.parent)
+    res = run_experiment(manifest, out / "results", workers=args.workers,
+                         progress=not args.quiet)
+    planted = pd.read_csv(manifest).groupby("condition")["planted_density_per_um"].mean()
+    print("condition: planted -> measured density (spines/um, mean +- SEM over animals)")
+    for _, c in res.conditions.iterrows():
+        p = planted.get(c["condition"], float("nan"))
+        m = c["density_per_um_mean"]
+        print(f"  {c['condition']}: {p:.3f} -> {m:.3f} +- {c['density_per_um_sem']:.3f} "
+              f"({m / p - 1:+.1%}), {c['n_animals']} animals")
+    for _, r in res.stats[res.stats["measure"] == "density_per_um"].iterrows():
+        print(f"  {r['contrast']}: {r['estimate']:+.3f} /um "
+              f"(95% CI {r['ci_low']:+.3f} to {r['ci_high']:+.3f}), p_adj {r['p_adj']:.2g}")
+    if not args.no_real:
+        _score_real_sample(Path(args.samples) if args.samples else _samples_dir(),
+                           out / "real_sample", DetectionParams())
+    print(f"report: {res.report.resolve()}")
+    return 0 if res.ok else 1
+
+
+def _cmd_check(args) -> int:
+    from .manifest import check_manifest, read_manifest
+
+    df = read_manifest(args.manifest)
+    problems = check_manifest(df, read_images=not args.quick, progress=not args.quiet)
+    if problems:
+        for p in problems:
+            print(f"{args.manifest}: {p}")
+        print(f"{len(problems)} problem{'s' if len(problems) > 1 else ''} in "
+              f"{args.manifest}; fix them and check again", file=sys.stderr)
+        return EXIT_INPUT
+    print(f"{args.manifest}: {len(df)} stacks, {df['animal'].nunique()} animals, "
+          f"conditions {', '.join(dict.fromkeys(df['condition']))}: ready to run")
     return 0
+
+
+def _cmd_run(args) -> int:
+    from .experiment import run_experiment
+    from .params import DetectionParams, load_params
+
+    params = load_params(args.params) if args.params else DetectionParams()
+    res = run_experiment(args.manifest, args.output, params=params, workers=args.workers,
+                         scheduler=args.scheduler, reference=args.reference,
+                         min_length_um=args.min_length, progress=not args.quiet)
+    n = len(res.failures)
+    print(f"{res.n_computed} stacks analysed, {res.n_cached} reused from an earlier run, "
+          f"{n} failed" + (f" (see {res.outdir / 'failures.csv'})" if n else ""))
+    print(f"report: {res.report}")
+    return 0 if res.ok else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -150,10 +204,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_detect)
 
-    p = sub.add_parser("demo", help="run spinecount on the bundled sample stacks")
+    p = sub.add_parser("demo", help="run a synthetic experiment (control, chronic stress, "
+                                     "ketamine) and the bundled real sample")
     p.add_argument("output", nargs="?", default="spinecount-demo", help="result folder")
+    p.add_argument("--workers", type=int, help="worker processes (default: one per core)")
     p.add_argument("--samples", help="folder of the sample stacks (default: the bundled ones)")
+    p.add_argument("--no-real", action="store_true", help="skip the bundled real sample")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("check", help="check an experiment table (manifest) before a run")
+    p.add_argument("manifest", help="CSV or YAML: path, animal, condition, ...")
+    p.add_argument("--quick", action="store_true", help="do not open the stacks")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_check)
+
+    p = sub.add_parser("run", help="analyse every stack of an experiment table")
+    p.add_argument("manifest", help="CSV or YAML: path, animal, condition, ...")
+    p.add_argument("-o", "--output", required=True, help="result folder (reused by later runs)")
+    p.add_argument("--workers", type=int,
+                   help="local worker processes (default: one per core; 0: no cluster)")
+    p.add_argument("--scheduler", help="address of a running dask scheduler, "
+                                       "e.g. tcp://10.0.0.5:8786")
+    p.add_argument("--params", help="JSON file of detection parameters (a run.json works)")
+    p.add_argument("--reference", help="reference condition (default: control)")
+    p.add_argument("--min-length", type=float, default=10.0,
+                   help="shortest dendrite (um) in the statistics (default 10)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("synth", help="write a synthetic stack with known truth")
     p.add_argument("output", help="output TIFF; truth CSVs are written beside it")

@@ -18,7 +18,7 @@ def syn():
 def test_finds_the_dendrite_and_most_spines(syn):
     det = spinecount.detect(syn.stack)
     ev = evaluate(det.spines, syn.spines)
-    assert ev.summary["recall"] > 0.6
+    assert ev.summary["f1"] > 0.55 and ev.summary["recall"] >= 0.5
     true_len = syn.dendrites["length_um"].sum()
     longest = det.dendrites["length_um"].max()
     assert longest == pytest.approx(true_len, rel=0.15)
