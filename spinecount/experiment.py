@@ -5,7 +5,7 @@
 existing cluster given by its scheduler address), and writes into the output folder::
 
     stacks/<stack>/       one result folder per stack (spines.csv, dendrites.csv,
-                          centerlines.csv, run.json, qc.png) and, after a review,
+                          centerlines.csv, run.json, qc.jpg) and, after a review,
                           spines_reviewed.csv, which is then used instead of spines.csv
     spines.csv            every counted spine, with its stack's manifest columns and source
     dendrites.csv         every dendrite, with per-type densities and ``included``
@@ -38,7 +38,7 @@ from ._version import __version__
 from .params import DetectionParams
 
 STACKS_DIR = "stacks"
-QC_FILE = "qc.png"
+QC_FILE = "qc.jpg"
 FAILURE_COLUMNS = ["stack", "path", "animal", "condition", "error"]
 #: Default shortest dendrite that enters the animal, condition and statistics tables (um).
 MIN_LENGTH_UM = 10.0

@@ -282,7 +282,7 @@ def check_manifest(manifest, *, read_images: bool = True, progress: bool = False
                     f"animal {animal!r} is listed under {len(conds)} conditions "
                     f"({', '.join(sorted(set(g['condition'])))}); each animal belongs to one "
                     "condition", column="animal"))
-    return problems
+    return sorted(problems, key=lambda p: (p.row is None, p.row or 0))
 
 
 def load_manifest(path, *, read_images: bool = False) -> pd.DataFrame:

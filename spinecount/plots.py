@@ -118,8 +118,8 @@ def save(fig, folder, name) -> list[Path]:
 
 
 def qc_thumbnail(stack, spines: pd.DataFrame, centerlines: pd.DataFrame, path, *,
-                 size_px: int = 360) -> Path:
-    """Maximum projection of a stack with its dendrites (yellow) and spines (by type)."""
+                 size_px: int = 300) -> Path:
+    """Maximum projection of a stack with its dendrites (yellow) and spines (by type), as JPEG."""
     plt = _plt()
     mip = stack.data.max(axis=0).astype(np.float32)
     vy, vx = stack.voxel_size[1:]
@@ -135,6 +135,6 @@ def qc_thumbnail(stack, spines: pd.DataFrame, centerlines: pd.DataFrame, path, *
                    facecolors="none",
                    edgecolors=[TYPE_COLORS.get(t, "white") for t in spines["type"]])
     ax.set_axis_off()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, pil_kwargs={"quality": 80})
     plt.close(fig)
     return Path(path)

@@ -23,8 +23,9 @@ td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}th{background:#f3f3
 
 def _img(path: Path, **attrs) -> str:
     data = base64.b64encode(Path(path).read_bytes()).decode()
+    mime = "jpeg" if Path(path).suffix.lower() in (".jpg", ".jpeg") else "png"
     extra = " ".join(f'{k}="{html.escape(str(v))}"' for k, v in attrs.items())
-    return f'<img src="data:image/png;base64,{data}" {extra}>'
+    return f'<img src="data:image/{mime};base64,{data}" {extra}>'
 
 
 def _table(df: pd.DataFrame, digits: int = 3) -> str:

@@ -118,10 +118,23 @@ def test_debug_shows_traceback(tmp_path):
     assert code != 0 and "Traceback" in err
 
 
-def test_demo_on_bundled_samples(tmp_path, capsys):
-    assert main(["demo", str(tmp_path / "demo")]) == 0
+def test_demo_runs_the_synthetic_experiment_and_the_real_sample(tmp_path, capsys):
+    import pandas as pd
+
+    assert main(["demo", str(tmp_path / "demo"), "-q"]) == 0
     out = capsys.readouterr().out
-    assert f"results: {tmp_path / 'demo'}" in out
-    for name in ("rr30a_s0_crop", "synthetic_small"):
-        assert (tmp_path / "demo" / name / "spines.csv").exists()
-        assert (tmp_path / "demo" / name / "evaluation" / "evaluation.json").exists()
+    assert f"report: {tmp_path / 'demo' / 'results' / 'report.html'}" in out
+    for cond in ("control", "chronic stress", "ketamine"):
+        assert f"  {cond}: " in out
+    # the planted densities are recovered (within 10%) and the contrasts are the planted ones
+    planted = pd.read_csv(tmp_path / "demo/data/manifest.csv").groupby("condition")[
+        "planted_density_per_um"].mean()
+    cond = pd.read_csv(tmp_path / "demo/results/conditions.csv").set_index("condition")
+    rel = cond["density_per_um_mean"] / planted[cond.index] - 1
+    assert (rel.abs() < 0.10).all(), rel
+    st = pd.read_csv(tmp_path / "demo/results/stats.csv").set_index("contrast")
+    d = st[st["measure"] == "density_per_um"]
+    assert d.loc["chronic stress - control", "estimate"] < 0
+    assert d.loc["ketamine - chronic stress", "estimate"] > 0
+    assert d.loc[["chronic stress - control", "ketamine - chronic stress"], "p_adj"].max() < 0.05
+    assert (tmp_path / "demo/real_sample/rr30a_s0_crop/evaluation/evaluation.json").exists()
