@@ -19,7 +19,6 @@ Any other column is metadata and is carried through to every output table.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -293,8 +292,3 @@ def load_manifest(path, *, read_images: bool = False) -> pd.DataFrame:
         raise ManifestError(path, problems)
     return df
 
-
-def manifest_hash(df: pd.DataFrame) -> str:
-    """A short hash of the manifest's content (for provenance)."""
-    cols = [c for c in df.columns if c not in INTERNAL]
-    return hashlib.sha256(df[cols].to_csv(index=False).encode()).hexdigest()[:16]
