@@ -100,6 +100,12 @@ def _sigma_vox(sigma_um, vs):
     return tuple(si / v for si, v in zip(s, vs))
 
 
+def _branch_ends(summ):
+    """Node ids at the two ends of every branch of a skan summary, and every node's degree."""
+    src, dst = summ["node_id_src"].to_numpy(), summ["node_id_dst"].to_numpy()
+    return src, dst, np.bincount(np.concatenate([src, dst]))
+
+
 def _trace_dendrites(zs: np.ndarray, vs, p: DetectionParams):
     """Centre lines (list of (n,3) um arrays) and the mask, from a z-scored smoothed image."""
     from scipy import ndimage as ndi
@@ -133,13 +139,11 @@ def _trace_dendrites(zs: np.ndarray, vs, p: DetectionParams):
                                               < p.max_spine_length_um + radius)).to_numpy().copy()
         # Where a dendrite ends just past a side branch, the end is a short tip too: of the
         # short tips at a junction with only one other branch, keep the longest.
-        src, dst = summ["node_id_src"].to_numpy(), summ["node_id_dst"].to_numpy()
-        deg = np.bincount(np.concatenate([src, dst]))
+        src, dst, deg = _branch_ends(summ)
         junction = np.where(deg[src] > 1, src, dst)
         for node in np.unique(junction[tips]):
             at = np.flatnonzero(tips & (junction == node))
-            others = np.count_nonzero(((src == node) | (dst == node))) - len(at)
-            if others == 1:
+            if deg[node] - len(at) == 1:
                 tips[at[np.argmax(summ["branch_distance"].to_numpy()[at])]] = False
         if not tips.any():
             break
@@ -149,8 +153,7 @@ def _trace_dendrites(zs: np.ndarray, vs, p: DetectionParams):
     summ = skan.summarize(sk, separator="_")
     # whole skeletons shorter than a dendrite (puncta, noise, clusters of blobs) are not dendrites
     total = summ.groupby("skeleton_id")["branch_distance"].transform("sum").to_numpy()
-    src, dst = summ["node_id_src"].to_numpy(), summ["node_id_dst"].to_numpy()
-    deg = np.bincount(np.concatenate([src, dst]))
+    src, dst, deg = _branch_ends(summ)
     top = (np.asarray(zs.shape) - 1) * np.asarray(vs)
     for i in range(sk.n_paths):
         length = summ["branch_distance"].iloc[i]
