@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 from ._version import __version__
@@ -23,32 +22,13 @@ def _voxel_arg(p: argparse.ArgumentParser):
                    help="voxel size in micrometres; overrides the file's metadata")
 
 
-def _detect_to_folder(path, outdir, params, *, command: str, channel=None, voxel_size=None,
-                      timepoint=None, traces=None, progress=True):
-    """Read one stack, detect, and write its result folder with provenance."""
-    from .detection import detect
-    from .io import read_stack
-    from .results import provenance, write_result
-    from .traces import read_traces
-
-    t0 = time.perf_counter()
-    stack = read_stack(path, channel=channel, voxel_size=voxel_size, timepoint=timepoint)
-    det = detect(stack, params=params, traces=read_traces(traces) if traces else None,
-                 progress=progress)
-    wall = time.perf_counter() - t0
-    info = provenance(stack, params, wall_time_s=round(wall, 3), extra={
-        "command": command, "timings_s": det.timings,
-        "traces": str(Path(traces).resolve()) if traces else "automatic",
-        "n_spines": len(det.spines), "n_dendrites": len(det.dendrites)})
-    write_result(outdir, det, info)
-    return stack, det, wall
-
-
 def _cmd_detect(args) -> int:
     from .params import DetectionParams, load_params
 
     params = load_params(args.params) if args.params else DetectionParams()
-    stack, det, wall = _detect_to_folder(
+    from .results import detect_to_folder
+
+    stack, det, wall = detect_to_folder(
         args.stack, args.output, params, command="detect", channel=args.channel,
         voxel_size=args.voxel_size, timepoint=args.timepoint, traces=args.traces,
         progress=not args.quiet)
@@ -104,14 +84,14 @@ def _samples_dir() -> Path:
 def _score_real_sample(samples: Path, out: Path, params) -> None:
     """Detect spines in the bundled real crop and score them against the human annotation."""
     from .evaluate import evaluate
+    from .results import detect_to_folder
     from .tables import read_centerlines, read_spines
 
     name = "rr30a_s0_crop"
     if not (samples / f"{name}.tif").exists():
         raise InputError("bundled sample stacks not found", path=samples,
                          hint="run from the spinecount checkout or pass --samples FOLDER")
-    _, det, _ = _detect_to_folder(samples / f"{name}.tif", out / name, params, command="demo",
-                                  progress=False)
+    _, det, _ = detect_to_folder(samples / f"{name}.tif", out / name, params, command="demo")
     ev = evaluate(det.spines, read_spines(samples / f"{name}_spines.csv"),
                   centerlines=read_centerlines(samples / f"{name}_backbone.csv"))
     ev.write(out / name / "evaluation")
@@ -184,6 +164,8 @@ def _cmd_run(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .params import MIN_LENGTH_UM
+
     parser = argparse.ArgumentParser(
         prog="spinecount",
         description="Count and measure dendritic spines in two-photon stacks. "
@@ -228,8 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
                                        "e.g. tcp://10.0.0.5:8786")
     p.add_argument("--params", help="JSON file of detection parameters (a run.json works)")
     p.add_argument("--reference", help="reference condition (default: control)")
-    p.add_argument("--min-length", type=float, default=10.0,
-                   help="shortest dendrite (um) in the statistics (default 10)")
+    p.add_argument("--min-length", type=float, default=MIN_LENGTH_UM,
+                   help=f"shortest dendrite (um) in the statistics "
+                        f"(default {MIN_LENGTH_UM:g})")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_run)
 

@@ -35,13 +35,11 @@ from pathlib import Path
 import pandas as pd
 
 from ._version import __version__
-from .params import DetectionParams
+from .params import MIN_LENGTH_UM, DetectionParams
 
 STACKS_DIR = "stacks"
 QC_FILE = "qc.jpg"
 FAILURE_COLUMNS = ["stack", "path", "animal", "condition", "error"]
-#: Default shortest dendrite that enters the animal, condition and statistics tables (um).
-MIN_LENGTH_UM = 10.0
 
 
 @dataclass
@@ -88,23 +86,16 @@ def process_stack(task: dict) -> dict:
     """
     t0 = time.perf_counter()
     try:
-        from .detection import detect
-        from .io import read_stack
         from .plots import qc_thumbnail
-        from .results import provenance, write_result
-        from .traces import read_traces
+        from .results import detect_to_folder
 
-        params = DetectionParams.from_dict(task["params"])
-        stack = read_stack(task["file"], channel=task["channel"], voxel_size=task["voxel_size"])
-        traces = read_traces(task["traces_file"]) if task["traces_file"] else None
-        det = detect(stack, params=params, traces=traces)
-        info = provenance(stack, params, wall_time_s=round(time.perf_counter() - t0, 3), extra={
-            "command": "run", "cache_key": task["key"], "stack": task["stack"],
-            "manifest_row": task["row"], "timings_s": det.timings,
-            "traces": task["traces_file"] or "automatic",
-            "n_spines": len(det.spines), "n_dendrites": len(det.dendrites)})
         folder = Path(task["folder"])
-        write_result(folder, det, info)
+        stack, det, _ = detect_to_folder(
+            task["file"], folder, DetectionParams.from_dict(task["params"]), command="run",
+            channel=task["channel"], voxel_size=task["voxel_size"],
+            traces=task["traces_file"] or None, sha256=task["sha256"],
+            extra={"cache_key": task["key"], "stack": task["stack"],
+                   "manifest_row": task["row"]})
         qc_thumbnail(stack, det.spines, det.centerlines, folder / QC_FILE)
         return {"stack": task["stack"], "ok": True, "error": "",
                 "seconds": time.perf_counter() - t0}
@@ -115,16 +106,14 @@ def process_stack(task: dict) -> dict:
                 "seconds": time.perf_counter() - t0}
 
 
-def _tasks(df: pd.DataFrame, outdir: Path, params: DetectionParams, progress: bool
-           ) -> list[dict]:
-    from .manifest import INTERNAL, file_hashes, row_channel, row_voxel_size
+def _tasks(df: pd.DataFrame, outdir: Path, params: DetectionParams) -> list[dict]:
+    from .manifest import INTERNAL, row_channel, row_voxel_size
 
-    hashes = file_hashes([*df["file"], *df["traces_file"]], progress=progress)
     meta = [c for c in df.columns if c not in INTERNAL]
     tasks = []
     for _, row in df.iterrows():
         t = {"stack": row["stack"], "file": row["file"], "traces_file": row["traces_file"],
-             "sha256": hashes.get(row["file"]), "traces_sha256": hashes.get(row["traces_file"]),
+             "sha256": row["sha256"], "traces_sha256": row["traces_sha256"],
              "channel": row_channel(row), "voxel_size": row_voxel_size(row),
              "params": params.to_dict(), "row": {c: row[c] for c in meta},
              "folder": str(outdir / STACKS_DIR / row["stack"])}
@@ -216,9 +205,9 @@ def run_experiment(manifest, outdir, *, params: DetectionParams | None = None,
     t0 = time.perf_counter()
     params = params or DetectionParams()
     outdir = Path(outdir)
-    df = load_manifest(manifest)
+    df = load_manifest(manifest, progress=progress)
     outdir.mkdir(parents=True, exist_ok=True)
-    tasks = _tasks(df, outdir, params, progress)
+    tasks = _tasks(df, outdir, params)
     todo = [t for t in tasks if not _is_cached(Path(t["folder"]), t["key"])]
     if workers is None:
         workers = max(1, min(os.cpu_count() or 1, len(todo)))

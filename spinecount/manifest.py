@@ -32,7 +32,7 @@ REQUIRED = ("path", "animal", "condition")
 VOXEL_COLUMNS = ("voxel_size_z", "voxel_size_y", "voxel_size_x")
 OPTIONAL = ("cell", "session", *VOXEL_COLUMNS, "channel", "traces")
 #: Columns that spinecount adds to a manifest it has read (never written by the user).
-INTERNAL = ("stack", "file", "traces_file")
+INTERNAL = ("stack", "file", "traces_file", "sha256", "traces_sha256")
 
 
 @dataclass(frozen=True)
@@ -168,8 +168,8 @@ def file_hashes(files, *, progress: bool = False) -> dict[str, str]:
     return out
 
 
-def check_manifest(manifest, *, read_images: bool = True, progress: bool = False
-                   ) -> list[Problem]:
+def check_manifest(manifest, *, read_images: bool = True, progress: bool = False,
+                   hashes: dict[str, str] | None = None) -> list[Problem]:
     """Every problem of a manifest, at once (an empty list when it is ready to run).
 
     Checks the columns, that every stack exists and can be read with a known voxel size
@@ -185,6 +185,8 @@ def check_manifest(manifest, *, read_images: bool = True, progress: bool = False
         Open every stack (slow on big experiments but catches corrupt files).
     progress : bool
         Show a progress bar while reading the stacks.
+    hashes : dict, optional
+        sha256 of the files (from :func:`file_hashes`), where the caller already has them.
     """
     from tqdm.auto import tqdm
 
@@ -251,7 +253,8 @@ def check_manifest(manifest, *, read_images: bool = True, progress: bool = False
                     read_stack(f, channel=channels.get(i), voxel_size=given_vs.get(i))
                 except InputError as exc:
                     problems.append(Problem(str(exc), row=i + 1, column="path"))
-        hashes = file_hashes([r["file"] for _, r in rows])
+        if hashes is None:
+            hashes = file_hashes([r["file"] for _, r in rows])
         by_hash: dict[str, int] = {}
         for i, row in rows:
             h = hashes.get(row["file"])
@@ -284,11 +287,17 @@ def check_manifest(manifest, *, read_images: bool = True, progress: bool = False
     return sorted(problems, key=lambda p: (p.row is None, p.row or 0))
 
 
-def load_manifest(path, *, read_images: bool = False) -> pd.DataFrame:
-    """Read and check a manifest; raise :class:`ManifestError` listing every problem."""
+def load_manifest(path, *, read_images: bool = False, progress: bool = False) -> pd.DataFrame:
+    """Read and check a manifest; raise :class:`ManifestError` listing every problem.
+
+    Adds ``sha256`` and ``traces_sha256`` (each file is hashed once, for the duplicate check
+    and for the cache keys of a run).
+    """
     df = read_manifest(path)
-    problems = check_manifest(df, read_images=read_images)
+    hashes = file_hashes([*df["file"], *df["traces_file"]], progress=progress)
+    problems = check_manifest(df, read_images=read_images, hashes=hashes)
     if problems:
         raise ManifestError(path, problems)
+    df["sha256"] = [hashes.get(f) for f in df["file"]]
+    df["traces_sha256"] = [hashes.get(f) for f in df["traces_file"]]
     return df
-

@@ -9,6 +9,11 @@ from pathlib import Path
 from .errors import InputError
 
 
+#: Shortest dendrite (um) that enters an experiment's animal, condition and statistics tables:
+#: the density of a short piece of dendrite is mostly noise (``spinecount run --min-length``).
+MIN_LENGTH_UM = 10.0
+
+
 def _p(default, doc):
     return field(default=default, metadata={"doc": doc})
 

@@ -20,17 +20,22 @@ RUN_FILE = "run.json"
 REVIEWED_SPINES_FILE = "spines_reviewed.csv"
 
 
-def provenance(stack, params, *, wall_time_s: float | None = None, extra: dict | None = None
-               ) -> dict:
-    """What a result needs to be reproduced: version, parameters, input file and its hash."""
+def provenance(stack, params, *, wall_time_s: float | None = None, extra: dict | None = None,
+               sha256: str | None = None) -> dict:
+    """What a result needs to be reproduced: version, parameters, input file and its hash.
+
+    `sha256` is the input file's hash where the caller already has it (else it is computed).
+    """
     from .io import file_sha256
 
+    if sha256 is None and stack.path and Path(stack.path).exists():
+        sha256 = file_sha256(stack.path)
     info = {
         "spinecount_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "input": {
             "path": None if stack.path is None else str(Path(stack.path).resolve()),
-            "sha256": file_sha256(stack.path) if stack.path and Path(stack.path).exists() else None,
+            "sha256": sha256,
             "shape_zyx": list(stack.data.shape),
             "dtype": str(stack.data.dtype),
             "channel": stack.channel,
@@ -67,3 +72,27 @@ def write_result(outdir, detection, run_info: dict) -> dict[str, Path]:
         return paths
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def detect_to_folder(path, outdir, params, *, command: str, channel=None, voxel_size=None,
+                     timepoint=None, traces=None, progress: bool = False,
+                     extra: dict | None = None, sha256: str | None = None):
+    """Read one stack, detect its spines, and write its result folder with provenance.
+
+    Returns ``(stack, detection, wall_time_s)``.
+    """
+    from .detection import detect
+    from .io import read_stack
+    from .traces import read_traces
+
+    t0 = time.perf_counter()
+    stack = read_stack(path, channel=channel, voxel_size=voxel_size, timepoint=timepoint)
+    det = detect(stack, params=params, traces=read_traces(traces) if traces else None,
+                 progress=progress)
+    wall = time.perf_counter() - t0
+    info = provenance(stack, params, wall_time_s=round(wall, 3), sha256=sha256, extra={
+        "command": command, "timings_s": det.timings,
+        "traces": str(Path(traces).resolve()) if traces else "automatic",
+        "n_spines": len(det.spines), "n_dendrites": len(det.dendrites), **(extra or {})})
+    write_result(outdir, det, info)
+    return stack, det, wall
