@@ -218,7 +218,8 @@ def run_experiment(manifest, outdir, *, params: DetectionParams | None = None,
         [{"stack": t["stack"], "path": t["row"].get("path", ""),
           "animal": t["row"].get("animal", ""), "condition": t["row"].get("condition", ""),
           "error": results[t["stack"]]["error"]} for t in failed], columns=FAILURE_COLUMNS)
-    good = [t for t in tasks if t not in failed]
+    failed_names = {t["stack"] for t in failed}
+    good = [t for t in tasks if t["stack"] not in failed_names]
     meta = [c for c in df.columns if c not in INTERNAL]
     res = _aggregate(good, meta, outdir, failures, reference=reference,
                      min_length_um=min_length_um)
