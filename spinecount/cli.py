@@ -75,12 +75,6 @@ def _cmd_evaluate(args) -> int:
     return 0
 
 
-def _samples_dir() -> Path:
-    """The bundled sample_stacks folder (beside the package in a checkout, else ./sample_stacks)."""
-    here = Path(__file__).resolve().parents[1] / "sample_stacks"
-    return here if here.is_dir() else Path("sample_stacks")
-
-
 def _score_real_sample(samples: Path, out: Path, params) -> None:
     """Detect spines in the bundled real crop and score them against the human annotation."""
     from .evaluate import evaluate
@@ -106,6 +100,7 @@ def _cmd_demo(args) -> int:
 
     from .experiment import run_experiment
     from .params import DetectionParams
+    from .samples import sample_dir
     from .synthetic import make_experiment
 
     out = Path(args.output)
@@ -126,7 +121,7 @@ def _cmd_demo(args) -> int:
         print(f"  {r['contrast']}: {r['estimate']:+.3f} /um "
               f"(95% CI {r['ci_low']:+.3f} to {r['ci_high']:+.3f}), p_adj {r['p_adj']:.2g}")
     if not args.no_real:
-        _score_real_sample(Path(args.samples) if args.samples else _samples_dir(),
+        _score_real_sample(Path(args.samples) if args.samples else sample_dir(),
                            out / "real_sample", DetectionParams())
     print(f"report: {res.report.resolve()}")
     return 0 if res.ok else 1

@@ -46,6 +46,8 @@ from .tables import (BASE, POSITION, conform_spines, dendrite_table, empty_spine
 
 #: Axial / lateral elongation of the two-photon PSF, used to scale z in the shaft model.
 AXIAL_RATIO = 3.0
+#: Stages of the detection, in order (yielded by :func:`detect_steps`, timed in ``timings``).
+STAGES = ("prepare", "dendrites", "shaft model", "spines")
 
 
 @dataclass
@@ -241,6 +243,10 @@ def detect(stack: Stack, *, params: DetectionParams | None = None, traces: pd.Da
     Detection
         ``spines``, ``dendrites`` and ``centerlines`` tables of the column contract.
 
+    See Also
+    --------
+    detect_steps : the same, one stage at a time (for progress bars and cancelling in a GUI).
+
     Examples
     --------
     >>> from spinecount.synthetic import make_stack
@@ -249,22 +255,42 @@ def detect(stack: Stack, *, params: DetectionParams | None = None, traces: pd.Da
     >>> len(det.dendrites) >= 1 and set(det.spines.columns) >= {"spine_id", "score", "type"}
     True
     """
+    from tqdm.auto import tqdm
+
+    steps = detect_steps(stack, params=params, traces=traces, return_mask=return_mask)
+    with tqdm(total=len(STAGES), desc=f"detect {stack.name}", unit="stage", leave=False,
+              disable=not progress) as bar:
+        while True:
+            try:
+                stage = next(steps)
+            except StopIteration as done:
+                return done.value
+            bar.update(1)
+            bar.set_postfix_str(stage)
+
+
+def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
+                 traces: pd.DataFrame | None = None, return_mask: bool = False):
+    """:func:`detect` as a generator: yields the name of each stage of :data:`STAGES` as it
+    finishes and returns the :class:`Detection` (the ``value`` of ``StopIteration``).
+
+    A caller that stops iterating cancels the detection between stages.
+
+    Examples
+    --------
+    >>> from spinecount.synthetic import make_stack
+    >>> syn = make_stack(shape_um=(10, 24, 24), n_dendrites=1, branch_probability=0, seed=2)
+    >>> list(detect_steps(syn.stack)) == list(STAGES)
+    True
+    """
     from scipy import ndimage as ndi
     from scipy.spatial import cKDTree
 
     p = params or DetectionParams()
     timings: dict[str, float] = {}
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=4, desc=f"detect {stack.name}", unit="stage", leave=False)
 
     def lap(name, t0):
         timings[name] = round(time.perf_counter() - t0, 3)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix_str(name)
         return time.perf_counter()
 
     t = time.perf_counter()
@@ -276,6 +302,7 @@ def detect(stack: Stack, *, params: DetectionParams | None = None, traces: pd.Da
     offset = np.array([0.0, (f - 1) / 2 * vy, (f - 1) / 2 * vx])
     bg, noise = _slice_stats(img)
     t = lap("prepare", t)
+    yield "prepare"
 
     # 1. dendrites
     sm = ndi.gaussian_filter(img, _sigma_vox(p.dendrite_smoothing_um, vs))
@@ -290,6 +317,7 @@ def detect(stack: Stack, *, params: DetectionParams | None = None, traces: pd.Da
         mask = zs > p.dendrite_threshold
     smooth_paths = [smooth_polyline(q, p.length_smoothing_um) for q in paths]
     t = lap("dendrites", t)
+    yield "dendrites"
 
     if traces is None:
         ids = np.arange(len(smooth_paths))
@@ -302,8 +330,8 @@ def detect(stack: Stack, *, params: DetectionParams | None = None, traces: pd.Da
     if not smooth_paths:
         spines = empty_spines()
         dendrites = dendrite_table(centerlines, spines, smooth_um=0)
-        if bar is not None:
-            bar.close()
+        for stage in STAGES[2:]:
+            yield stage
         return Detection(spines, dendrites, centerlines, [], mask if return_mask else None,
                          timings)
 
@@ -360,6 +388,7 @@ def detect(stack: Stack, *, params: DetectionParams | None = None, traces: pd.Da
     shaft_brightness = [max(float(np.median(line_b[line_owner == k])), 1e-3)
                         if np.any(line_owner == k) else 1.0 for k in range(len(smooth_paths))]
     t = lap("shaft model", t)
+    yield "shaft model"
 
     # 3. spine candidates: peaks of the smoothed residual
     head_sig = _sigma_vox((max(p.head_sigma_um, 0.5 * vz), p.head_sigma_um, p.head_sigma_um), vs)
@@ -430,8 +459,7 @@ def detect(stack: Stack, *, params: DetectionParams | None = None, traces: pd.Da
                 "contrast": float(rz[zi, yi, xi]),
             })
     t = lap("spines", t)
-    if bar is not None:
-        bar.close()
+    yield "spines"
     spines = pd.DataFrame(rows)
     if len(spines):
         spines[POSITION] += offset

@@ -147,17 +147,33 @@ def _dense_centerlines(centerlines: pd.DataFrame) -> np.ndarray:
 
 def nearest_dendrite(points: np.ndarray, centerlines: pd.DataFrame) -> np.ndarray:
     """dendrite_id of the nearest centre line for each point (in micrometres)."""
+    return _nearest(points, _dense_centerlines(centerlines))[0]
+
+
+def nearest_centerline_point(points, centerlines: pd.DataFrame
+                             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each point (um): the nearest dendrite's id, the nearest centre line point, the distance.
+
+    Examples
+    --------
+    >>> cl = pd.DataFrame({"dendrite_id": [4, 4], "z_um": [0, 0], "y_um": [0, 0],
+    ...                    "x_um": [0, 10]})
+    >>> ids, closest, dist = nearest_centerline_point([[0, 2, 5]], cl)
+    >>> int(ids[0]), closest[0].tolist(), float(dist[0])
+    (4, [0.0, 0.0, 5.0], 2.0)
+    """
     return _nearest(points, _dense_centerlines(centerlines))
 
 
-def _nearest(points, dense: np.ndarray) -> np.ndarray:
+def _nearest(points, dense: np.ndarray):
     from scipy.spatial import cKDTree
 
     points = np.asarray(points, float).reshape(-1, 3)
     if not len(dense) or not len(points):
-        return np.full(len(points), -1)
-    _, k = cKDTree(dense[:, 1:]).query(points)
-    return dense[k, 0].astype(int)
+        return (np.full(len(points), -1), np.full((len(points), 3), np.nan),
+                np.full(len(points), np.inf))
+    dist, k = cKDTree(dense[:, 1:]).query(points)
+    return dense[k, 0].astype(int), dense[k, 1:], dist
 
 
 def evaluate(pred: pd.DataFrame, gt: pd.DataFrame, *, lateral_tol: float = LATERAL_TOL_UM,
@@ -231,7 +247,7 @@ def evaluate(pred: pd.DataFrame, gt: pd.DataFrame, *, lateral_tol: float = LATER
                                          "density_gt_per_um", "density_pred_per_um",
                                          "density_error"])
     if centerlines is not None and len(centerlines):
-        pd_, gd_ = _nearest(P, dense), _nearest(G, dense)
+        pd_, gd_ = _nearest(P, dense)[0], _nearest(G, dense)[0]
         recs = []
         for did, g in centerlines.groupby("dendrite_id", sort=True):
             length = centerline_length(g[POSITION].to_numpy(float))

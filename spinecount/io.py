@@ -290,6 +290,9 @@ def _to_zcyx(arr: np.ndarray, axes: str, path, timepoint):
     return np.transpose(arr, order)
 
 
+_ALL = object()  # read_channels' marker for every channel
+
+
 def read_stack(path, *, channel: int | None = None, voxel_size=None, timepoint: int | None = None
                ) -> Stack:
     """Read a two-photon stack from a TIFF file.
@@ -386,6 +389,10 @@ def read_stack(path, *, channel: int | None = None, voxel_size=None, timepoint: 
         raise InputError("stack is empty (no pixels)", path=path)
 
     n_chan = zcyx.shape[1]
+    if channel is _ALL:
+        return [_channel_stack(zcyx, c, file_vs, voxel_size, path,
+                               {"format": fmt, "n_pages": n_pages, **extra})
+                for c in range(n_chan)]
     if n_chan > 1 and channel is None:
         raise InputError(f"file has {n_chan} channels", path=path,
                          hint=f"choose the cell-fill channel with --channel (0 to {n_chan - 1})")
@@ -394,6 +401,21 @@ def read_stack(path, *, channel: int | None = None, voxel_size=None, timepoint: 
         raise InputError(f"channel {c} does not exist (file has {n_chan} channel"
                          f"{'s' if n_chan > 1 else ''}: 0 to {n_chan - 1})", path=path,
                          hint="choose an existing channel with --channel")
+    return _channel_stack(zcyx, c, file_vs, voxel_size, path,
+                          {"format": fmt, "n_pages": n_pages, **extra})
+
+
+def read_channels(path, *, voxel_size=None, timepoint: int | None = None) -> list[Stack]:
+    """Every channel of a TIFF file as a :class:`Stack` (the file is read once).
+
+    Takes the arguments of :func:`read_stack` except `channel`, and raises its errors.
+    """
+    return read_stack(path, channel=_ALL, voxel_size=voxel_size, timepoint=timepoint)
+
+
+def _channel_stack(zcyx, c, file_vs, voxel_size, path, meta) -> Stack:
+    """One channel of a ZCYX array as a checked Stack."""
+    n_chan = zcyx.shape[1]
     data = np.ascontiguousarray(zcyx[:, c])
     if data.dtype.kind not in "uif":
         raise InputError(f"unsupported pixel type {data.dtype}", path=path,
@@ -423,8 +445,9 @@ def read_stack(path, *, channel: int | None = None, voxel_size=None, timepoint: 
         voxel_size=vs,
         channel=c if n_chan > 1 else None,
         path=str(path),
-        metadata={"format": fmt, "voxel_size_source": source, "n_channels": n_chan,
-                  "n_pages": n_pages, "dtype": str(data.dtype), **extra},
+        metadata={"format": meta["format"], "voxel_size_source": source, "n_channels": n_chan,
+                  "n_pages": meta["n_pages"], "dtype": str(data.dtype),
+                  **{k: v for k, v in meta.items() if k not in ("format", "n_pages")}},
     )
 
 
