@@ -21,11 +21,10 @@ def _detect(viewer, qtbot, layer_name, folder):
     _, det = viewer.window.add_plugin_dock_widget("spinecount", "Detect spines")
     det._image.value = viewer.layers[layer_name]
     det._output.value = folder
-    worker = det.start()
-    assert worker is not None, det._status.value
-    with qtbot.waitSignal(worker.finished, timeout=120_000):
-        pass
-    qtbot.waitUntil(lambda: f"{layer_name} spines" in viewer.layers, timeout=10_000)
+    assert det.start() is not None, det._status.value
+    # the viewer stays responsive: this loop runs Qt events while the worker thread detects
+    qtbot.waitUntil(lambda: det.worker is None, timeout=120_000)
+    assert f"{layer_name} spines" in viewer.layers, det._status.value
     return det, viewer.layers[f"{layer_name} spines"]
 
 
@@ -63,3 +62,164 @@ def test_sample_data(make_napari_viewer):
     viewer.open_sample("spinecount", "rr30a_crop")
     assert "rr30a crop" in viewer.layers and "rr30a crop annotated spines" in viewer.layers
 
+
+
+def test_detect_edit_save_and_reload(make_napari_viewer, qtbot, tmp_path, monkeypatch):
+    monkeypatch.setenv("SPINECOUNT_REVIEWER", "tester")
+    viewer = make_napari_viewer()
+    viewer.open_sample("spinecount", "synthetic")
+    folder = tmp_path / "result"
+    det, layer = _detect(viewer, qtbot, "synthetic", folder)
+    auto = pd.read_csv(folder / SPINES_FILE)
+    assert len(auto) > 10 and len(layer.data) == len(auto)
+    assert list(layer.features.columns) == ["spine_id", "dendrite_id", "type", "score", "status"]
+    assert "synthetic dendrites" in viewer.layers
+    _, review = viewer.window.add_plugin_dock_widget("spinecount", "Review spines")
+    assert review.current is not None and review.current.layer is layer
+    n0 = len(auto)
+    table = review._table.to_dataframe()
+    assert table.iloc[-1]["spines"] == n0
+
+    # add: a point near dendrite 0's centre line, in voxel coordinates
+    cl = pd.read_csv(folder / "centerlines.csv")
+    d0 = cl[cl.dendrite_id == cl.dendrite_id.iloc[0]]
+    mid = d0[["z_um", "y_um", "x_um"]].to_numpy()[len(d0) // 2] + [0, 1.0, 0]
+    layer.add(mid / np.asarray(layer.scale))
+    rev = _reviewed(folder)
+    added = rev[rev.status == "added"]
+    assert len(added) == 1 and added.dendrite_id.iloc[0] == d0.dendrite_id.iloc[0]
+    assert added.reviewer.iloc[0] == "tester"
+    assert len(layer.data) == n0 + 1
+    assert review._table.to_dataframe().iloc[-1]["spines"] == n0 + 1
+
+    # delete: kept in the table as rejected, gone from the layer and the count
+    gone = int(layer.features["spine_id"].iloc[0])
+    layer.selected_data = {0}
+    layer.remove_selected()
+    rev = _reviewed(folder)
+    assert rev.set_index("spine_id").loc[gone, "status"] == "rejected"
+    assert len(layer.data) == n0 and gone not in set(layer.features["spine_id"])
+    assert review._table.to_dataframe().iloc[-1]["spines"] == n0
+
+    # move: drag (set the coordinates of) one point by 0.5 um in x
+    sid = int(layer.features["spine_id"].iloc[3])
+    data = layer.data.copy()
+    data[3, 2] += 0.5 / layer.scale[2]
+    layer.data = data
+    row = _reviewed(folder).set_index("spine_id").loc[sid]
+    assert row["status"] == "moved"
+    assert row["x_um"] == pytest.approx(auto.set_index("spine_id").loc[sid, "x_um"] + 0.5)
+
+    # retype: from the menu and from a key
+    sid2 = int(layer.features["spine_id"].iloc[5])
+    layer.selected_data = {5}
+    review.retype("mushroom")
+    assert _reviewed(folder).set_index("spine_id").loc[sid2, "type"] == "mushroom"
+    row5 = np.flatnonzero(layer.features["spine_id"] == sid2)[0]
+    assert layer.features["type"].iloc[row5] == "mushroom"
+    layer.selected_data = {row5}
+    layer.keymap  # the review keys are bound on the layer
+    review.key("thin")
+    rev = _reviewed(folder).set_index("spine_id")
+    assert rev.loc[sid2, "type"] == "thin" and rev.loc[sid2, "status"] == "retyped"
+
+    # the automatic table is untouched; reopening the folder restores the review
+    pd.testing.assert_frame_equal(pd.read_csv(folder / SPINES_FILE), auto)
+    viewer.layers.clear()
+    viewer.open(folder, plugin="spinecount")
+    again = viewer.layers["synthetic spines"]
+    assert len(again.data) == n0
+    assert gone not in set(again.features["spine_id"])
+    assert (again.features["status"] == "added").sum() == 1
+    assert "synthetic" in viewer.layers  # the image came back with the result
+
+
+def test_review_mode_steps_from_least_certain(make_napari_viewer, qtbot, tmp_path):
+    viewer = make_napari_viewer()
+    viewer.open_sample("spinecount", "synthetic")
+    folder = tmp_path / "r"
+    _, layer = _detect(viewer, qtbot, "synthetic", folder)
+    _, review = viewer.window.add_plugin_dock_widget("spinecount", "Review spines")
+    review.start_review()
+    scores = pd.read_csv(folder / SPINES_FILE).set_index("spine_id")["score"]
+    first = review._order[0]
+    assert scores[first] == scores.min()
+    assert layer.features["spine_id"].iloc[sorted(layer.selected_data)[0]] == first
+    z, y, x = scores.index.map(lambda s: s).to_series().pipe(lambda _: pd.read_csv(
+        folder / SPINES_FILE).set_index("spine_id").loc[first, ["z_um", "y_um", "x_um"]])
+    assert viewer.camera.center[-1] == pytest.approx(x, abs=1e-6)
+    assert viewer.dims.point[0] == pytest.approx(z, abs=viewer.layers["synthetic"].scale[0])
+    review.key("accept")  # "a": accept and go on
+    assert review._pos == 1
+    review.key("reject")  # "r"
+    review.key("previous")  # "b"
+    assert review._pos == 1
+    rev = _reviewed(folder).set_index("spine_id")
+    assert rev.loc[first, "status"] == "accepted"
+    assert rev.loc[review._order[1], "status"] == "rejected"
+    assert review._order[1] not in set(layer.features["spine_id"])
+
+
+def test_detection_can_be_cancelled(make_napari_viewer, qtbot, tmp_path):
+    viewer = make_napari_viewer()
+    viewer.open_sample("spinecount", "rr30a_crop")
+    _, det = viewer.window.add_plugin_dock_widget("spinecount", "Detect spines")
+    det._image.value = viewer.layers["rr30a crop"]
+    det._output.value = tmp_path / "cancelled"
+    assert det.start() is not None
+    det.cancel()
+    qtbot.waitUntil(lambda: det.worker is None, timeout=60_000)
+    assert not (tmp_path / "cancelled" / SPINES_FILE).exists()
+    assert det._run.enabled and det._status.value == "cancelled"
+
+
+def test_screenshot_is_not_blank(make_napari_viewer, qtbot, tmp_path):
+    viewer = make_napari_viewer(show=True)
+    viewer.open_sample("spinecount", "rr30a_crop")
+    _detect(viewer, qtbot, "rr30a crop", tmp_path / "crop")
+    shot = viewer.screenshot(canvas_only=True, flash=False)
+    rgb = shot[..., :3].astype(float)
+    assert rgb.std() > 10
+    assert (rgb.max(axis=-1) > 40).mean() > 0.02  # a real image, not a black canvas
+    # the spine markers are drawn: some pixels carry a type colour (not grey)
+    assert (np.ptp(rgb, axis=-1) > 60).sum() > 50
+
+
+def test_blind_experiment_review_is_used_by_the_run(make_napari_viewer, tmp_path):
+    from spinecount.experiment import run_experiment
+    from spinecount.synthetic import make_experiment
+
+    manifest = make_experiment(tmp_path / "data", animals_per_condition=1, stacks_per_animal=1,
+                               shape_um=(10, 30, 30))
+    out = tmp_path / "out"
+    before = run_experiment(manifest, out, workers=0, progress=False)
+    assert set(before.dendrites["source"]) == {"automatic"}
+
+    viewer = make_napari_viewer()
+    _, review = viewer.window.add_plugin_dock_widget("spinecount", "Review spines")
+    review._experiment.value = out
+    review._blind.value = True
+    queue = review.list_stacks()
+    # blind: codes only, nothing that tells the condition or the file
+    assert list(queue.columns) == ["code", "folder", "reviewed"]
+    assert review._stacks.choices == tuple(queue["code"])
+    code = queue["code"].iloc[0]
+    layers = review.open_stack(code)
+    names = [layer.name for layer in layers]
+    assert names == [code, f"{code} dendrites", f"{code} spines"]
+    conditions = pd.read_csv(manifest)["condition"]
+    assert not any(c in n for c in conditions for n in names + [viewer.title])
+    stack = Path(queue["folder"].iloc[0]).name
+    assert not any(stack in n for n in names)
+
+    spines = viewer.layers[f"{code} spines"]
+    n_auto = len(spines.data)
+    spines.selected_data = {0, 1}
+    spines.remove_selected()
+    after = run_experiment(manifest, out, workers=0, progress=False)
+    assert after.n_computed == 0  # nothing recomputed, the review is picked up
+    mine = after.dendrites[after.dendrites["stack"] == stack]
+    assert set(mine["source"]) == {"reviewed"}
+    assert mine["n_spines"].sum() == n_auto - 2
+    others = after.dendrites[after.dendrites["stack"] != stack]
+    assert set(others["source"]) == {"automatic"}

@@ -18,6 +18,9 @@ TYPE_COLORS = {"stubby": "#E69F00", "thin": "#56B4E9", "mushroom": "#CC79A7",
 STATUS_COLORS = {"detected": "#7F7F7F", "accepted": "#FFFFFF", "added": "#F0E442",
                  "moved": "#F0E442", "retyped": "#F0E442", "rejected": "#D55E00"}
 FEATURES = ["spine_id", "dendrite_id", "type", "score", "status"]
+#: Features of a point added by hand (spine_id -1 until the review session numbers it).
+FEATURE_DEFAULTS = {"spine_id": -1, "dendrite_id": -1, "type": "unknown", "score": 1.0,
+                    "status": "added"}
 #: Drawn size (um) of spines without a measured head (added by hand).
 DEFAULT_SIZE_UM = 0.8
 RESULT_KEY = "spinecount_result"
@@ -57,9 +60,8 @@ def spines_layer(spines: pd.DataFrame, voxel_size, *, name: str, folder=None) ->
     d = spine_points(spines, voxel_size)
     kw = {"name": name, "scale": tuple(voxel_size), "features": d["features"], "size": d["size"],
           "face_color": d["face_color"], "border_color": d["border_color"],
-          "border_width": 0.15, "opacity": 0.8, "out_of_slice_display": True,
-          "feature_defaults": {"spine_id": -1, "dendrite_id": -1, "type": "unknown",
-                               "score": 1.0, "status": "added"},
+          "border_width": 0.15, "opacity": 0.8,
+          "feature_defaults": FEATURE_DEFAULTS,
           "metadata": {RESULT_KEY: str(folder) if folder else None}}
     return d["data"], kw, "points"
 

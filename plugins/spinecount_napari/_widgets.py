@@ -17,7 +17,7 @@ from spinecount.params import DetectionParams
 from spinecount.results import REVIEWED_SPINES_FILE
 from spinecount.tables import POSITION, SPINE_TYPES
 
-from ._layers import RESULT_KEY, result_layers, spine_points
+from ._layers import FEATURE_DEFAULTS, RESULT_KEY, result_layers, spine_points
 
 #: Review keys on a spines layer: key -> (action, what it does).
 REVIEW_KEYS = {"a": ("accept", "accept and go to the next spine"),
@@ -25,6 +25,8 @@ REVIEW_KEYS = {"a": ("accept", "accept and go to the next spine"),
                "n": ("next", "next spine"), "b": ("previous", "previous spine"),
                "s": ("stubby", "type stubby"), "t": ("thin", "type thin"),
                "m": ("mushroom", "type mushroom"), "f": ("filopodium", "type filopodium")}
+
+TABLE_COLUMNS = ["length (um)", "spines", "density (/um)"]
 
 
 def add_layers(viewer, layers: list[tuple]) -> list:
@@ -192,11 +194,11 @@ class _Binding:
         s = self.session
         ids = self.layer.features["spine_id"].to_numpy(int)
         pos = np.asarray(self.layer.data, float)[:, -3:] * self.scale
-        for p in pos[ids < 0]:
-            s.add(p)
         gone = sorted(set(s.counted()["spine_id"]) - set(ids[ids >= 0].tolist()))
         if gone:
             s.reject(gone)
+        for p in pos[ids < 0]:
+            s.add(p)
         known = s.spines.set_index("spine_id")[POSITION]
         for sid, p in zip(ids, pos):
             if sid >= 0 and np.abs(known.loc[sid].to_numpy(float) - p).max() > 1e-3:
@@ -211,6 +213,7 @@ class _Binding:
             self.layer.selected_data = set()
             self.layer.data = d["data"]
             self.layer.features = d["features"]
+            self.layer.feature_defaults = FEATURE_DEFAULTS  # setting features resets them
             self.layer.size = d["size"]
             self.layer.face_color = d["face_color"] if len(d["data"]) else []
             self.layer.border_color = d["border_color"] if len(d["data"]) else []
@@ -251,8 +254,7 @@ class ReviewWidget(Container):
         self._reviewer = LineEdit(label="reviewer", value=reviewer_name())
         self._type = ComboBox(label="type", choices=[*SPINE_TYPES, "unknown"])
         self._set_type = PushButton(text="Set type of selected")
-        self._table = Table(value={"dendrite": [], "length (um)": [], "spines": [],
-                                   "density (/um)": []})
+        self._table = Table(value={c: [] for c in TABLE_COLUMNS})
         self._table.read_only = True
         self._start = PushButton(text="Start review (least certain first)")
         self._prev = PushButton(text="Previous [b]")
@@ -263,14 +265,14 @@ class ReviewWidget(Container):
                                          "s/t/m/f type")
         self._experiment = FileEdit(label="experiment folder", mode="d")
         self._blind = CheckBox(label="blind (hide condition and file name)", value=True)
-        self._list = PushButton(text="List stacks")
+        self._list_btn = PushButton(text="List stacks")
         self._stacks = ComboBox(label="stack", choices=[])
         self._open = PushButton(text="Open stack")
         buttons = Container(layout="horizontal", widgets=[self._prev, self._accept,
                                                           self._reject, self._next])
         self.extend([self._layer_label, self._reviewer, self._type, self._set_type, self._table,
                      self._start, buttons, self._review_label, self._experiment, self._blind,
-                     self._list, self._stacks, self._open])
+                     self._list_btn, self._stacks, self._open])
         self._set_type.changed.connect(lambda: self.retype(self._type.value))
         self._start.changed.connect(self.start_review)
         self._prev.changed.connect(self.previous)
@@ -278,7 +280,7 @@ class ReviewWidget(Container):
         self._accept.changed.connect(self.accept)
         self._reject.changed.connect(self.reject)
         self._reviewer.changed.connect(self._on_reviewer)
-        self._list.changed.connect(self.list_stacks)
+        self._list_btn.changed.connect(self.list_stacks)
         self._open.changed.connect(lambda: self.open_stack(self._stacks.value))
         self.viewer.layers.events.inserted.connect(lambda e: self.attach(e.value))
         self.viewer.layers.events.removed.connect(lambda e: self._detach(e.value))
@@ -322,13 +324,13 @@ class ReviewWidget(Container):
         if binding is not self.current:
             return
         summ = binding.session.summary()
-        rows = [[int(r.dendrite_id), round(r.length_um, 1), int(r.n_spines),
-                 round(r.density_per_um, 3)] for r in summ.itertuples()]
+        rows = [[round(r.length_um, 1), int(r.n_spines), round(r.density_per_um, 3)]
+                for r in summ.itertuples()]
         total = float(summ["length_um"].sum())
         n = int(summ["n_spines"].sum())
-        rows.append(["all", round(total, 1), n, round(n / total, 3) if total else 0.0])
-        self._table.value = {"data": rows, "columns": ["dendrite", "length (um)", "spines",
-                                                       "density (/um)"]}
+        rows.append([round(total, 1), n, round(n / total, 3) if total else 0.0])
+        self._table.value = {"data": rows, "columns": TABLE_COLUMNS,
+                             "index": [f"dendrite {d}" for d in summ["dendrite_id"]] + ["all"]}
         self._layer_label.value = f"{binding.layer.name}: {n} spines"
 
     def summary(self):
