@@ -8,7 +8,7 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && ! command -v Xvfb >/de
   echo "installing Debian packages for headless GUI tests (xvfb, libxcb...)"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq && apt-get install -y -qq --no-install-recommends \
-    xvfb xauth libxcb-icccm4 libxcb-keysyms1 libxcb-xinerama0 libxcb-image0 \
+    xvfb xauth libxcb-icccm4 libxcb-keysyms1 libxcb-xinerama0 libxcb-image0 libxcb-cursor0 \
     libxcb-render-util0 libxcb-randr0 libxcb-shape0 libxcb-xkb1 libxkbcommon-x11-0 \
     libgl1 libegl1 libfontconfig1 libdbus-1-3 >/dev/null \
     || echo "warning: could not install the Debian packages; GUI tests may fail" >&2

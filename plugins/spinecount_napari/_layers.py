@@ -67,18 +67,43 @@ def spines_layer(spines: pd.DataFrame, voxel_size, *, name: str, folder=None) ->
 
 
 def dendrites_layer(centerlines: pd.DataFrame, voxel_size, *, name: str) -> tuple:
-    """LayerDataTuple of the dendrite centre lines (a Shapes layer of paths, with their ids)."""
+    """LayerDataTuple of the dendrite centre lines: a Shapes layer of paths with their ids.
+
+    napari draws a shape in a 2D slice only where all its vertices lie in that slice, so each
+    centre line is cut into one flat path per z slice it crosses (joined end to end in 3D);
+    every piece carries its ``dendrite_id`` and the longest piece shows it as text.
+    """
     vs = np.asarray(voxel_size, float)
-    ids, paths = [], []
+    ids, paths, labels = [], [], []
     for did, g in centerlines.groupby("dendrite_id", sort=True):
-        if len(g) >= 2:
+        pieces = _flat_pieces(g[POSITION].to_numpy(float) / vs)
+        longest = int(np.argmax([len(q) for q in pieces])) if pieces else -1
+        for i, q in enumerate(pieces):
             ids.append(int(did))
-            paths.append(g[POSITION].to_numpy(float) / vs)
+            paths.append(q)
+            labels.append(str(int(did)) if i == longest else "")
     kw = {"name": name, "scale": tuple(voxel_size), "shape_type": "path",
           "edge_color": "#00FFFF", "edge_width": 0.3 / vs[1], "opacity": 0.7,
-          "features": pd.DataFrame({"dendrite_id": ids}),
-          "text": {"string": "{dendrite_id}", "color": "#00FFFF", "size": 10}}
+          "features": pd.DataFrame({"dendrite_id": ids, "label": labels}),
+          "text": {"string": "{label}", "color": "#00FFFF", "size": 10}}
     return paths, kw, "shapes"
+
+
+def _flat_pieces(path: np.ndarray) -> list[np.ndarray]:
+    """Cut a (n, 3) voxel-coordinate path into runs of one z slice, each flat at that slice
+    and reaching to the next run's first point."""
+    if len(path) < 2:
+        return []
+    z = np.round(path[:, 0])
+    cuts = np.flatnonzero(np.diff(z)) + 1
+    pieces = []
+    for a, b in zip(np.r_[0, cuts], np.r_[cuts, len(path)]):
+        q = path[a:min(b + 1, len(path))].copy()
+        q[:, 0] = z[a]
+        q = q[np.r_[True, np.any(np.diff(q[:, 1:], axis=0) != 0, axis=1)]]  # no 0-length step
+        if len(q) >= 2:
+            pieces.append(q)
+    return pieces
 
 
 def image_layer(stack, *, name: str) -> tuple:

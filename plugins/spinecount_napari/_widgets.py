@@ -26,6 +26,8 @@ REVIEW_KEYS = {"a": ("accept", "accept and go to the next spine"),
                "s": ("stubby", "type stubby"), "t": ("thin", "type thin"),
                "m": ("mushroom", "type mushroom"), "f": ("filopodium", "type filopodium")}
 
+#: Parameters always shown in "Detect spines" (the others behind "all parameters").
+MAIN_PARAMS = ("spine_threshold", "max_spine_length_um", "min_score")
 TABLE_COLUMNS = ["length (um)", "spines", "density (/um)"]
 
 
@@ -56,19 +58,26 @@ class DetectWidget(Container):
             name: FloatSpinBox(label=name.replace("_", " "), value=default, min=0, max=1e4,
                                step=0.05, tooltip=doc)
             for name, (default, doc) in DetectionParams.describe().items()}
+        self._more = CheckBox(label="all parameters", value=False)
         self._output = FileEdit(label="result folder", mode="d")
         self._run = PushButton(text="Detect spines")
         self._cancel = PushButton(text="Cancel", enabled=False)
         self._progress = ProgressBar(min=0, max=5, value=0, label="progress")
         self._status = Label(value="")
-        self.extend([self._image, self._channel, *self._voxel, *self._params.values(),
-                     self._output, self._run, self._cancel, self._progress, self._status])
+        self.extend([self._image, self._channel, *self._voxel, self._more,
+                     *self._params.values(), self._output, self._run, self._cancel, self._progress, self._status])
         self._image.changed.connect(self._on_image)
+        self._more.changed.connect(self._show_params)
+        self._show_params(False)
         self._run.changed.connect(self.start)
         self._cancel.changed.connect(self.cancel)
         self.viewer.layers.events.inserted.connect(lambda e: self._image.reset_choices())
         self.viewer.layers.events.removed.connect(lambda e: self._image.reset_choices())
         self._on_image(self._image.value)
+
+    def _show_params(self, everything: bool):
+        for name, w in self._params.items():
+            w.visible = everything or name in MAIN_PARAMS
 
     def _image_layers(self, _widget=None):
         import napari
@@ -268,6 +277,8 @@ class ReviewWidget(Container):
         self._list_btn = PushButton(text="List stacks")
         self._stacks = ComboBox(label="stack", choices=[])
         self._open = PushButton(text="Open stack")
+        for label in (self._layer_label, self._review_label):
+            label.native.setWordWrap(True)
         buttons = Container(layout="horizontal", widgets=[self._prev, self._accept,
                                                           self._reject, self._next])
         self.extend([self._layer_label, self._reviewer, self._type, self._set_type, self._table,
@@ -324,11 +335,11 @@ class ReviewWidget(Container):
         if binding is not self.current:
             return
         summ = binding.session.summary()
-        rows = [[round(r.length_um, 1), int(r.n_spines), round(r.density_per_um, 3)]
+        rows = [[f"{r.length_um:.1f}", int(r.n_spines), f"{r.density_per_um:.3f}"]
                 for r in summ.itertuples()]
         total = float(summ["length_um"].sum())
         n = int(summ["n_spines"].sum())
-        rows.append([round(total, 1), n, round(n / total, 3) if total else 0.0])
+        rows.append([f"{total:.1f}", n, f"{n / total:.3f}" if total else ""])
         self._table.value = {"data": rows, "columns": TABLE_COLUMNS,
                              "index": [f"dendrite {d}" for d in summ["dendrite_id"]] + ["all"]}
         self._layer_label.value = f"{binding.layer.name}: {n} spines"
