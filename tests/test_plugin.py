@@ -51,6 +51,30 @@ def test_reader_opens_tiff_with_voxel_size_as_scale(make_napari_viewer):
     assert layers[0].data.shape == (20, 160, 694)
 
 
+def test_reader_channels_and_missing_voxel_size(make_napari_viewer, tmp_path):
+    import tifffile
+
+    from spinecount.io import read_stack, write_imagej
+
+    crop = read_stack(sample_path(REAL_CROP))
+    two = np.stack([crop.data, crop.data[:, ::-1]], axis=1)  # ZCYX
+    write_imagej(tmp_path / "two.tif", two, crop.voxel_size, axes="ZCYX")
+    viewer = make_napari_viewer()
+    layers = viewer.open(tmp_path / "two.tif", plugin="spinecount")
+    assert [layer.name for layer in layers] == ["two [ch0]", "two [ch1]"]
+    np.testing.assert_array_equal(layers[1].data, crop.data[:, ::-1])
+    _, det = viewer.window.add_plugin_dock_widget("spinecount", "Detect spines")
+    det._image.value = layers[1]
+    assert det._voxel[2].value == pytest.approx(0.12)
+    assert det._output.value == tmp_path / "two_spinecount"
+
+    tifffile.imwrite(tmp_path / "plain.tif", crop.data)  # no voxel size anywhere
+    with pytest.warns(UserWarning, match="voxel size"):
+        plain = viewer.open(tmp_path / "plain.tif", plugin="spinecount")[0]
+    det._image.value = plain
+    assert "no voxel size" in det._status.value
+
+
 def test_sample_data(make_napari_viewer):
     viewer = make_napari_viewer()
     viewer.open_sample("spinecount", "synthetic")
