@@ -1,0 +1,256 @@
+"""Time-lapse: follow each spine across imaging sessions; formation, elimination and survival.
+
+``link`` takes the spine tables of one field in session order (and, for registration, the
+registrations of each session onto the first, :func:`spinecount.registration.register`), and
+gives every spine a persistent ``track_id``:
+
+1. every spine (and centre line) is mapped into the first session's frame;
+2. dendrites are matched from each session to the one before: a dendrite belongs to the earlier
+   dendrite that most of its registered centre line runs along (within 2 um);
+3. spines of consecutive sessions are matched one to one (Hungarian assignment, scipy) on the
+   distance of their registered heads, with z counted at a quarter weight (axial resolution and
+   the z of a click are poor); pairs further apart than the gate (``gate_um``) or on dendrites
+   that do not match are never linked (so a spine keeps its place along its own dendrite);
+4. a spine without a partner in the session before starts a new track.
+
+Fates of a track (a spine's whole history):
+
+``stable``
+    present in the first and the last session;
+``eliminated``
+    present in the first session, absent in the last;
+``formed``
+    absent in the first session, present in the last;
+``transient``
+    absent in the first and the last session, present in between.
+
+Turnover per dendrite and interval (session k to k+1), as usually defined (for example Holtmaat
+et al. 2005, Neuron 45:279; Holtmaat et al. 2009, Nat Protoc 4:1128), relative to the spines
+present at the earlier session N(k):
+
+- formation = spines at k+1 whose track is not at k, divided by N(k);
+- elimination = spines at k whose track is not at k+1, divided by N(k);
+- turnover ratio = (formed + eliminated) / (2 N(k)).
+
+Survival: the fraction of the spines present at the first session that are still present at
+session k (``survival_first``), and of the spines newly formed at the second session that are
+still present at session k >= 1 (``survival_new``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .tables import BASE, POSITION
+
+FATES = ("stable", "formed", "eliminated", "transient")
+TRACK_COLUMNS = ["session", "row", "spine_id", "track_id", "fate", "dendrite", "z_um", "y_um",
+                 "x_um", "ref_z_um", "ref_y_um", "ref_x_um"]
+#: Default gate (um): registered heads further apart than this are different spines.
+GATE_UM = 2.0
+#: z distances count this much in the linking cost (axial resolution and click z are poor).
+Z_WEIGHT = 0.25
+
+
+def _match_dendrites(cl_new: pd.DataFrame, cl_old: pd.DataFrame, tol_um: float = 2.0) -> dict:
+    """dendrite_id (new session) -> dendrite_id (old session) that most of it runs along."""
+    from scipy.spatial import cKDTree
+
+    if cl_new is None or cl_old is None or not len(cl_new) or not len(cl_old):
+        return {}
+    tree = cKDTree(cl_old[POSITION].to_numpy(float))
+    old_ids = cl_old["dendrite_id"].to_numpy()
+    out = {}
+    for did, g in cl_new.groupby("dendrite_id"):
+        d, k = tree.query(g[POSITION].to_numpy(float))
+        near = old_ids[k[d <= tol_um]]
+        if len(near) >= 0.3 * len(g):
+            vals, counts = np.unique(near, return_counts=True)
+            out[int(did)] = int(vals[np.argmax(counts)])
+    return out
+
+
+def link(tables: list[pd.DataFrame], *, registrations=None, centerlines=None,
+         gate_um: float = GATE_UM) -> pd.DataFrame:
+    """Link the spines of one field across sessions.
+
+    Parameters
+    ----------
+    tables : list of DataFrame
+        Spine tables in session order, with at least ``z_um, y_um, x_um`` (automatic, reviewed
+        or annotation tables; ``base_*_um`` where known).
+    registrations : list of Registration, optional
+        One per session, mapping it onto the first (the first is usually the identity);
+        default: no movement.
+    centerlines : list of DataFrame or None, optional
+        Dendrite centre lines of each session (``dendrite_id, z_um, y_um, x_um``). With them
+        dendrites are matched and spines link only along the same dendrite; without them
+        spines link on position alone.
+    gate_um : float
+        Largest linking cost (um) for two spines to be the same.
+
+    Returns
+    -------
+    DataFrame
+        One row per spine: ``session`` (position in `tables`, from 0), ``row`` (0-based row in
+        its table), ``spine_id``, ``track_id``, ``fate``, ``dendrite`` (id of the dendrite
+        track, from the first session it was seen in; -1 when unknown), its own ``z_um, y_um,
+        x_um`` and its registered ``ref_z_um, ref_y_um, ref_x_um``.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> a = pd.DataFrame({"z_um": [1.0, 1.0, 1.0], "y_um": [5.0, 10.0, 15.0], "x_um": 5.0})
+    >>> b = pd.DataFrame({"z_um": [1.0, 1.0], "y_um": [10.3, 20.0], "x_um": 5.2})
+    >>> link([a, b])[["session", "row", "track_id", "fate"]].values.tolist()
+    [[0, 0, 0, 'eliminated'], [0, 1, 1, 'stable'], [0, 2, 2, 'eliminated'], [1, 0, 1, 'stable'], [1, 1, 3, 'formed']]
+    """
+    from .registration import IDENTITY
+
+    n = len(tables)
+    registrations = registrations or [IDENTITY] * n
+    centerlines = centerlines or [None] * n
+    if len(registrations) != n or len(centerlines) != n:
+        raise ValueError("give one registration and one centre line table (or None) per session")
+    ref_cl = [None if c is None or not len(c) else
+              c.assign(**dict(zip(POSITION, registrations[s].transform(
+                  c[POSITION].to_numpy(float)).T))) for s, c in enumerate(centerlines)]
+    parts, next_track, next_dend = [], 0, 0
+    dend_track: dict[tuple[int, int], int] = {}  # (session, dendrite_id) -> dendrite track
+    for s, table in enumerate(tables):
+        pos = table[POSITION].to_numpy(float).reshape(-1, 3)
+        ref = registrations[s].transform(pos)
+        base = (table[BASE].to_numpy(float) if all(c in table for c in BASE)
+                else np.full_like(pos, np.nan))
+        ref_base = np.where(np.isfinite(base), registrations[s].transform(np.nan_to_num(base)),
+                            ref)
+        own_dend = _spine_dendrites(table, ref_base, ref_cl[s])
+        # dendrite tracks
+        matched = _match_dendrites(ref_cl[s], ref_cl[s - 1]) if s else {}
+        if ref_cl[s] is not None:
+            for did in sorted(ref_cl[s]["dendrite_id"].unique()):
+                prev = matched.get(int(did))
+                if prev is not None and (s - 1, prev) in dend_track:
+                    dend_track[(s, int(did))] = dend_track[(s - 1, prev)]
+                else:
+                    dend_track[(s, int(did))] = next_dend
+                    next_dend += 1
+        dtrack = np.array([dend_track.get((s, int(d)), -1) for d in own_dend], int)
+        cur = pd.DataFrame({"session": s, "row": np.arange(len(table)),
+                            "spine_id": (table["spine_id"].to_numpy() if "spine_id" in table
+                                         else np.arange(len(table))),
+                            "track_id": -1, "dendrite": dtrack, **dict(zip(POSITION, pos.T)),
+                            **{f"ref_{c}": ref[:, i] for i, c in enumerate(POSITION)}})
+        if s and len(parts[-1]) and len(cur):
+            prev = parts[-1]
+            r, c, ok = _assign(prev, cur, gate_um)
+            cur.loc[c[ok], "track_id"] = prev["track_id"].to_numpy()[r[ok]]
+            # a dendrite met by a linked spine keeps the earlier dendrite track
+            same = (cur.loc[c[ok], "dendrite"].to_numpy() < 0)
+            cur.loc[c[ok][same], "dendrite"] = prev["dendrite"].to_numpy()[r[ok]][same]
+        new = cur["track_id"] < 0
+        cur.loc[new, "track_id"] = np.arange(next_track, next_track + new.sum())
+        next_track += int(new.sum())
+        parts.append(cur)
+    tracks = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
+        columns=TRACK_COLUMNS)
+    tracks["fate"] = fates(tracks, n)
+    return tracks[TRACK_COLUMNS].astype({"session": int, "row": int, "track_id": int,
+                                         "dendrite": int})
+
+
+def _assign(prev, cur, gate_um):
+    from scipy.optimize import linear_sum_assignment
+
+    cost = _cost(prev, cur, gate_um)
+    r, c = linear_sum_assignment(np.where(np.isfinite(cost), cost, 1e6))
+    return r, c, np.isfinite(cost[r, c])
+
+
+def _spine_dendrites(table, ref_base, ref_cl) -> np.ndarray:
+    """dendrite_id of each spine in its own session (nearest registered centre line)."""
+    from .evaluate import nearest_dendrite
+
+    if ref_cl is None:
+        return np.full(len(table), -1)
+    if "dendrite_id" in table and table["dendrite_id"].isin(ref_cl["dendrite_id"]).all():
+        return table["dendrite_id"].to_numpy(int)
+    return nearest_dendrite(ref_base, ref_cl)
+
+
+def _cost(prev: pd.DataFrame, cur: pd.DataFrame, gate_um: float) -> np.ndarray:
+    """Linking cost (um) between spines of consecutive sessions; inf beyond the gate or
+    across dendrites that do not match."""
+    cols = [f"ref_{c}" for c in POSITION]
+    d = prev[cols].to_numpy()[:, None, :] - cur[cols].to_numpy()[None, :, :]
+    d[..., 0] *= Z_WEIGHT
+    cost2 = (d**2).sum(axis=-1)
+    pd_, cd_ = prev["dendrite"].to_numpy(), cur["dendrite"].to_numpy()
+    known = (pd_[:, None] >= 0) & (cd_[None, :] >= 0)
+    cost2[known & (pd_[:, None] != cd_[None, :])] = np.inf
+    cost = np.sqrt(cost2)
+    cost[cost > gate_um] = np.inf
+    return cost
+
+
+def fates(tracks: pd.DataFrame, n_sessions: int) -> pd.Series:
+    """Fate of each row's track: stable, formed, eliminated or transient (see the module)."""
+    first = tracks.groupby("track_id")["session"].transform(
+        lambda s: (s == 0).any())
+    last = tracks.groupby("track_id")["session"].transform(
+        lambda s: (s == n_sessions - 1).any())
+    return pd.Series(np.select([first & last, first & ~last, ~first & last],
+                               ["stable", "eliminated", "formed"], "transient"),
+                     index=tracks.index)
+
+
+def turnover(tracks: pd.DataFrame) -> pd.DataFrame:
+    """Formation, elimination and turnover ratio per dendrite and interval.
+
+    Returns one row per ``dendrite`` (dendrite track; -1 for spines without one) and interval
+    (``session_from``, ``session_to``) with ``n_from``, ``n_to``, ``n_formed``,
+    ``n_eliminated``, ``formation``, ``elimination``, ``turnover_ratio`` (fractions of
+    ``n_from``), and a row ``dendrite = "all"`` per interval for the whole field.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> t = pd.DataFrame({"session": [0, 0, 0, 0, 1, 1, 1, 1], "track_id": [0, 1, 2, 3, 0, 1, 2, 9],
+    ...                   "dendrite": 0})
+    >>> r = turnover(t).iloc[0]
+    >>> int(r.n_from), int(r.n_formed), int(r.n_eliminated), float(r.formation)
+    (4, 1, 1, 0.25)
+    """
+    rows = []
+    sessions = sorted(tracks["session"].unique())
+    groups = [(int(d), g) for d, g in tracks.groupby("dendrite")] + [("all", tracks)]
+    for dend, g in groups:
+        for a, b in zip(sessions[:-1], sessions[1:]):
+            ta = set(g.loc[g["session"] == a, "track_id"])
+            tb = set(g.loc[g["session"] == b, "track_id"])
+            n_from, formed, lost = len(ta), len(tb - ta), len(ta - tb)
+            rows.append({"dendrite": dend, "session_from": int(a), "session_to": int(b),
+                         "n_from": n_from, "n_to": len(tb), "n_formed": formed,
+                         "n_eliminated": lost,
+                         "formation": formed / n_from if n_from else np.nan,
+                         "elimination": lost / n_from if n_from else np.nan,
+                         "turnover_ratio": (formed + lost) / (2 * n_from) if n_from else np.nan})
+    return pd.DataFrame(rows)
+
+
+def survival(tracks: pd.DataFrame) -> pd.DataFrame:
+    """Surviving fractions per session: of the spines present at the first session
+    (``survival_first``) and of those newly formed at the second (``survival_new``)."""
+    sessions = sorted(tracks["session"].unique())
+    present = {s: set(tracks.loc[tracks["session"] == s, "track_id"]) for s in sessions}
+    first = present[sessions[0]]
+    new = (present[sessions[1]] - first) if len(sessions) > 1 else set()
+    rows = []
+    for s in sessions:
+        rows.append({"session": int(s), "n_first": len(first),
+                     "survival_first": len(first & present[s]) / len(first) if first else np.nan,
+                     "n_new": len(new) if s >= sessions[min(1, len(sessions) - 1)] else 0,
+                     "survival_new": (len(new & present[s]) / len(new)
+                                      if new and s >= sessions[1] else np.nan)})
+    return pd.DataFrame(rows)
