@@ -40,6 +40,61 @@ def _cmd_detect(args) -> int:
     return 0
 
 
+def _cmd_track(args) -> int:
+    import pandas as pd
+
+    from .errors import InputError
+    from .io import read_stack
+    from .results import CENTERLINES_FILE, provenance
+    from .tables import read_centerlines, read_spines
+    from .timelapse import track, write_tracks
+
+    n = len(args.spines)
+    if n < 2:
+        raise InputError("give at least two spine tables (one per session, in order)")
+    for opt, given in (("--stacks", args.stacks), ("--centerlines", args.centerlines)):
+        if given and len(given) != n:
+            raise InputError(f"{opt} needs one file per spine table ({n}), got {len(given)}")
+    tables = []
+    for path in args.spines:
+        t = read_spines(path)
+        raw = pd.read_csv(path)
+        if "status" in raw:
+            t["status"] = raw["status"].to_numpy()
+        tables.append(t)
+    if args.centerlines:
+        cls = [read_centerlines(c) for c in args.centerlines]
+    else:  # a result folder's spines come with its centre lines
+        beside = [Path(path).with_name(CENTERLINES_FILE) for path in args.spines]
+        cls = [read_centerlines(c) for c in beside] if all(c.exists() for c in beside) else None
+    stacks = [read_stack(f, channel=args.channel, voxel_size=args.voxel_size)
+              for f in args.stacks] if args.stacks else None
+    tracks, regs = track(tables, stacks=stacks, centerlines=cls, gate_um=args.gate)
+    info = {"command": "track", "spines": [str(Path(f).resolve()) for f in args.spines],
+            "gate_um": args.gate, "centerlines": "given" if args.centerlines else (
+                "beside the spine tables" if cls else "none"),
+            "stacks": [provenance(s, _NoParams())["input"] for s in stacks] if stacks else []}
+    info["spinecount_version"] = __version__
+    paths = write_tracks(args.output, tracks, regs, info)
+    fates = tracks.drop_duplicates("track_id")["fate"].value_counts()
+    print(f"{len(tracks)} spines in {tracks['track_id'].nunique()} tracks over {n} sessions: "
+          + ", ".join(f"{fates.get(f, 0)} {f}" for f in ("stable", "formed", "eliminated",
+                                                          "transient")))
+    for i, r in enumerate(regs[1:], start=1):
+        print(f"  session {i} -> 0: shift (z, y, x) "
+              f"{', '.join(f'{v:+.2f}' for v in r.shift_um)} um")
+    print(f"tracks: {paths['tracks']}")
+    return 0
+
+
+class _NoParams:
+    """Stands in for detection parameters in the provenance of a tracking run."""
+
+    @staticmethod
+    def to_dict():
+        return {}
+
+
 def _cmd_synth(args) -> int:
     from .synthetic import make_stack, write_synthetic
 
@@ -223,6 +278,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--photons", type=float, default=40.0,
                    help="photons at a shaft centre (lower = noisier)")
     p.set_defaults(func=_cmd_synth)
+
+    p = sub.add_parser("track", help="follow spines across imaging sessions of one field")
+    p.add_argument("--spines", nargs="+", required=True, metavar="CSV",
+                   help="spine tables in session order (automatic, reviewed or annotations)")
+    p.add_argument("--stacks", nargs="+", metavar="TIF",
+                   help="the sessions' stacks, for registration (one per table)")
+    p.add_argument("--centerlines", nargs="+", metavar="CSV",
+                   help="dendrite centre lines per session (default: centerlines.csv beside "
+                        "each table, when all have one)")
+    p.add_argument("--gate", type=float, default=2.0,
+                   help="largest distance (um) between a spine's registered positions")
+    p.add_argument("--channel", type=int, help="channel of multi-channel stacks")
+    _voxel_arg(p)
+    p.add_argument("-o", "--output", required=True, help="output folder (tracks.csv ...)")
+    p.set_defaults(func=_cmd_track)
 
     p = sub.add_parser("evaluate", help="score detected spines against annotated spines")
     p.add_argument("pred", help="detected spines CSV")

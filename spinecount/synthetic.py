@@ -246,6 +246,69 @@ class _Splatter:
             self.add(p, weight * np.pi * ri**2 * seg, ri**2 / 4)
 
 
+def _render(rng, segments, spine_rows, shape, voxel_size, *, psf_sigma_um, peak_photons,
+            background_photons, read_noise, haze, puncta_per_1000um3, depth_attenuation_um,
+            dtype) -> np.ndarray:
+    """The image of dendrite segments and spine rows (also sets ``relative_intensity``)."""
+    splat = _Splatter(shape, voxel_size, psf_sigma_um)
+    for seg in segments:
+        splat.tube(seg["points"], seg["radius"], seg["brightness"])
+    for r in spine_rows:
+        b = segments[r["dendrite_id"]]["brightness"] * r["brightness"]
+        base = np.array([r["base_z_um"], r["base_y_um"], r["base_x_um"]])
+        head = np.array([r["z_um"], r["y_um"], r["x_um"]])
+        hr, nr = r["head_diameter_um"] / 2, r["neck_diameter_um"] / 2
+        # the neck runs from inside the shaft to the head
+        direction = (head - base) / max(np.linalg.norm(head - base), 1e-9)
+        if r["neck_length_um"] > 0:
+            start = base - 0.3 * direction
+            splat.tube(np.array([start, head - hr * direction]), [nr, nr], b, step=0.1)
+        splat.add(head, b * 4 / 3 * np.pi * hr**3, hr**2 / 5)
+        shaft_per_um = np.pi * r["_shaft_radius"] ** 2
+        neck_vol = np.pi * nr**2 * r["neck_length_um"]
+        r["relative_intensity"] = r["brightness"] * (4 / 3 * np.pi * hr**3 + neck_vol) / shaft_per_um
+
+    # Calibrate: a shaft of radius 0.5 um peaks at `peak_photons`.
+    r0 = 0.5
+    s2 = np.asarray(psf_sigma_um, float) ** 2 + r0**2 / 4
+    ref = np.pi * r0**2 / (2 * np.pi * np.sqrt(s2[0] * s2[1])) * np.prod(voxel_size)
+    signal = splat.img * np.float32(peak_photons / ref)
+
+    # Clutter: puncta away from the dendrites, and large out-of-focus haze.
+    clutter = _Splatter(shape, voxel_size, psf_sigma_um)
+    vol = np.prod(np.asarray(shape) * np.asarray(voxel_size))
+    n_p = rng.poisson(puncta_per_1000um3 * vol / 1000)
+    cl_all = np.vstack([g["points"] for g in segments]) if segments else np.zeros((0, 3))
+    for _ in range(n_p):
+        c = rng.uniform(0, 1, 3) * np.asarray(shape) * np.asarray(voxel_size)
+        if _min_dist(c[None], [cl_all])[0] > 5.0:
+            rp = rng.uniform(0.25, 0.5)
+            clutter.add(c, rng.uniform(0.5, 1.5) * 4 / 3 * np.pi * rp**3, rp**2 / 5)
+    punct = clutter.img * np.float32(peak_photons / ref)
+    haze_img = np.zeros(shape, np.float32)
+    if haze > 0:
+        from scipy.ndimage import gaussian_filter
+
+        seeds = rng.random(shape).astype(np.float32) < 2e-4
+        blur = gaussian_filter(seeds.astype(np.float32), np.array([4.0, 4.0, 4.0]) / voxel_size)
+        if blur.max() > 0:
+            haze_img = blur / blur.max() * np.float32(haze * peak_photons)
+    z = (np.arange(shape[0]) * voxel_size[0])[:, None, None]
+    atten = np.exp(-z / depth_attenuation_um).astype(np.float32)
+    expected = background_photons + (signal + punct + haze_img) * atten
+    counts = rng.poisson(expected).astype(np.float32) + rng.normal(0, read_noise, shape).astype(
+        np.float32)
+    counts = np.clip(counts, 0, None)
+    if dtype == "uint8":
+        data = np.clip(np.round(counts * 4), 0, 255).astype(np.uint8)
+    elif dtype == "uint16":
+        data = np.clip(np.round(counts * 16), 0, 65535).astype(np.uint16)
+    else:
+        data = counts.astype(np.float32)
+
+    return data
+
+
 def make_stack(*, shape_um=(16.0, 40.0, 40.0), voxel_size=(1.0, 0.12, 0.12),
                n_dendrites: int = 2, branch_probability: float = 0.5,
                spine_density: float = 0.5, density_cv: float = 0.0,
@@ -309,9 +372,21 @@ def make_stack(*, shape_um=(16.0, 40.0, 40.0), voxel_size=(1.0, 0.12, 0.12),
     shape_um = tuple(n * v for n, v in zip(shape, voxel_size))
     fractions = type_fractions or DEFAULT_TYPE_FRACTIONS
 
+    segments, spine_rows, planted = _geometry(
+        rng, shape_um, n_dendrites, branch_probability, spine_density, density_cv, fractions,
+        max_elevation_deg)
+    data = _render(rng, segments, spine_rows, shape, voxel_size, psf_sigma_um=psf_sigma_um,
+                   peak_photons=peak_photons, background_photons=background_photons,
+                   read_noise=read_noise, haze=haze, puncta_per_1000um3=puncta_per_1000um3,
+                   depth_attenuation_um=depth_attenuation_um, dtype=dtype)
+    return _assemble(data, voxel_size, segments, spine_rows, planted, params, seed)
+
+
+def _geometry(rng, shape_um, n_dendrites, branch_probability, spine_density, density_cv,
+              fractions, max_elevation_deg):
+    """Dendrite segments, spine rows (with ``dendrite_id``) and planted density per dendrite."""
     segments = _draw_dendrites(rng, shape_um, n_dendrites, branch_probability)
-    splat = _Splatter(shape, voxel_size, psf_sigma_um)
-    spine_rows, cl_rows, planted = [], [], {}
+    spine_rows, planted = [], {}
     all_pts = [s["points"] for s in segments]
     for did, seg in enumerate(segments):
         d = spine_density * (rng.lognormal(-density_cv**2 / 2, density_cv) if density_cv else 1)
@@ -321,63 +396,16 @@ def make_stack(*, shape_um=(16.0, 40.0, 40.0), voxel_size=(1.0, 0.12, 0.12),
         for r in rows:
             r["dendrite_id"] = did
         spine_rows += rows
-        splat.tube(seg["points"], seg["radius"], seg["brightness"])
+    return segments, spine_rows, planted
+
+
+def _assemble(data, voxel_size, segments, spine_rows, planted, params, seed) -> SyntheticStack:
+    """The SyntheticStack (image and truth tables) of rendered geometry."""
+    cl_rows = []
+    for did, seg in enumerate(segments):
         fine = resample_polyline(seg["points"], 0.25)
         cl_rows.append(pd.DataFrame({"dendrite_id": did, "z_um": fine[:, 0],
                                      "y_um": fine[:, 1], "x_um": fine[:, 2]}))
-    for r in spine_rows:
-        b = segments[r["dendrite_id"]]["brightness"] * r["brightness"]
-        base = np.array([r["base_z_um"], r["base_y_um"], r["base_x_um"]])
-        head = np.array([r["z_um"], r["y_um"], r["x_um"]])
-        hr, nr = r["head_diameter_um"] / 2, r["neck_diameter_um"] / 2
-        # the neck runs from inside the shaft to the head
-        direction = (head - base) / max(np.linalg.norm(head - base), 1e-9)
-        if r["neck_length_um"] > 0:
-            start = base - 0.3 * direction
-            splat.tube(np.array([start, head - hr * direction]), [nr, nr], b, step=0.1)
-        splat.add(head, b * 4 / 3 * np.pi * hr**3, hr**2 / 5)
-        shaft_per_um = np.pi * r["_shaft_radius"] ** 2
-        neck_vol = np.pi * nr**2 * r["neck_length_um"]
-        r["relative_intensity"] = r["brightness"] * (4 / 3 * np.pi * hr**3 + neck_vol) / shaft_per_um
-
-    # Calibrate: a shaft of radius 0.5 um peaks at `peak_photons`.
-    r0 = 0.5
-    s2 = np.asarray(psf_sigma_um, float) ** 2 + r0**2 / 4
-    ref = np.pi * r0**2 / (2 * np.pi * np.sqrt(s2[0] * s2[1])) * np.prod(voxel_size)
-    signal = splat.img * np.float32(peak_photons / ref)
-
-    # Clutter: puncta away from the dendrites, and large out-of-focus haze.
-    clutter = _Splatter(shape, voxel_size, psf_sigma_um)
-    vol = np.prod(shape_um)
-    n_p = rng.poisson(puncta_per_1000um3 * vol / 1000)
-    cl_all = np.vstack(all_pts) if all_pts else np.zeros((0, 3))
-    for _ in range(n_p):
-        c = rng.uniform(0, 1, 3) * shape_um
-        if _min_dist(c[None], [cl_all])[0] > 5.0:
-            rp = rng.uniform(0.25, 0.5)
-            clutter.add(c, rng.uniform(0.5, 1.5) * 4 / 3 * np.pi * rp**3, rp**2 / 5)
-    punct = clutter.img * np.float32(peak_photons / ref)
-    haze_img = np.zeros(shape, np.float32)
-    if haze > 0:
-        from scipy.ndimage import gaussian_filter
-
-        seeds = rng.random(shape).astype(np.float32) < 2e-4
-        blur = gaussian_filter(seeds.astype(np.float32), np.array([4.0, 4.0, 4.0]) / voxel_size)
-        if blur.max() > 0:
-            haze_img = blur / blur.max() * np.float32(haze * peak_photons)
-    z = (np.arange(shape[0]) * voxel_size[0])[:, None, None]
-    atten = np.exp(-z / depth_attenuation_um).astype(np.float32)
-    expected = background_photons + (signal + punct + haze_img) * atten
-    counts = rng.poisson(expected).astype(np.float32) + rng.normal(0, read_noise, shape).astype(
-        np.float32)
-    counts = np.clip(counts, 0, None)
-    if dtype == "uint8":
-        data = np.clip(np.round(counts * 4), 0, 255).astype(np.uint8)
-    elif dtype == "uint16":
-        data = np.clip(np.round(counts * 16), 0, 65535).astype(np.uint16)
-    else:
-        data = counts.astype(np.float32)
-
     spines = pd.DataFrame(spine_rows)
     if len(spines):
         spines["spine_id"] = np.arange(len(spines))
@@ -394,6 +422,151 @@ def make_stack(*, shape_um=(16.0, 40.0, 40.0), voxel_size=(1.0, 0.12, 0.12),
     stack = Stack(data, voxel_size, None, None,
                   {"format": "synthetic", "voxel_size_source": "synthetic", "seed": seed})
     return SyntheticStack(stack, spines, dendrites, centerlines, params)
+
+
+@dataclass
+class SyntheticTimelapse:
+    """Sessions of one synthetic field with known spine identities.
+
+    Attributes
+    ----------
+    sessions : list of SyntheticStack
+        One per session, in its own (moved) frame; ``spines`` carry ``track_id``, the same for
+        the same spine in every session.
+    shifts_um : ndarray (n_sessions, 3)
+        Translation of each session's frame relative to the first.
+    planted : DataFrame
+        Per interval: ``session_from``, ``session_to``, ``n_from``, ``n_formed``,
+        ``n_eliminated``, ``formation``, ``elimination`` (fractions of ``n_from``).
+    """
+
+    sessions: list
+    shifts_um: np.ndarray
+    planted: pd.DataFrame
+
+
+def make_timelapse(*, n_sessions: int = 3, formation: float = 0.15, elimination: float = 0.15,
+                   max_shift_um=(1.5, 3.0, 3.0), deformation_um: float = 0.3,
+                   seed: int = 0, **stack_kw) -> SyntheticTimelapse:
+    """The same synthetic field imaged on several days, with planted spine turnover.
+
+    Between consecutive sessions, round(`elimination` x N) of the N spines present disappear and
+    round(`formation` x N) new ones appear (at least 2.5 um from every head of the earlier
+    session, so that which spine is new is beyond doubt): the planted rates are exact. Each session is seen through a random translation (up to
+    `max_shift_um` in z, y, x) and a smooth lateral deformation (up to `deformation_um`), as
+    when an animal is put back under the microscope.
+
+    Parameters
+    ----------
+    n_sessions : int
+    formation, elimination : float
+        Fractions of the spines of the earlier session formed and lost per interval.
+    max_shift_um : (z, y, x) floats
+    deformation_um : float
+    seed : int
+    **stack_kw
+        Arguments of :func:`make_stack` (size, voxel size, dendrites, density, noise...).
+
+    Examples
+    --------
+    >>> tl = make_timelapse(n_sessions=2, shape_um=(10, 30, 30), n_dendrites=1, seed=1)
+    >>> a, b = (s.spines for s in tl.sessions)
+    >>> kept = len(set(a.track_id) & set(b.track_id))
+    >>> int(tl.planted.n_eliminated[0]) == len(a) - kept
+    True
+    """
+    defaults = {k: v.default for k, v in __import__("inspect").signature(
+        make_stack).parameters.items()}
+    kw = {**defaults, **stack_kw, "seed": seed}
+    rng = np.random.default_rng(seed)
+    voxel_size = check_voxel_size(kw["voxel_size"])
+    shape = tuple(max(int(round(e / v)), 1) for e, v in zip(kw["shape_um"], voxel_size))
+    shape_um = tuple(n * v for n, v in zip(shape, voxel_size))
+    fractions = kw["type_fractions"] or DEFAULT_TYPE_FRACTIONS
+    segments, rows, planted_density = _geometry(
+        rng, shape_um, kw["n_dendrites"], kw["branch_probability"], kw["spine_density"],
+        kw["density_cv"], fractions, kw["max_elevation_deg"])
+    for i, r in enumerate(rows):
+        r["track_id"] = i
+    next_id = len(rows)
+    present, sessions, shifts, planted = rows, [], [], []
+    render_kw = {k: kw[k] for k in ("psf_sigma_um", "peak_photons", "background_photons",
+                                    "read_noise", "haze", "puncta_per_1000um3",
+                                    "depth_attenuation_um", "dtype")}
+    for s in range(n_sessions):
+        if s:
+            n = len(present)
+            n_lost, n_new = int(round(elimination * n)), int(round(formation * n))
+            lost = set(rng.choice(n, size=min(n_lost, n), replace=False).tolist())
+            kept = [r for i, r in enumerate(present) if i not in lost]
+            new = _new_spines(rng, segments, present, n_new, shape_um, fractions, kw)
+            for r in new:
+                r["track_id"] = next_id
+                next_id += 1
+            planted.append({"session_from": s - 1, "session_to": s, "n_from": n,
+                            "n_formed": len(new), "n_eliminated": len(lost),
+                            "formation": len(new) / n if n else np.nan,
+                            "elimination": len(lost) / n if n else np.nan})
+            present = kept + new
+        shift = (np.zeros(3) if s == 0 else
+                 rng.uniform(-1, 1, 3) * np.asarray(max_shift_um, float))
+        move = _motion(rng, shift, deformation_um if s else 0.0)
+        seg_s = [{**g, "points": move(g["points"])} for g in segments]
+        rows_s = [_moved_row(r, move) for r in present]
+        data = _render(rng, seg_s, rows_s, shape, voxel_size, **render_kw)
+        syn = _assemble(data, voxel_size, seg_s, rows_s, planted_density,
+                        {**kw, "session": s}, seed)
+        syn.spines["track_id"] = [r["track_id"] for r in rows_s]
+        sessions.append(syn)
+        shifts.append(shift)
+    return SyntheticTimelapse(sessions, np.array(shifts), pd.DataFrame(planted))
+
+
+def _motion(rng, shift, amplitude):
+    """A translation plus a smooth lateral deformation, as a function of (n, 3) points."""
+    wl = rng.uniform(30, 60, 2)
+    ph = rng.uniform(0, 2 * np.pi, 2)
+
+    def move(p):
+        p = np.asarray(p, float).reshape(-1, 3)
+        d = np.zeros_like(p)
+        d[:, 1] = amplitude * np.sin(2 * np.pi * p[:, 2] / wl[0] + ph[0])
+        d[:, 2] = amplitude * np.sin(2 * np.pi * p[:, 1] / wl[1] + ph[1])
+        return p + shift + d
+
+    return move
+
+
+def _moved_row(r: dict, move) -> dict:
+    out = dict(r)
+    for cols in (("z_um", "y_um", "x_um"), ("base_z_um", "base_y_um", "base_x_um")):
+        out.update(zip(cols, move([r[c] for c in cols])[0]))
+    return out
+
+
+def _new_spines(rng, segments, earlier, n_new, shape_um, fractions, kw) -> list[dict]:
+    """n_new spines on the dendrites, at least 2.5 um from every head of the earlier session
+    (kept or lost), so that which spine is new is beyond doubt."""
+    heads = np.array([[r["z_um"], r["y_um"], r["x_um"]] for r in earlier]).reshape(-1, 3)
+    all_pts = [g["points"] for g in segments]
+    cands = []
+    for did, seg in enumerate(segments):
+        others = [p for j, p in enumerate(all_pts) if j != did]
+        for r in _draw_spines(rng, seg, 1.0, fractions, others, shape_um,
+                              kw["max_elevation_deg"]):
+            r["dendrite_id"] = did
+            cands.append(r)
+    chosen = []
+    for i in rng.permutation(len(cands)):
+        r = cands[i]
+        h = np.array([r["z_um"], r["y_um"], r["x_um"]])
+        if len(heads) and np.min(np.linalg.norm(heads - h, axis=1)) < 2.5:
+            continue
+        chosen.append(r)
+        heads = np.vstack([heads, h])
+        if len(chosen) == n_new:
+            break
+    return chosen
 
 
 def write_synthetic(syn: SyntheticStack, path) -> dict[str, Path]:

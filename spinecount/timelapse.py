@@ -85,8 +85,10 @@ def link(tables: list[pd.DataFrame], *, registrations=None, centerlines=None,
         default: no movement.
     centerlines : list of DataFrame or None, optional
         Dendrite centre lines of each session (``dendrite_id, z_um, y_um, x_um``). With them
-        dendrites are matched and spines link only along the same dendrite; without them
-        spines link on position alone.
+        dendrites are matched and spines link only along the same dendrite. Without them, the
+        tables' own ``dendrite_id`` (or ``segment_id``) are taken to name the same dendrite in
+        every session where all spines have one (as in annotation tables), else spines link
+        on position alone.
     gate_um : float
         Largest linking cost (um) for two spines to be the same.
 
@@ -116,6 +118,8 @@ def link(tables: list[pd.DataFrame], *, registrations=None, centerlines=None,
     ref_cl = [None if c is None or not len(c) else
               c.assign(**dict(zip(POSITION, registrations[s].transform(
                   c[POSITION].to_numpy(float)).T))) for s, c in enumerate(centerlines)]
+    same_ids = all(c is None for c in ref_cl) and all(
+        "dendrite_id" in t and len(t) and (t["dendrite_id"] >= 0).all() for t in tables)
     parts, next_track, next_dend = [], 0, 0
     dend_track: dict[tuple[int, int], int] = {}  # (session, dendrite_id) -> dendrite track
     for s, table in enumerate(tables):
@@ -137,6 +141,8 @@ def link(tables: list[pd.DataFrame], *, registrations=None, centerlines=None,
                     dend_track[(s, int(did))] = next_dend
                     next_dend += 1
         dtrack = np.array([dend_track.get((s, int(d)), -1) for d in own_dend], int)
+        if same_ids:  # no centre lines: the tables' own dendrite ids name the same dendrites
+            dtrack = table["dendrite_id"].to_numpy(int)
         cur = pd.DataFrame({"session": s, "row": np.arange(len(table)),
                             "spine_id": (table["spine_id"].to_numpy() if "spine_id" in table
                                          else np.arange(len(table))),
@@ -254,3 +260,38 @@ def survival(tracks: pd.DataFrame) -> pd.DataFrame:
                      "survival_new": (len(new & present[s]) / len(new)
                                       if new and s >= sessions[1] else np.nan)})
     return pd.DataFrame(rows)
+
+
+def track(tables: list[pd.DataFrame], *, stacks=None, centerlines=None,
+          gate_um: float = GATE_UM) -> tuple[pd.DataFrame, list]:
+    """Register the sessions (when their stacks are given) and link their spines.
+
+    Rejected spines of reviewed tables take no part (their rows keep their numbers).
+    Returns the tracks (see :func:`link`) and the registrations onto the first session.
+    """
+    from .registration import IDENTITY, register
+
+    regs = [IDENTITY] + [register(stacks[0], s) for s in stacks[1:]] if stacks else None
+    keep = [np.flatnonzero(t["status"].astype(str).to_numpy() != "rejected")
+            if "status" in t else np.arange(len(t)) for t in tables]
+    kept = [t.iloc[k].reset_index(drop=True) for t, k in zip(tables, keep)]
+    tracks = link(kept, registrations=regs, centerlines=centerlines, gate_um=gate_um)
+    tracks["row"] = [int(keep[s][r]) for s, r in zip(tracks["session"], tracks["row"])]
+    return tracks, regs or [IDENTITY] * len(tables)
+
+
+def write_tracks(outdir, tracks: pd.DataFrame, registrations, info: dict) -> dict:
+    """Write tracks.csv, turnover.csv, survival.csv and run.json (with the registrations)."""
+    import json
+    from pathlib import Path
+
+    out = Path(outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"tracks": out / "tracks.csv", "turnover": out / "turnover.csv",
+             "survival": out / "survival.csv", "run": out / "run.json"}
+    tracks.to_csv(paths["tracks"], index=False)
+    turnover(tracks).to_csv(paths["turnover"], index=False)
+    survival(tracks).to_csv(paths["survival"], index=False)
+    info = {**info, "registrations": [r.to_dict() for r in registrations]}
+    paths["run"].write_text(json.dumps(info, indent=2, default=str))
+    return paths
