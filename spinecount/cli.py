@@ -55,13 +55,14 @@ def _cmd_track(args) -> int:
     for opt, given in (("--stacks", args.stacks), ("--centerlines", args.centerlines)):
         if given and len(given) != n:
             raise InputError(f"{opt} needs one file per spine table ({n}), got {len(given)}")
-    tables = []
+    tables, segments = [], []
     for path in args.spines:
         t = read_spines(path)
         raw = pd.read_csv(path)
         if "status" in raw:
             t["status"] = raw["status"].to_numpy()
         tables.append(t)
+        segments.append("segment_id" in raw)
     if args.centerlines:
         cls = [read_centerlines(c) for c in args.centerlines]
     else:  # a result folder's spines come with its centre lines
@@ -69,7 +70,9 @@ def _cmd_track(args) -> int:
         cls = [read_centerlines(c) for c in beside] if all(c.exists() for c in beside) else None
     stacks = [read_stack(f, channel=args.channel, voxel_size=args.voxel_size)
               for f in args.stacks] if args.stacks else None
-    tracks, regs = track(tables, stacks=stacks, centerlines=cls, gate_um=args.gate)
+    # annotation tables (MapManager) name the same dendrite by the same segment_id
+    tracks, regs = track(tables, stacks=stacks, centerlines=cls, gate_um=args.gate,
+                         same_dendrite_ids=all(segments))
     info = {"command": "track", "spines": [str(Path(f).resolve()) for f in args.spines],
             "gate_um": args.gate, "centerlines": "given" if args.centerlines else (
                 "beside the spine tables" if cls else "none"),

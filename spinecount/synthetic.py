@@ -451,8 +451,8 @@ def make_timelapse(*, n_sessions: int = 3, formation: float = 0.15, elimination:
     """The same synthetic field imaged on several days, with planted spine turnover.
 
     Between consecutive sessions, round(`elimination` x N) of the N spines present disappear and
-    round(`formation` x N) new ones appear (at least 2.5 um from every head of the earlier
-    session, so that which spine is new is beyond doubt): the planted rates are exact. Each session is seen through a random translation (up to
+    round(`formation` x N) new ones appear (at least 2.5 um laterally from every head of the
+    earlier session, so that which spine is new is beyond doubt): the planted rates are exact. Each session is seen through a random translation (up to
     `max_shift_um` in z, y, x) and a smooth lateral deformation (up to `deformation_um`), as
     when an animal is put back under the microscope.
 
@@ -545,8 +545,8 @@ def _moved_row(r: dict, move) -> dict:
 
 
 def _new_spines(rng, segments, earlier, n_new, shape_um, fractions, kw) -> list[dict]:
-    """n_new spines on the dendrites, at least 2.5 um from every head of the earlier session
-    (kept or lost), so that which spine is new is beyond doubt."""
+    """n_new spines on the dendrites, at least 2.5 um (laterally) from every head of the earlier
+    session (kept or lost), so that which spine is new is beyond doubt."""
     heads = np.array([[r["z_um"], r["y_um"], r["x_um"]] for r in earlier]).reshape(-1, 3)
     all_pts = [g["points"] for g in segments]
     cands = []
@@ -560,7 +560,7 @@ def _new_spines(rng, segments, earlier, n_new, shape_um, fractions, kw) -> list[
     for i in rng.permutation(len(cands)):
         r = cands[i]
         h = np.array([r["z_um"], r["y_um"], r["x_um"]])
-        if len(heads) and np.min(np.linalg.norm(heads - h, axis=1)) < 2.5:
+        if len(heads) and np.min(np.linalg.norm(heads[:, 1:] - h[1:], axis=1)) < 2.5:
             continue
         chosen.append(r)
         heads = np.vstack([heads, h])

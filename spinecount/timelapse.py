@@ -9,8 +9,8 @@ gives every spine a persistent ``track_id``:
    dendrite that most of its registered centre line runs along (within 2 um);
 3. spines of consecutive sessions are matched one to one (Hungarian assignment, scipy) on the
    distance of their registered heads, with z counted at a quarter weight (axial resolution and
-   the z of a click are poor); pairs further apart than the gate (``gate_um``) or on dendrites
-   that do not match are never linked (so a spine keeps its place along its own dendrite);
+   the z of a click are poor); pairs further apart than the gate (``gate_um``) are never linked
+   (nor, with ``same_dendrite_only``, spines on dendrites that do not match);
 4. a spine without a partner in the session before starts a new track.
 
 Fates of a track (a spine's whole history):
@@ -72,7 +72,8 @@ def _match_dendrites(cl_new: pd.DataFrame, cl_old: pd.DataFrame, tol_um: float =
 
 
 def link(tables: list[pd.DataFrame], *, registrations=None, centerlines=None,
-         gate_um: float = GATE_UM) -> pd.DataFrame:
+         gate_um: float = GATE_UM, same_dendrite_only: bool = False,
+         same_dendrite_ids: bool = False) -> pd.DataFrame:
     """Link the spines of one field across sessions.
 
     Parameters
@@ -85,12 +86,16 @@ def link(tables: list[pd.DataFrame], *, registrations=None, centerlines=None,
         default: no movement.
     centerlines : list of DataFrame or None, optional
         Dendrite centre lines of each session (``dendrite_id, z_um, y_um, x_um``). With them
-        dendrites are matched and spines link only along the same dendrite. Without them, the
-        tables' own ``dendrite_id`` (or ``segment_id``) are taken to name the same dendrite in
-        every session where all spines have one (as in annotation tables), else spines link
-        on position alone.
+        dendrites are matched across sessions and turnover is reported per dendrite.
     gate_um : float
         Largest linking cost (um) for two spines to be the same.
+    same_dendrite_only : bool
+        Never link spines on dendrites that were matched to different dendrites. Off by
+        default: with fragmented automatic tracings it breaks more true links than it saves
+        (see the README's time-lapse section for the measurements).
+    same_dendrite_ids : bool
+        Without centre lines: the tables' ``dendrite_id`` (``segment_id`` of an annotation)
+        name the same dendrite in every session, as in MapManager annotations.
 
     Returns
     -------
@@ -118,8 +123,7 @@ def link(tables: list[pd.DataFrame], *, registrations=None, centerlines=None,
     ref_cl = [None if c is None or not len(c) else
               c.assign(**dict(zip(POSITION, registrations[s].transform(
                   c[POSITION].to_numpy(float)).T))) for s, c in enumerate(centerlines)]
-    same_ids = all(c is None for c in ref_cl) and all(
-        "dendrite_id" in t and len(t) and (t["dendrite_id"] >= 0).all() for t in tables)
+    same_ids = same_dendrite_ids and all(c is None for c in ref_cl)
     parts, next_track, next_dend = [], 0, 0
     dend_track: dict[tuple[int, int], int] = {}  # (session, dendrite_id) -> dendrite track
     for s, table in enumerate(tables):
@@ -132,22 +136,30 @@ def link(tables: list[pd.DataFrame], *, registrations=None, centerlines=None,
         own_dend = _spine_dendrites(table, ref_base, ref_cl[s])
         # dendrite tracks
         matched = _match_dendrites(ref_cl[s], ref_cl[s - 1]) if s else {}
+        continued = set()  # dendrites of this session found in the one before
         if ref_cl[s] is not None:
             for did in sorted(ref_cl[s]["dendrite_id"].unique()):
                 prev = matched.get(int(did))
                 if prev is not None and (s - 1, prev) in dend_track:
                     dend_track[(s, int(did))] = dend_track[(s - 1, prev)]
+                    continued.add(int(did))
                 else:
                     dend_track[(s, int(did))] = next_dend
                     next_dend += 1
         dtrack = np.array([dend_track.get((s, int(d)), -1) for d in own_dend], int)
+        # only a dendrite found again constrains the links; one without a match in the
+        # session before (a piece of a fragmented tracing) leaves its spines free
+        constrain = np.array([same_dendrite_only and int(d) in continued for d in own_dend],
+                             bool)
         if same_ids:  # no centre lines: the tables' own dendrite ids name the same dendrites
             dtrack = table["dendrite_id"].to_numpy(int)
+            constrain = np.full(len(table), same_dendrite_only)
         cur = pd.DataFrame({"session": s, "row": np.arange(len(table)),
                             "spine_id": (table["spine_id"].to_numpy() if "spine_id" in table
                                          else np.arange(len(table))),
                             "track_id": -1, "dendrite": dtrack, **dict(zip(POSITION, pos.T)),
-                            **{f"ref_{c}": ref[:, i] for i, c in enumerate(POSITION)}})
+                            **{f"ref_{c}": ref[:, i] for i, c in enumerate(POSITION)},
+                            "_gate_dendrite": np.where(constrain, dtrack, -1)})
         if s and len(parts[-1]) and len(cur):
             prev = parts[-1]
             r, c, ok = _assign(prev, cur, gate_um)
@@ -192,7 +204,7 @@ def _cost(prev: pd.DataFrame, cur: pd.DataFrame, gate_um: float) -> np.ndarray:
     d = prev[cols].to_numpy()[:, None, :] - cur[cols].to_numpy()[None, :, :]
     d[..., 0] *= Z_WEIGHT
     cost2 = (d**2).sum(axis=-1)
-    pd_, cd_ = prev["dendrite"].to_numpy(), cur["dendrite"].to_numpy()
+    pd_, cd_ = prev["dendrite"].to_numpy(), cur["_gate_dendrite"].to_numpy()
     known = (pd_[:, None] >= 0) & (cd_[None, :] >= 0)
     cost2[known & (pd_[:, None] != cd_[None, :])] = np.inf
     cost = np.sqrt(cost2)
@@ -263,7 +275,8 @@ def survival(tracks: pd.DataFrame) -> pd.DataFrame:
 
 
 def track(tables: list[pd.DataFrame], *, stacks=None, centerlines=None,
-          gate_um: float = GATE_UM) -> tuple[pd.DataFrame, list]:
+          gate_um: float = GATE_UM, same_dendrite_ids: bool = False
+          ) -> tuple[pd.DataFrame, list]:
     """Register the sessions (when their stacks are given) and link their spines.
 
     Rejected spines of reviewed tables take no part (their rows keep their numbers).
@@ -275,7 +288,8 @@ def track(tables: list[pd.DataFrame], *, stacks=None, centerlines=None,
     keep = [np.flatnonzero(t["status"].astype(str).to_numpy() != "rejected")
             if "status" in t else np.arange(len(t)) for t in tables]
     kept = [t.iloc[k].reset_index(drop=True) for t, k in zip(tables, keep)]
-    tracks = link(kept, registrations=regs, centerlines=centerlines, gate_um=gate_um)
+    tracks = link(kept, registrations=regs, centerlines=centerlines, gate_um=gate_um,
+                  same_dendrite_ids=same_dendrite_ids)
     tracks["row"] = [int(keep[s][r]) for s, r in zip(tracks["session"], tracks["row"])]
     return tracks, regs or [IDENTITY] * len(tables)
 

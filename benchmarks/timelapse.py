@@ -1,0 +1,157 @@
+"""Benchmark time-lapse tracking: real sessions of ../shared/data/rr30a and synthetic truth.
+
+Prints:
+
+1. rr30a, the annotated spines linked by spinecount (positions from the annotation tables,
+   registration from the stacks; the annotator's spine_id is the truth): the fraction of true
+   persistent pairs linked correctly (goal >= 95%), wrong links, and spines wrongly called
+   formed or lost; the registration residual of persistent spines.
+2. rr30a, the detector's own spines (inside the tube around the annotated backbones, 4 um
+   laterally, 5 um axially) linked across the sessions: formation and elimination rates against
+   the annotated rates (goal: within 5 percentage points).
+3. Synthetic time-lapses (3 sessions, planted formation and elimination) linked from their true
+   positions (goal: rates within 3 percentage points) and from the detector's spines.
+
+    python benchmarks/timelapse.py [--data ../shared/data/rr30a] [--cache /tmp/spinecount-tl]
+"""
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+HERE = Path(__file__).resolve().parent
+
+
+def rates(tracks, mask=None):
+    """Formation and elimination of the whole field, session 0 -> 1."""
+    from spinecount.timelapse import turnover
+
+    t = tracks if mask is None else tracks[mask]
+    row = turnover(t).query("dendrite == 'all'").iloc[0]
+    return float(row["formation"]), float(row["elimination"]), int(row["n_from"])
+
+
+def annotated(data: Path, stacks, regs):
+    from spinecount.tables import read_spines
+    from spinecount.timelapse import link
+
+    a, b = (read_spines(data / f"rr30a_s{s}_spines.csv") for s in (0, 1))
+    tr = link([a, b], registrations=regs)
+    t0, t1 = tr[tr.session == 0], tr[tr.session == 1]
+    own0 = dict(zip(t0.track_id, t0.spine_id))
+    linked = {(own0[t], s) for t, s in zip(t1.track_id, t1.spine_id) if t in own0}
+    persistent = set(a.spine_id) & set(b.spine_id)
+    right = sum(x == y for x, y in linked)
+    lost_true, new_true = len(set(a.spine_id) - persistent), len(set(b.spine_id) - persistent)
+    lost = (t0.fate == "eliminated").sum()
+    new = (t1.fate == "formed").sum()
+    called_lost_wrong = sum(1 for s, f in zip(t0.spine_id, t0.fate)
+                            if f == "eliminated" and s in persistent)
+    called_new_wrong = sum(1 for s, f in zip(t1.spine_id, t1.fate)
+                           if f == "formed" and s in persistent)
+    # registration residual of persistent spines
+    m = a.merge(b, on="spine_id", suffixes=("_a", "_b"))
+    P = ["z_um", "y_um", "x_um"]
+    res = m[[p + "_a" for p in P]].to_numpy() - regs[1].transform(m[[p + "_b" for p in P]])
+    lat = np.hypot(res[:, 1], res[:, 2])
+    print("1. rr30a annotated spines, session 0 -> 1")
+    print(f"   registration: shift {np.round(regs[1].shift_um, 2).tolist()} um; persistent "
+          f"spines land within 1 um laterally: {np.mean(lat < 1):.0%} (median "
+          f"{np.median(lat):.2f} um), within 2 um in z: {np.mean(np.abs(res[:, 0]) < 2):.0%}")
+    print(f"   persistent pairs linked correctly: {right}/{len(persistent)} = "
+          f"{right / len(persistent):.1%} (goal >= 95%); wrong links: {len(linked) - right}")
+    print(f"   called lost: {lost} (true {lost_true}; {called_lost_wrong} of them persist), "
+          f"called formed: {new} (true {new_true}; {called_new_wrong} of them persist)")
+    return lost_true / len(a), new_true / len(a)
+
+
+def detected(data: Path, stacks, regs, cache: Path, true_rates):
+    from spinecount.detection import detect
+    from spinecount.evaluate import in_tube
+    from spinecount.results import write_result
+    from spinecount.review import load_result
+    from spinecount.tables import POSITION, read_centerlines
+    from spinecount.timelapse import link
+
+    tables, cls, tubes = [], [], []
+    for s, stack in enumerate(stacks):
+        folder = cache / f"rr30a_s{s}"
+        if not (folder / "spines.csv").exists():
+            t = time.perf_counter()
+            write_result(folder, detect(stack), {})
+            print(f"   (detected session {s} in {time.perf_counter() - t:.0f} s)")
+        spines, _, cl, _ = load_result(folder)
+        tables.append(spines)
+        cls.append(cl)
+        tubes.append(read_centerlines(data / f"rr30a_s{s}_backbone.csv"))
+    tr = link(tables, registrations=regs, centerlines=cls)
+    inside = np.zeros(len(tr), bool)
+    for s in (0, 1):
+        m = (tr.session == s).to_numpy()
+        inside[m] = in_tube(tr.loc[m, POSITION].to_numpy(float), tubes[s], lateral_radius=4.0,
+                            axial_radius=5.0)
+    # a track counts when it is inside the tube in the session(s) it was seen in
+    keep = pd.Series(inside).groupby(tr["track_id"]).transform("all").to_numpy()
+    f, e, n = rates(tr, keep)
+    el, fo = true_rates
+    print("2. rr30a detector's spines inside the annotated tube, session 0 -> 1")
+    print(f"   formation {f:.1%} (annotated {fo:.1%}, error {100 * (f - fo):+.1f} pp), "
+          f"elimination {e:.1%} (annotated {el:.1%}, error {100 * (e - el):+.1f} pp); "
+          f"{n} detected spines at session 0 (goal: within 5 pp)")
+
+
+def synthetic(seeds=(0, 1, 2)):
+    from spinecount.detection import detect
+    from spinecount.registration import IDENTITY, register
+    from spinecount.synthetic import make_timelapse
+    from spinecount.timelapse import link, turnover
+
+    print("3. synthetic time-lapses, 3 sessions, 40 x 60 x 60 um, planted formation 15% and "
+          "elimination 20% per interval")
+    for seed in seeds:
+        tl = make_timelapse(n_sessions=3, formation=0.15, elimination=0.2,
+                            shape_um=(16, 60, 60), n_dendrites=3, seed=seed)
+        stacks = [s.stack for s in tl.sessions]
+        regs = [IDENTITY] + [register(stacks[0], s) for s in stacks[1:]]
+        err = max(np.abs(r.shift_um + sh).max() for r, sh in zip(regs, tl.shifts_um))
+        truth = [s.spines.drop(columns=["track_id"]) for s in tl.sessions]
+        for name, tables, cls in (
+                ("true positions", truth, [s.centerlines for s in tl.sessions]),
+                ("detected", *zip(*[(d.spines, d.centerlines) for d in map(detect, stacks)]))):
+            tr = link(list(tables), registrations=regs, centerlines=list(cls))
+            got = turnover(tr).query("dendrite == 'all'").reset_index(drop=True)
+            dif = [100 * (got.loc[i, k] - tl.planted.loc[i, k])
+                   for i in range(len(got)) for k in ("formation", "elimination")]
+            print(f"   seed {seed}, {name}: formation "
+                  f"{', '.join(f'{v:.1%}' for v in got['formation'])} (planted "
+                  f"{', '.join(f'{v:.1%}' for v in tl.planted['formation'])}), elimination "
+                  f"{', '.join(f'{v:.1%}' for v in got['elimination'])} (planted "
+                  f"{', '.join(f'{v:.1%}' for v in tl.planted['elimination'])}); largest error "
+                  f"{max(np.abs(dif)):.1f} pp; registration error {err:.2f} um")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", default=str(HERE.parent.parent / "shared/data/rr30a"))
+    ap.add_argument("--cache", default="/tmp/spinecount-tl")
+    ap.add_argument("--no-real", action="store_true")
+    a = ap.parse_args()
+    data = Path(a.data)
+    if not a.no_real:
+        from spinecount.io import read_stack
+        from spinecount.registration import IDENTITY, register
+
+        stacks = [read_stack(data / f"rr30a_s{s}.tif") for s in (0, 1)]
+        t = time.perf_counter()
+        regs = [IDENTITY, register(stacks[0], stacks[1])]
+        print(f"(registration {time.perf_counter() - t:.1f} s)")
+        true_rates = annotated(data, stacks, regs)
+        detected(data, stacks, regs, Path(a.cache), true_rates)
+    synthetic()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""Time-lapse: registration, linking, fates, turnover, survival and ``spinecount track`` on
+synthetic time-lapses with planted formation and elimination."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from spinecount.io import Stack
+from spinecount.registration import IDENTITY, Registration, register
+from spinecount.synthetic import make_timelapse
+from spinecount.timelapse import link, survival, turnover
+
+
+@pytest.fixture(scope="module")
+def timelapse():
+    return make_timelapse(n_sessions=3, formation=0.15, elimination=0.2,
+                          shape_um=(14, 60, 60), n_dendrites=3, seed=3)
+
+
+@pytest.fixture(scope="module")
+def regs(timelapse):
+    ref = timelapse.sessions[0].stack
+    return [IDENTITY] + [register(ref, s.stack) for s in timelapse.sessions[1:]]
+
+
+def test_registration_recovers_the_shift_and_lands_spines_on_themselves(timelapse, regs):
+    for reg, shift, later in zip(regs[1:], timelapse.shifts_um[1:], timelapse.sessions[1:]):
+        assert np.abs(reg.shift_um + shift).max() < 0.4
+        first = timelapse.sessions[0].spines.set_index("track_id")
+        same = later.spines[later.spines["track_id"].isin(first.index)]
+        moved = reg.transform(same[["z_um", "y_um", "x_um"]].to_numpy())
+        err = moved - first.loc[same["track_id"], ["z_um", "y_um", "x_um"]].to_numpy()
+        assert np.percentile(np.hypot(err[:, 1], err[:, 2]), 90) < 1.0
+    # round trip through JSON
+    again = Registration.from_dict(regs[1].to_dict())
+    np.testing.assert_allclose(again.transform([[3, 10, 12]]), regs[1].transform([[3, 10, 12]]))
+
+
+def test_local_deformation_is_corrected(timelapse):
+    """A stack warped by a smooth lateral deformation lands on itself after the local step."""
+    from scipy import ndimage as ndi
+
+    ref = timelapse.sessions[0].stack
+    z, y, x = np.meshgrid(*[np.arange(n, dtype=float) for n in ref.data.shape], indexing="ij")
+    amp = 0.8 / ref.voxel_size[1]  # +-0.8 um, one wave across the field
+    warped = ndi.map_coordinates(ref.data.astype(np.float32),
+                                 [z, y + amp * np.sin(2 * np.pi * x / x.max()), x], order=1)
+    mov = Stack(warped, ref.voxel_size)
+    pts = timelapse.sessions[0].spines[["z_um", "y_um", "x_um"]].to_numpy()
+    # a spine at p in the reference is at p - displacement in the warped stack
+    disp = 0.8 * np.sin(2 * np.pi * (pts[:, 2] / ref.voxel_size[2]) / x.max())
+    in_mov = pts - np.c_[np.zeros(len(pts)), disp, np.zeros(len(pts))]
+    err_global = register(ref, mov, local=False).transform(in_mov) - pts
+    err_local = register(ref, mov).transform(in_mov) - pts
+    lat_g = np.median(np.hypot(err_global[:, 1], err_global[:, 2]))
+    lat_l = np.median(np.hypot(err_local[:, 1], err_local[:, 2]))
+    assert lat_l < 0.2 and lat_g > 0.6
+
+
+def test_planted_turnover_is_recovered_from_true_positions(timelapse, regs):
+    tables = [s.spines.drop(columns=["track_id", "spine_id"]) for s in timelapse.sessions]
+    tracks = link(tables, registrations=regs,
+                  centerlines=[s.centerlines for s in timelapse.sessions])
+    # every persistent spine keeps its identity
+    for a in range(2):
+        ta, tb = (tracks[tracks.session == k].reset_index(drop=True) for k in (a, a + 1))
+        ga, gb = (timelapse.sessions[k].spines["track_id"].to_numpy() for k in (a, a + 1))
+        mine = dict(zip(ga, ta["track_id"]))
+        for g, t in zip(gb, tb["track_id"]):
+            assert mine[g] == t if g in mine else t not in set(ta["track_id"])
+    got = turnover(tracks).query("dendrite == 'all'").reset_index(drop=True)
+    for k in ("formation", "elimination"):
+        np.testing.assert_allclose(got[k], timelapse.planted[k], atol=0.03)
+    # fates: spines present in all three sessions are stable, and so on
+    n = {f: tracks.drop_duplicates("track_id")["fate"].eq(f).sum()
+         for f in ("stable", "formed", "eliminated", "transient")}
+    ids = [set(s.spines["track_id"]) for s in timelapse.sessions]
+    assert n["stable"] == len(ids[0] & ids[2])
+    assert n["eliminated"] == len(ids[0] - ids[2])
+    assert n["formed"] == len((ids[1] | ids[2]) - ids[0]) - len((ids[1] - ids[0]) - ids[2])
+    assert n["transient"] == len((ids[1] - ids[0]) - ids[2])
+    surv = survival(tracks)
+    assert surv["survival_first"].iloc[-1] == pytest.approx(len(ids[0] & ids[2]) / len(ids[0]))
+    new1 = ids[1] - ids[0]
+    assert surv["survival_new"].iloc[-1] == pytest.approx(len(new1 & ids[2]) / len(new1))
+
+
+def test_fates_and_turnover_on_a_known_case():
+    def table(ys):
+        return pd.DataFrame({"z_um": 2.0, "y_um": ys, "x_um": 5.0})
+
+    # spine at y=5 stays, y=10 is lost after session 0, y=20 appears at 1 and is gone at 2,
+    # y=30 appears at 2
+    tr = link([table([5.0, 10.0]), table([5.2, 20.0]), table([4.9, 30.0])], gate_um=1.0)
+    fate = tr.groupby("track_id")["fate"].first()
+    first_y = tr.groupby("track_id")["y_um"].first().round().astype(int)
+    assert dict(zip(first_y, fate)) == {5: "stable", 10: "eliminated", 20: "transient",
+                                        30: "formed"}
+    tv = turnover(tr).query("dendrite == 'all'")
+    assert tv["formation"].tolist() == [0.5, 0.5] and tv["elimination"].tolist() == [0.5, 0.5]
+
+
+def test_track_command_writes_tracks(tmp_path, timelapse):
+    from spinecount.cli import main
+    from spinecount.synthetic import write_synthetic
+
+    spines, stacks, truth = [], [], []
+    for i, s in enumerate(timelapse.sessions):
+        paths = write_synthetic(s, tmp_path / f"s{i}.tif")
+        # an annotation-like table: positions only, in a shuffled row order
+        perm = np.random.default_rng(i).permutation(len(s.spines))
+        s.spines.iloc[perm][["z_um", "y_um", "x_um"]].to_csv(tmp_path / f"s{i}_clicks.csv",
+                                                             index=False)
+        spines.append(str(tmp_path / f"s{i}_clicks.csv"))
+        stacks.append(str(paths["stack"]))
+        truth.append(s.spines["track_id"].to_numpy()[perm])
+    out = tmp_path / "tracks"
+    assert main(["track", "--spines", *spines, "--stacks", *stacks, "-o", str(out)]) == 0
+    tracks = pd.read_csv(out / "tracks.csv")
+    assert {"session", "row", "track_id", "fate"} <= set(tracks.columns)
+    # `row` points into the input table: the same spine of session 0 and 1 shares a track
+    a = tracks[tracks.session == 0].set_index("row")["track_id"]
+    b = tracks[tracks.session == 1].set_index("row")["track_id"]
+    pairs_true = {(i, j) for i, g in enumerate(truth[0]) for j, h in enumerate(truth[1])
+                  if g == h}
+    pairs_got = {(i, j) for i in a.index for j in b.index if a[i] == b[j]}
+    assert pairs_got == pairs_true
+    for name in ("turnover.csv", "survival.csv", "run.json"):
+        assert (out / name).exists()
