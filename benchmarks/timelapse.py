@@ -109,7 +109,7 @@ def synthetic(seeds=(0, 1, 2)):
     from spinecount.synthetic import make_timelapse
     from spinecount.timelapse import link, turnover
 
-    print("3. synthetic time-lapses, 3 sessions, 40 x 60 x 60 um, planted formation 15% and "
+    print("3. synthetic time-lapses, 3 sessions, 16 x 60 x 60 um, planted formation 15% and "
           "elimination 20% per interval")
     for seed in seeds:
         tl = make_timelapse(n_sessions=3, formation=0.15, elimination=0.2,

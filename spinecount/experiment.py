@@ -12,7 +12,9 @@ existing cluster given by its scheduler address), and writes into the output fol
     animals.csv           per animal; conditions.csv per condition (mean and SEM over animals)
     stats.csv             mixed-model contrasts between conditions (:mod:`spinecount.stats`)
     failures.csv          stacks that failed, with the error
-    plots/                superplot, density by type, head diameters (PNG and SVG)
+    plots/                superplot, density by type, head diameters, survival (PNG and SVG)
+    timelapse/<field>/    tracks of each field imaged in several sessions (spinecount.fields);
+                          turnover.csv, survival.csv, turnover_conditions.csv for all fields
     report.html           one self-contained page with all of it
     experiment.json       provenance of the run
 
@@ -222,7 +224,7 @@ def run_experiment(manifest, outdir, *, params: DetectionParams | None = None,
     good = [t for t in tasks if t["stack"] not in failed_names]
     meta = [c for c in df.columns if c not in INTERNAL]
     res = _aggregate(good, meta, outdir, failures, reference=reference,
-                     min_length_um=min_length_um)
+                     min_length_um=min_length_um, progress=progress)
     info = {
         "spinecount_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "manifest": str(Path(manifest).resolve()), "parameters": params.to_dict(),
@@ -242,10 +244,12 @@ def run_experiment(manifest, outdir, *, params: DetectionParams | None = None,
                             info["n_computed"], info["n_cached"])
 
 
-def _aggregate(tasks, meta, outdir: Path, failures, *, reference, min_length_um) -> dict:
+def _aggregate(tasks, meta, outdir: Path, failures, *, reference, min_length_um,
+               progress: bool = False) -> dict:
     """Collect the stack results into the experiment tables, statistics and plots."""
     from .aggregate import MEASURES, animal_table, condition_table, dendrite_measures
-    from .plots import head_diameter_plot, save, superplot, type_density_plot
+    from .fields import condition_turnover, track_fields, turnover_stats
+    from .plots import head_diameter_plot, save, superplot, survival_plot, type_density_plot
     from .review import load_result
     from .stats import STATS_COLUMNS, compare_conditions, condition_order
 
@@ -271,6 +275,14 @@ def _aggregate(tasks, meta, outdir: Path, failures, *, reference, min_length_um)
     stats = pd.concat([compare_conditions(included, m, reference=order[0] if order else None)
                        for m in MEASURES], ignore_index=True) if len(included) else (
         pd.DataFrame(columns=STATS_COLUMNS))
+    turnover, survival = track_fields(tasks, outdir, progress=progress)
+    turnover_conditions = condition_turnover(turnover, order)
+    if len(turnover):
+        stats = pd.concat([stats, turnover_stats(turnover, reference=order[0] if order else None)],
+                          ignore_index=True)
+        for name, table in (("turnover", turnover), ("survival", survival),
+                            ("turnover_conditions", turnover_conditions)):
+            table.to_csv(outdir / f"{name}.csv", index=False)
     for name, table in (("spines", spines), ("dendrites", dendrites), ("animals", animals),
                         ("conditions", conditions), ("stats", stats), ("failures", failures)):
         table.to_csv(outdir / f"{name}.csv", index=False)
@@ -282,7 +294,10 @@ def _aggregate(tasks, meta, outdir: Path, failures, *, reference, min_length_um)
             "types": ("density_by_type", type_density_plot(animals, order=order)),
             "heads": ("head_diameter", head_diameter_plot(spines, order=order)),
         }
+        if len(survival):
+            figs["survival"] = ("survival", survival_plot(survival, order=order))
         plots = {k: save(ax.figure, outdir / "plots", name) for k, (name, ax) in figs.items()}
     return {"spines": spines, "dendrites": dendrites, "animals": animals,
             "conditions": conditions, "stats": stats, "failures": failures, "order": order,
-            "plots": plots, "tasks": tasks}
+            "plots": plots, "tasks": tasks, "turnover": turnover,
+            "turnover_conditions": turnover_conditions}

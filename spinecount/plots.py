@@ -105,6 +105,33 @@ def head_diameter_plot(spines: pd.DataFrame, *, order: list[str], ax=None):
     return ax
 
 
+def survival_plot(survival: pd.DataFrame, *, order: list[str], ax=None):
+    """Surviving fraction of the first session's spines (solid) and of the spines new at the
+    second session (dashed) per condition: mean and SEM over animals."""
+    plt = _plt()
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 4))
+    cmap = plt.get_cmap("tab10")
+    labels = list(dict.fromkeys(survival.sort_values("session")["session_label"]))
+    for j, cond in enumerate(order):
+        d = survival[survival["condition"] == cond]
+        for col, style, what in (("survival_first", "-", "first session"),
+                                 ("survival_new", "--", "new at second")):
+            an = d.groupby(["animal", "session"])[col].mean().unstack("session")
+            if an.isna().all().all():
+                continue
+            m, sem = an.mean(), an.sem().fillna(0)
+            ax.errorbar(m.index, m.values, yerr=sem.values, fmt=style, marker="o",
+                        color=cmap(j), capsize=3, label=f"{cond}, {what} (n={len(an)})")
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_xlabel("session")
+    ax.set_ylabel("surviving fraction")
+    ax.set_ylim(0, 1.05)
+    ax.legend(frameon=False, fontsize="small")
+    ax.spines[["top", "right"]].set_visible(False)
+    return ax
+
+
 def save(fig, folder, name) -> list[Path]:
     """Save a figure as PNG and SVG; return the paths."""
     folder = Path(folder)

@@ -99,6 +99,12 @@ def write_report(outdir, res: dict, info: dict) -> Path:
     if len(st):
         st = st.assign(measure=st["measure"].map(lambda m: MEASURES.get(m, m)))
     parts.append(_table(st.drop(columns=["warning"], errors="ignore")))
+    if len(res.get("turnover_conditions", [])):
+        parts += ["<h2>Time-lapse</h2><p>Spines followed across sessions "
+                  "(<code>timelapse/</code>): formation and elimination per interval as "
+                  "fractions of the spines at the earlier session, mean and SEM over animals; "
+                  "the statistics above compare them per dendrite.</p>",
+                  _table(res["turnover_conditions"])]
     parts += ["<h2>Animals</h2>", _table(res["animals"])]
     parts += ["<details><summary>Dendrites</summary>", _table(res["dendrites"]), "</details>"]
     parts.append("<h2>Failures</h2>")

@@ -127,3 +127,50 @@ def test_track_command_writes_tracks(tmp_path, timelapse):
     assert pairs_got == pairs_true
     for name in ("turnover.csv", "survival.csv", "run.json"):
         assert (out / name).exists()
+
+
+def test_experiment_reports_turnover_per_condition(tmp_path):
+    from spinecount.experiment import run_experiment
+    from spinecount.fields import REVIEWED_TRACKS_FILE
+    from spinecount.synthetic import write_synthetic
+
+    rows = []
+    planted = {"control": (0.1, 0.1), "chronic stress": (0.1, 0.4)}
+    for ci, (cond, (form, elim)) in enumerate(planted.items()):
+        for a in range(3):
+            animal = f"m{ci}{a}"
+            tl = make_timelapse(n_sessions=2, formation=form, elimination=elim,
+                                shape_um=(12, 40, 40), n_dendrites=2, branch_probability=0,
+                                seed=10 * ci + a)
+            for s, syn in enumerate(tl.sessions):
+                rel = f"stacks/{animal}_day{s}.tif"
+                write_synthetic(syn, tmp_path / "data" / rel)
+                rows.append({"path": rel, "animal": animal, "condition": cond, "cell": 1,
+                             "session": s})
+    manifest = tmp_path / "data" / "manifest.csv"
+    pd.DataFrame(rows).to_csv(manifest, index=False)
+    out = tmp_path / "out"
+    res = run_experiment(manifest, out, workers=0, progress=False)
+    assert res.ok
+    conds = pd.read_csv(out / "turnover_conditions.csv").set_index("condition")
+    assert conds.loc["chronic stress", "elimination_mean"] > conds.loc["control",
+                                                                        "elimination_mean"] + 0.1
+    assert (conds["n_animals"] == 3).all()
+    stats = pd.read_csv(out / "stats.csv")
+    assert "elimination 0 -> 1" in set(stats["measure"])
+    assert (out / "plots" / "survival.png").exists()
+    assert "Time-lapse" in (out / "report.html").read_text()
+    field = out / "timelapse" / "m00_1"
+    tracks = pd.read_csv(field / "tracks.csv")
+    assert set(tracks["session"]) == {0, 1}
+
+    # reviewed links win: make every link of the field a break (all spines new at day 1)
+    rev = tracks.copy()
+    day1 = rev["session"] == 1
+    rev.loc[day1, "track_id"] = rev["track_id"].max() + 1 + np.arange(day1.sum())
+    rev.to_csv(field / REVIEWED_TRACKS_FILE, index=False)
+    run_experiment(manifest, out, workers=0, progress=False)
+    turn = pd.read_csv(out / "turnover.csv")
+    mine = turn[(turn["field"] == "m00_1") & (turn["dendrite"] == "all")].iloc[0]
+    assert mine["elimination"] == 1.0 and mine["formation"] == pytest.approx(
+        day1.sum() / (~day1).sum())

@@ -1,0 +1,157 @@
+"""Time-lapse within an experiment: the sessions of each field tracked together.
+
+A *field* is one ``animal`` and ``cell`` of the manifest imaged in several ``session`` rows
+(ordered numerically where every session is a number, else as text, so ISO dates work).
+``track_fields`` registers every session of a field onto its first (the registrations are
+cached by the stacks' hashes), links the spines that count (reviewed ones where a review
+exists) with :func:`spinecount.timelapse.link`, and writes per field::
+
+    timelapse/<field>/tracks.csv     session, row, track_id, fate, ... (see timelapse.link)
+    timelapse/<field>/turnover.csv   per dendrite and interval
+    timelapse/<field>/survival.csv   surviving fractions per session
+    timelapse/<field>/run.json       stacks, their hashes and the registrations
+
+A ``tracks_reviewed.csv`` in a field's folder (the napari plugin's link review) is used instead
+of the automatic links, as long as it covers the same spines.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+TIMELAPSE_DIR = "timelapse"
+REVIEWED_TRACKS_FILE = "tracks_reviewed.csv"
+#: Dendrites with fewer spines at the earlier session are left out of the turnover statistics.
+MIN_SPINES = 5
+
+
+def field_name(row: dict) -> str:
+    cell = row.get("cell")
+    return str(row["animal"]) if cell is None or pd.isna(cell) or cell == "" else (
+        f"{row['animal']}_{cell}")
+
+
+def _session_key(values):
+    vals = list(values)
+    try:
+        return [float(v) for v in vals]
+    except (TypeError, ValueError):
+        return [str(v) for v in vals]
+
+
+def fields(tasks: list[dict]) -> dict[str, list[dict]]:
+    """Tasks grouped by field, in session order; only fields imaged in 2 or more sessions."""
+    groups: dict[str, list[dict]] = {}
+    for t in tasks:
+        if "session" in t["row"] and not pd.isna(t["row"]["session"]):
+            groups.setdefault(field_name(t["row"]), []).append(t)
+    out = {}
+    for name, ts in groups.items():
+        if len(ts) >= 2:
+            keys = _session_key(t["row"]["session"] for t in ts)
+            out[name] = [t for _, t in sorted(zip(keys, ts), key=lambda kv: kv[0])]
+    return out
+
+
+def track_fields(tasks: list[dict], outdir, *, progress: bool = False
+                 ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Track every field; returns the turnover and survival tables of all fields, with the
+    manifest columns of each field's first session (``session`` dropped)."""
+    from tqdm.auto import tqdm
+
+    from .timelapse import survival, turnover
+
+    turn, surv = [], []
+    groups = fields(tasks)
+    for name, ts in tqdm(groups.items(), desc="time-lapse fields", disable=not progress):
+        tracks = _field_tracks(name, ts, Path(outdir) / TIMELAPSE_DIR / name)
+        meta = {k: v for k, v in ts[0]["row"].items() if k != "session"}
+        labels = [ts[s]["row"]["session"] for s in range(len(ts))]
+        t = turnover(tracks)
+        s = survival(tracks)
+        for df in (t, s):
+            for k, v in reversed(list(meta.items())):
+                df.insert(0, k, v)
+            df.insert(0, "field", name)
+        t["interval"] = [f"{labels[a]} -> {labels[b]}"
+                         for a, b in zip(t["session_from"], t["session_to"])]
+        s["session_label"] = [labels[i] for i in s["session"]]
+        turn.append(t)
+        surv.append(s)
+    cat = (lambda parts: pd.concat(parts, ignore_index=True) if parts else pd.DataFrame())
+    return cat(turn), cat(surv)
+
+
+def _field_tracks(name: str, ts: list[dict], folder: Path) -> pd.DataFrame:
+    from .io import read_stack
+    from .registration import IDENTITY, Registration, register
+    from .review import load_result
+    from .timelapse import fates, link, write_tracks
+
+    results = [load_result(t["folder"]) for t in ts]
+    run = folder / "run.json"
+    hashes = [t["sha256"] for t in ts]
+    regs = None
+    if run.exists():
+        old = json.loads(run.read_text())
+        if old.get("sha256") == hashes:
+            regs = [Registration.from_dict(r) for r in old["registrations"]]
+    if regs is None:
+        stacks = [read_stack(t["file"], channel=t["channel"], voxel_size=t["voxel_size"])
+                  for t in ts]
+        regs = [IDENTITY] + [register(stacks[0], s) for s in stacks[1:]]
+    tables = [r[0] for r in results]
+    tracks = link(tables, registrations=regs, centerlines=[r[2] for r in results])
+    reviewed = folder / REVIEWED_TRACKS_FILE
+    source = "automatic"
+    if reviewed.exists():
+        rev = pd.read_csv(reviewed)
+        if set(zip(rev["session"], rev["row"])) == set(zip(tracks["session"], tracks["row"])):
+            rev["fate"] = fates(rev, len(ts))  # the fates follow the reviewed links
+            tracks, source = rev, "reviewed"
+        else:
+            import warnings
+
+            warnings.warn(f"{reviewed}: reviewed links do not cover the current spines (a "
+                          "spine table changed since); using automatic links", stacklevel=2)
+    write_tracks(folder, tracks, regs, {
+        "field": name, "stacks": [t["stack"] for t in ts], "sha256": hashes,
+        "sessions": [t["row"]["session"] for t in ts],
+        "links": source})
+    return tracks
+
+
+def turnover_stats(turnover: pd.DataFrame, *, reference: str | None) -> pd.DataFrame:
+    """Formation and elimination per dendrite compared between conditions, per interval
+    (mixed model with the animal as random effect, as for density)."""
+    from .stats import STATS_COLUMNS, compare_conditions
+
+    d = turnover[(turnover["dendrite"].astype(str) != "all")
+                 & (turnover["n_from"] >= MIN_SPINES)] if len(turnover) else turnover
+    parts = []
+    for interval, g in (d.groupby("interval", sort=False) if len(d) else []):
+        if g["condition"].nunique() < 2:
+            continue
+        for m in ("formation", "elimination"):
+            parts.append(compare_conditions(g, m, reference=reference,
+                                            measure=f"{m} {interval}"))
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=STATS_COLUMNS)
+
+
+def condition_turnover(turnover: pd.DataFrame, order: list[str]) -> pd.DataFrame:
+    """Per condition and interval: mean and SEM over animals of the field-level formation and
+    elimination (animal = mean of its fields)."""
+    if not len(turnover):
+        return pd.DataFrame()
+    f = turnover[turnover["dendrite"].astype(str) == "all"]
+    an = f.groupby(["condition", "animal", "interval"], sort=False)[
+        ["formation", "elimination", "turnover_ratio"]].mean().reset_index()
+    out = an.groupby(["condition", "interval"], sort=False).agg(
+        n_animals=("animal", "nunique"),
+        **{f"{m}_{s}": (m, s) for m in ("formation", "elimination", "turnover_ratio")
+           for s in ("mean", "sem")}).reset_index()
+    out["condition"] = pd.Categorical(out["condition"], categories=order, ordered=True)
+    return out.sort_values(["condition", "interval"]).reset_index(drop=True)
