@@ -47,7 +47,7 @@ def _cmd_track(args) -> int:
     from .io import read_stack
     from .results import CENTERLINES_FILE, provenance
     from .tables import read_centerlines, read_spines
-    from .timelapse import track, write_tracks
+    from .timelapse import prefer_reviewed, track, write_tracks
 
     n = len(args.spines)
     if n < 2:
@@ -71,14 +71,17 @@ def _cmd_track(args) -> int:
     stacks = [read_stack(f, channel=args.channel, voxel_size=args.voxel_size)
               for f in args.stacks] if args.stacks else None
     # annotation tables (MapManager) name the same dendrite by the same segment_id
-    tracks, regs = track(tables, stacks=stacks, centerlines=cls, gate_um=args.gate,
-                         same_dendrite_ids=all(segments))
+    auto, regs = track(tables, stacks=stacks, centerlines=cls, gate_um=args.gate,
+                       same_dendrite_ids=all(segments))
+    tracks, source = prefer_reviewed(auto, args.output)
     info = {"command": "track", "spines": [str(Path(f).resolve()) for f in args.spines],
+            "links": source,
             "gate_um": args.gate, "centerlines": "given" if args.centerlines else (
                 "beside the spine tables" if cls else "none"),
-            "stacks": [provenance(s, _NoParams())["input"] for s in stacks] if stacks else []}
-    info["spinecount_version"] = __version__
-    paths = write_tracks(args.output, tracks, regs, info)
+            "inputs": [{**provenance(s, _NoParams())["input"], "voxel_size_um": s.voxel_size}
+                       for s in stacks] if stacks else [],
+            "spinecount_version": __version__}
+    paths = write_tracks(args.output, auto, regs, info, used=tracks)
     fates = tracks.drop_duplicates("track_id")["fate"].value_counts()
     print(f"{len(tracks)} spines in {tracks['track_id'].nunique()} tracks over {n} sessions: "
           + ", ".join(f"{fates.get(f, 0)} {f}" for f in ("stable", "formed", "eliminated",

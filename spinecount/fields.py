@@ -23,7 +23,6 @@ from pathlib import Path
 import pandas as pd
 
 TIMELAPSE_DIR = "timelapse"
-REVIEWED_TRACKS_FILE = "tracks_reviewed.csv"
 #: Dendrites with fewer spines at the earlier session are left out of the turnover statistics.
 MIN_SPINES = 5
 
@@ -89,7 +88,7 @@ def _field_tracks(name: str, ts: list[dict], folder: Path) -> pd.DataFrame:
     from .io import read_stack
     from .registration import IDENTITY, Registration, register
     from .review import load_result
-    from .timelapse import fates, link, write_tracks
+    from .timelapse import link, prefer_reviewed, write_tracks
 
     results = [load_result(t["folder"]) for t in ts]
     run = folder / "run.json"
@@ -104,23 +103,14 @@ def _field_tracks(name: str, ts: list[dict], folder: Path) -> pd.DataFrame:
                   for t in ts]
         regs = [IDENTITY] + [register(stacks[0], s) for s in stacks[1:]]
     tables = [r[0] for r in results]
-    tracks = link(tables, registrations=regs, centerlines=[r[2] for r in results])
-    reviewed = folder / REVIEWED_TRACKS_FILE
-    source = "automatic"
-    if reviewed.exists():
-        rev = pd.read_csv(reviewed)
-        if set(zip(rev["session"], rev["row"])) == set(zip(tracks["session"], tracks["row"])):
-            rev["fate"] = fates(rev, len(ts))  # the fates follow the reviewed links
-            tracks, source = rev, "reviewed"
-        else:
-            import warnings
-
-            warnings.warn(f"{reviewed}: reviewed links do not cover the current spines (a "
-                          "spine table changed since); using automatic links", stacklevel=2)
-    write_tracks(folder, tracks, regs, {
+    auto = link(tables, registrations=regs, centerlines=[r[2] for r in results])
+    tracks, source = prefer_reviewed(auto, folder)
+    write_tracks(folder, auto, regs, {
         "field": name, "stacks": [t["stack"] for t in ts], "sha256": hashes,
+        "inputs": [{"path": t["file"], "channel": t["channel"], "voxel_size_um": t["voxel_size"]}
+                   for t in ts],
         "sessions": [t["row"]["session"] for t in ts],
-        "links": source})
+        "links": source}, used=tracks)
     return tracks
 
 

@@ -45,6 +45,9 @@ import pandas as pd
 from .tables import BASE, POSITION
 
 FATES = ("stable", "formed", "eliminated", "transient")
+TRACKS_FILE = "tracks.csv"
+#: Links corrected by a reviewer (napari plugin), beside tracks.csv; they win over it.
+REVIEWED_TRACKS_FILE = "tracks_reviewed.csv"
 TRACK_COLUMNS = ["session", "row", "spine_id", "track_id", "fate", "dendrite", "z_um", "y_um",
                  "x_um", "ref_z_um", "ref_y_um", "ref_x_um"]
 #: Default gate (um): registered heads further apart than this are different spines.
@@ -274,6 +277,60 @@ def survival(tracks: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def break_link(tracks: pd.DataFrame, session: int, row: int) -> pd.DataFrame:
+    """Cut a track before the spine at (`session`, `row`): it and its later sessions become a
+    new track. Fates are recomputed.
+
+    Examples
+    --------
+    >>> t = pd.DataFrame({"session": [0, 1, 2], "row": [0, 0, 0], "track_id": [7, 7, 7]})
+    >>> break_link(t, 1, 0)[["track_id", "fate"]].values.tolist()
+    [[7, 'eliminated'], [8, 'formed'], [8, 'formed']]
+    """
+    t = tracks.copy()
+    tid = _track_at(t, session, row)
+    later = (t["track_id"] == tid) & (t["session"] >= session)
+    t.loc[later, "track_id"] = int(t["track_id"].max()) + 1
+    t["fate"] = fates(t, int(t["session"].max()) + 1)
+    return t
+
+
+def make_link(tracks: pd.DataFrame, earlier: tuple[int, int], later: tuple[int, int]
+              ) -> pd.DataFrame:
+    """Link the spine `later` = (session, row) to the spine `earlier` = (session - 1, row): from
+    its session on, its track continues the earlier spine's track. Whatever was linked to either
+    of them across that interval is cut. Fates are recomputed.
+
+    Examples
+    --------
+    >>> t = pd.DataFrame({"session": [0, 1, 1], "row": [0, 0, 1], "track_id": [0, 0, 1]})
+    >>> make_link(t, (0, 0), (1, 1))[["track_id", "fate"]].values.tolist()
+    [[0, 'stable'], [2, 'formed'], [0, 'stable']]
+    """
+    (s1, r1), (s2, r2) = earlier, later
+    if s2 != s1 + 1:
+        raise ValueError("links join spines of consecutive sessions")
+    t = tracks.copy()
+    a = _track_at(t, s1, r1)
+    taken = t.index[(t["track_id"] == a) & (t["session"] == s2)]
+    if len(taken):  # the earlier spine's old partner starts its own track
+        t = break_link(t, s2, int(t.loc[taken[0], "row"]))
+    b = _track_at(t, s2, r2)
+    if (t.loc[t["track_id"] == b, "session"] < s2).any():  # cut its own past
+        t = break_link(t, s2, r2)
+        b = _track_at(t, s2, r2)
+    t.loc[(t["track_id"] == b) & (t["session"] >= s2), "track_id"] = a
+    t["fate"] = fates(t, int(t["session"].max()) + 1)
+    return t
+
+
+def _track_at(t: pd.DataFrame, session: int, row: int) -> int:
+    hit = t.loc[(t["session"] == session) & (t["row"] == row), "track_id"]
+    if not len(hit):
+        raise KeyError(f"no spine at session {session}, row {row}")
+    return int(hit.iloc[0])
+
+
 def track(tables: list[pd.DataFrame], *, stacks=None, centerlines=None,
           gate_um: float = GATE_UM, same_dendrite_ids: bool = False
           ) -> tuple[pd.DataFrame, list]:
@@ -294,18 +351,70 @@ def track(tables: list[pd.DataFrame], *, stacks=None, centerlines=None,
     return tracks, regs or [IDENTITY] * len(tables)
 
 
-def write_tracks(outdir, tracks: pd.DataFrame, registrations, info: dict) -> dict:
-    """Write tracks.csv, turnover.csv, survival.csv and run.json (with the registrations)."""
+def write_tracks(outdir, tracks: pd.DataFrame, registrations, info: dict, *,
+                 used: pd.DataFrame | None = None) -> dict:
+    """Write tracks.csv (the automatic links), turnover.csv and survival.csv (of the links
+    `used`, for example reviewed ones; default: `tracks`) and run.json (with the registrations).
+
+    `info` should hold ``inputs``: per session the stack's ``path``, ``channel`` and
+    ``voxel_size_um`` (what the napari plugin needs to show the sessions).
+    """
+    used = tracks if used is None else used
     import json
     from pathlib import Path
 
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"tracks": out / "tracks.csv", "turnover": out / "turnover.csv",
+    paths = {"tracks": out / TRACKS_FILE, "turnover": out / "turnover.csv",
              "survival": out / "survival.csv", "run": out / "run.json"}
     tracks.to_csv(paths["tracks"], index=False)
-    turnover(tracks).to_csv(paths["turnover"], index=False)
-    survival(tracks).to_csv(paths["survival"], index=False)
+    turnover(used).to_csv(paths["turnover"], index=False)
+    survival(used).to_csv(paths["survival"], index=False)
     info = {**info, "registrations": [r.to_dict() for r in registrations]}
     paths["run"].write_text(json.dumps(info, indent=2, default=str))
     return paths
+
+
+def load_tracks(folder) -> tuple[pd.DataFrame, str]:
+    """The tracks of a tracking folder and their source: ``reviewed`` links where a reviewer
+    saved some, else ``automatic``."""
+    from pathlib import Path
+
+    reviewed = Path(folder) / REVIEWED_TRACKS_FILE
+    if reviewed.exists():
+        return pd.read_csv(reviewed), "reviewed"
+    return pd.read_csv(Path(folder) / TRACKS_FILE), "automatic"
+
+
+def prefer_reviewed(tracks: pd.DataFrame, folder) -> tuple[pd.DataFrame, str]:
+    """The reviewed links saved in `folder` where they cover the same spines as `tracks` (their
+    fates recomputed), else `tracks`; and which it is (``reviewed`` or ``automatic``)."""
+    import warnings
+    from pathlib import Path
+
+    path = Path(folder) / REVIEWED_TRACKS_FILE
+    if not path.exists():
+        return tracks, "automatic"
+    rev = pd.read_csv(path)
+    if set(zip(rev["session"], rev["row"])) != set(zip(tracks["session"], tracks["row"])):
+        warnings.warn(f"{path}: the reviewed links do not cover the current spines (a spine "
+                      "table changed since); using automatic links", stacklevel=2)
+        return tracks, "automatic"
+    rev["fate"] = fates(rev, int(tracks["session"].max()) + 1)
+    return rev, "reviewed"
+
+
+def save_reviewed_tracks(folder, tracks: pd.DataFrame) -> Path:
+    """Save reviewed links as tracks_reviewed.csv beside the automatic tracks.csv (which stays)
+    and bring turnover.csv and survival.csv up to date with them."""
+    import os
+    from pathlib import Path
+
+    folder = Path(folder)
+    path = folder / REVIEWED_TRACKS_FILE
+    tmp = path.with_name(f".{path.name}.tmp")
+    tracks.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+    turnover(tracks).to_csv(folder / "turnover.csv", index=False)
+    survival(tracks).to_csv(folder / "survival.csv", index=False)
+    return path

@@ -2,6 +2,7 @@
 thread, editing (add, delete, move, retype), review mode, autosave, reload, blind experiment
 review feeding ``spinecount run``, and a screenshot that is not blank."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -258,3 +259,65 @@ def test_blind_experiment_review_is_used_by_the_run(make_napari_viewer, tmp_path
     assert mine["n_spines"].sum() == n_auto - 2
     others = after.dendrites[after.dendrites["stack"] != stack]
     assert set(others["source"]) == {"automatic"}
+
+
+def test_timelapse_sessions_links_and_link_review(make_napari_viewer, tmp_path):
+    from spinecount.cli import main
+    from spinecount.synthetic import make_timelapse, write_synthetic
+    from spinecount.timelapse import REVIEWED_TRACKS_FILE
+
+    tl = make_timelapse(n_sessions=2, shape_um=(10, 30, 30), n_dendrites=1,
+                        branch_probability=0, seed=2)
+    spines, stacks = [], []
+    for i, syn in enumerate(tl.sessions):
+        paths = write_synthetic(syn, tmp_path / f"day{i}.tif")
+        spines.append(str(paths["spines"]))
+        stacks.append(str(paths["stack"]))
+    out = tmp_path / "tracks"
+    assert main(["track", "--spines", *spines, "--stacks", *stacks, "-o", str(out)]) == 0
+    auto = pd.read_csv(out / "tracks.csv")
+
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("spinecount", "Time-lapse")
+    widget._folder.value = out
+    widget.open(out)
+    movie = viewer.layers["tracks sessions"]
+    assert movie.data.shape[0] == 2 and movie.data.ndim == 4  # the time axis
+    pts = widget.points
+    assert len(pts.data) == len(auto)
+    assert "tracks links" in viewer.layers
+
+    # break a persistent link, then make it again
+    persistent = auto[auto["fate"] == "stable"]
+    later = persistent[persistent["session"] == 1].iloc[0]
+    earlier = persistent[(persistent["session"] == 0)
+                         & (persistent["track_id"] == later["track_id"])].iloc[0]
+
+    def select(session, row):
+        f = widget.points.features
+        widget.points.selected_data = {int(np.flatnonzero((f["session"] == session)
+                                                          & (f["row"] == row))[0])}
+
+    select(1, later["row"])
+    widget.break_selected()
+    rev = pd.read_csv(out / REVIEWED_TRACKS_FILE)
+    at = rev.set_index(["session", "row"])
+    assert at.loc[(1, later["row"]), "fate"] == "formed"
+    assert at.loc[(0, earlier["row"]), "fate"] == "eliminated"
+    assert pd.read_csv(out / "turnover.csv").query("dendrite == 'all'")["n_formed"].iloc[0] \
+        == (auto.query("session == 1")["fate"] == "formed").sum() + 1
+    pd.testing.assert_frame_equal(pd.read_csv(out / "tracks.csv"), auto)  # automatic kept
+
+    select(0, earlier["row"])
+    widget.mark_selected()
+    select(1, later["row"])
+    widget.link_selected()
+    at = pd.read_csv(out / REVIEWED_TRACKS_FILE).set_index(["session", "row"])
+    assert at.loc[(1, later["row"]), "track_id"] == at.loc[(0, earlier["row"]), "track_id"]
+    assert at.loc[(1, later["row"]), "fate"] == "stable"
+
+    # reopening shows the reviewed links, and a new tracking run keeps them
+    widget.open(out)
+    assert "reviewed" in widget._status.value
+    assert main(["track", "--spines", *spines, "--stacks", *stacks, "-o", str(out)]) == 0
+    assert json.loads((out / "run.json").read_text())["links"] == "reviewed"

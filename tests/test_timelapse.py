@@ -131,7 +131,7 @@ def test_track_command_writes_tracks(tmp_path, timelapse):
 
 def test_experiment_reports_turnover_per_condition(tmp_path):
     from spinecount.experiment import run_experiment
-    from spinecount.fields import REVIEWED_TRACKS_FILE
+    from spinecount.timelapse import REVIEWED_TRACKS_FILE
     from spinecount.synthetic import write_synthetic
 
     rows = []
@@ -170,6 +170,7 @@ def test_experiment_reports_turnover_per_condition(tmp_path):
     rev.loc[day1, "track_id"] = rev["track_id"].max() + 1 + np.arange(day1.sum())
     rev.to_csv(field / REVIEWED_TRACKS_FILE, index=False)
     run_experiment(manifest, out, workers=0, progress=False)
+    pd.testing.assert_frame_equal(pd.read_csv(field / "tracks.csv"), tracks)  # kept
     turn = pd.read_csv(out / "turnover.csv")
     mine = turn[(turn["field"] == "m00_1") & (turn["dendrite"] == "all")].iloc[0]
     assert mine["elimination"] == 1.0 and mine["formation"] == pytest.approx(
