@@ -215,6 +215,10 @@ def _cmd_run(args) -> int:
     n = len(res.failures)
     print(f"{res.n_computed} stacks analysed, {res.n_cached} reused from an earlier run, "
           f"{n} failed" + (f" (see {res.outdir / 'failures.csv'})" if n else ""))
+    fields = sorted((res.outdir / "timelapse").glob("*/tracks.csv"))
+    if fields:
+        print(f"time-lapse: {len(fields)} field(s) tracked over sessions "
+              f"(see {res.outdir / 'turnover.csv'})")
     print(f"report: {res.report}")
     return 0 if res.ok else 1
 
