@@ -65,6 +65,8 @@ def track_fields(tasks: list[dict], outdir, *, progress: bool = False
 
     turn, surv = [], []
     groups = fields(tasks)
+    if not groups:
+        return pd.DataFrame(), pd.DataFrame()
     for name, ts in tqdm(groups.items(), desc="time-lapse fields", disable=not progress):
         tracks = _field_tracks(name, ts, Path(outdir) / TIMELAPSE_DIR / name)
         meta = {k: v for k, v in ts[0]["row"].items() if k != "session"}
