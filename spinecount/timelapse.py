@@ -39,6 +39,8 @@ still present at session k >= 1 (``survival_new``).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
@@ -361,7 +363,6 @@ def write_tracks(outdir, tracks: pd.DataFrame, registrations, info: dict, *,
     """
     used = tracks if used is None else used
     import json
-    from pathlib import Path
 
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
@@ -378,8 +379,6 @@ def write_tracks(outdir, tracks: pd.DataFrame, registrations, info: dict, *,
 def load_tracks(folder) -> tuple[pd.DataFrame, str]:
     """The tracks of a tracking folder and their source: ``reviewed`` links where a reviewer
     saved some, else ``automatic``."""
-    from pathlib import Path
-
     reviewed = Path(folder) / REVIEWED_TRACKS_FILE
     if reviewed.exists():
         return pd.read_csv(reviewed), "reviewed"
@@ -390,7 +389,6 @@ def prefer_reviewed(tracks: pd.DataFrame, folder) -> tuple[pd.DataFrame, str]:
     """The reviewed links saved in `folder` where they cover the same spines as `tracks` (their
     fates recomputed), else `tracks`; and which it is (``reviewed`` or ``automatic``)."""
     import warnings
-    from pathlib import Path
 
     path = Path(folder) / REVIEWED_TRACKS_FILE
     if not path.exists():
@@ -408,7 +406,6 @@ def save_reviewed_tracks(folder, tracks: pd.DataFrame) -> Path:
     """Save reviewed links as tracks_reviewed.csv beside the automatic tracks.csv (which stays)
     and bring turnover.csv and survival.csv up to date with them."""
     import os
-    from pathlib import Path
 
     folder = Path(folder)
     path = folder / REVIEWED_TRACKS_FILE

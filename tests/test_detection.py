@@ -1,13 +1,11 @@
 """The detector on synthetic truth (first version; the accuracy goals are benchmarked)."""
 
 import numpy as np
-import pandas as pd
 import pytest
 
 import spinecount
 from spinecount.evaluate import evaluate
 from spinecount.synthetic import make_stack
-from spinecount.tables import read_centerlines
 
 
 @pytest.fixture(scope="module")
