@@ -415,7 +415,8 @@ class ReviewWidget(Container):
         row = b.session.get(sid)
         shown = b.select(sid)
         z, y, x = row[POSITION].to_numpy(float)
-        self.viewer.dims.set_point(0, z) if self.viewer.dims.ndisplay == 2 else None
+        if self.viewer.dims.ndisplay == 2:
+            self.viewer.dims.set_point(0, z)
         self.viewer.camera.center = (z, y, x)
         self.viewer.camera.zoom = max(self.viewer.camera.zoom, 20.0)
         self._review_label.value = (
