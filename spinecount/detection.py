@@ -220,6 +220,79 @@ def _rasterize_paths(paths, shape, vs):
             np.vstack(tans))
 
 
+def _shaft_model(img, bg, noise, smooth_paths, vs, p: DetectionParams):
+    """Model of the shaft alone, and the residual (image - model) near the centre lines.
+
+    The model is the median intensity per cell: stretch of dendrite (4 um) x z offset (slices)
+    x side x lateral distance (0.2 um bins), in noise units, never rising with distance from the
+    centre line (z scaled by the PSF elongation). Returns ``model, resid, region`` (voxels
+    within reach of a centre line), the rasterised centre line points' owners and positions,
+    the shaft radius per dendrite (1-based) and each dendrite's centre line brightness.
+    Intermediate arrays die here, so the spine stage starts with only what it needs.
+    """
+    from scipy import ndimage as ndi
+
+    vz = vs[0]
+    lab, pt_owner, pt_arc, pt_xyz, pt_tan = _rasterize_paths(smooth_paths, img.shape, vs)
+    scaled = (vz / AXIAL_RATIO, vs[1], vs[2])
+    reach = p.max_spine_length_um + p.max_dendrite_radius_um
+    near = np.empty((3, *lab.shape), np.int32)  # int32 indices: half the memory of int64
+    dist = ndi.distance_transform_edt(lab == 0, sampling=scaled, return_indices=True,
+                                      indices=near)
+    point = lab[tuple(near)] - 1  # nearest centre line point of every voxel
+    del near
+    region = dist <= reach
+    del dist
+    sig = (img - bg) / noise
+    centre_b = ndi.gaussian_filter(sig, _sigma_vox((0.0, 0.3, 0.3), vs))
+    # Cells: stretch of dendrite x z offset (slices) x side x lateral distance (0.2 um bins).
+    # The two sides are modelled apart, so a centre line a little off the middle of the shaft
+    # (or a shaft brighter on one side) leaves no stripe of residual along one edge.
+    lat_um, stretch_um = 0.2, 4.0
+    n_lat = int(reach / lat_um) + 1
+    n_dz = int(np.ceil(p.max_spine_length_um / vz))
+    where = np.nonzero(region)
+    pts = point[where]
+    del point
+    # position relative to the nearest centre line point, one axis at a time (memory)
+    rel = [w * v - pt_xyz[pts, a] for a, (w, v) in enumerate(zip(where, vs))]
+    del where
+    dzb = np.clip(np.round(rel[0] / vz).astype(int), -n_dz, n_dz) + n_dz
+    latb = np.minimum((np.hypot(rel[1], rel[2]) / lat_um).astype(int), n_lat - 1)
+    side = (pt_tan[pts, 1] * rel[2] - pt_tan[pts, 2] * rel[1] > 0).astype(int)
+    del rel
+    stretch = pt_owner * 100_000 + (pt_arc // stretch_um).astype(int)
+    _, group = np.unique(stretch, return_inverse=True)
+    n_z = 2 * n_dz + 1
+    key = ((group[pts] * n_z + dzb) * 2 + side) * n_lat + latb
+    del dzb, side, latb, pts
+    med = pd.Series(sig[region]).groupby(key).median()
+    prof = np.zeros((group.max() + 1) * n_z * 2 * n_lat, np.float32)
+    prof[med.index.to_numpy()] = med.to_numpy()
+    prof = prof.reshape(-1, n_z, 2, n_lat)
+    # never brighter further out: laterally, then above and below the centre line
+    prof = np.maximum.accumulate(prof[..., ::-1], axis=3)[..., ::-1]
+    prof[:, n_dz:] = np.maximum.accumulate(prof[:, n_dz:][:, ::-1], axis=1)[:, ::-1]
+    prof[:, :n_dz + 1] = np.maximum.accumulate(prof[:, :n_dz + 1], axis=1)
+    model = np.zeros_like(img)
+    model[region] = prof.ravel()[key]
+    prof = prof.max(axis=1).mean(axis=1)  # in-plane profile, for the shaft radius
+    radii = {}
+    for k in range(len(smooth_paths)):
+        g = np.unique(group[pt_owner == k])
+        pk_ = np.median(prof[g], axis=0) if len(g) else np.zeros(n_lat)
+        half = np.flatnonzero(pk_ < 0.5 * pk_[0])
+        radii[k + 1] = float(half[0] * lat_um) if len(half) else reach
+    resid = np.where(region, sig - model, 0).astype(np.float32)
+    # median centre line brightness of each dendrite (noise units)
+    on_line = lab > 0
+    line_owner = pt_owner[lab[on_line] - 1]
+    line_b = centre_b[on_line]
+    shaft_brightness = [max(float(np.median(line_b[line_owner == k])), 1e-3)
+                        if np.any(line_owner == k) else 1.0 for k in range(len(smooth_paths))]
+    return model, resid, region, pt_owner, pt_xyz, radii, shaft_brightness
+
+
 def detect(stack: Stack, *, params: DetectionParams | None = None, traces: pd.DataFrame | None
            = None, return_mask: bool = False, progress: bool = False) -> Detection:
     """Trace the dendrites of a stack and detect their spines.
@@ -335,58 +408,9 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
         return Detection(spines, dendrites, centerlines, [], mask if return_mask else None,
                          timings)
 
-    # 2. shaft model: distance from the centre line with z scaled by the PSF elongation,
-    # median intensity per stretch of dendrite and distance, never rising with distance.
-    lab, pt_owner, pt_arc, pt_xyz, pt_tan = _rasterize_paths(smooth_paths, img.shape, vs)
-    scaled = (vz / AXIAL_RATIO, vs[1], vs[2])
-    reach = p.max_spine_length_um + p.max_dendrite_radius_um
-    dist, near = ndi.distance_transform_edt(lab == 0, sampling=scaled, return_indices=True)
-    point = lab[tuple(near)] - 1  # nearest centre line point of every voxel
-    del near
-    region = dist <= reach
-    sig = (img - bg) / noise
-    centre_b = ndi.gaussian_filter(sig, _sigma_vox((0.0, 0.3, 0.3), vs))
-    # Cells: stretch of dendrite x z offset (slices) x side x lateral distance (0.2 um bins).
-    # The two sides are modelled apart, so a centre line a little off the middle of the shaft
-    # (or a shaft brighter on one side) leaves no stripe of residual along one edge.
-    lat_um, stretch_um = 0.2, 4.0
-    n_lat = int(reach / lat_um) + 1
-    n_dz = int(np.ceil(p.max_spine_length_um / vz))
-    rv = np.argwhere(region)
-    pts = point[region]
-    rel = rv * np.asarray(vs) - pt_xyz[pts]
-    dzb = np.clip(np.round(rel[:, 0] / vz).astype(int), -n_dz, n_dz) + n_dz
-    latb = np.minimum((np.hypot(rel[:, 1], rel[:, 2]) / lat_um).astype(int), n_lat - 1)
-    tan = pt_tan[pts]
-    side = (tan[:, 1] * rel[:, 2] - tan[:, 2] * rel[:, 1] > 0).astype(int)
-    stretch = pt_owner * 100_000 + (pt_arc // stretch_um).astype(int)
-    _, group = np.unique(stretch, return_inverse=True)
-    n_z = 2 * n_dz + 1
-    key = ((group[pts] * n_z + dzb) * 2 + side) * n_lat + latb
-    med = pd.Series(sig[region]).groupby(key).median()
-    prof = np.zeros((group.max() + 1) * n_z * 2 * n_lat, np.float32)
-    prof[med.index.to_numpy()] = med.to_numpy()
-    prof = prof.reshape(-1, n_z, 2, n_lat)
-    # never brighter further out: laterally, then above and below the centre line
-    prof = np.maximum.accumulate(prof[..., ::-1], axis=3)[..., ::-1]
-    prof[:, n_dz:] = np.maximum.accumulate(prof[:, n_dz:][:, ::-1], axis=1)[:, ::-1]
-    prof[:, :n_dz + 1] = np.maximum.accumulate(prof[:, :n_dz + 1], axis=1)
-    model = np.zeros_like(img)
-    model[region] = prof.ravel()[key]
-    prof = prof.max(axis=1).mean(axis=1)  # in-plane profile, for the shaft radius
-    radii = {}
-    for k in range(len(smooth_paths)):
-        g = np.unique(group[pt_owner == k])
-        pk_ = np.median(prof[g], axis=0) if len(g) else np.zeros(n_lat)
-        half = np.flatnonzero(pk_ < 0.5 * pk_[0])
-        radii[k + 1] = float(half[0] * lat_um) if len(half) else reach
-    resid = np.where(region, sig - model, 0).astype(np.float32)
-    # median centre line brightness of each dendrite (noise units)
-    on_line = lab > 0
-    line_owner = pt_owner[lab[on_line] - 1]
-    line_b = centre_b[on_line]
-    shaft_brightness = [max(float(np.median(line_b[line_owner == k])), 1e-3)
-                        if np.any(line_owner == k) else 1.0 for k in range(len(smooth_paths))]
+    # 2. shaft model (what the dendrite alone would look like) and the residual
+    model, resid, region, pt_owner, pt_xyz, radii, shaft_brightness = _shaft_model(
+        img, bg, noise, smooth_paths, vs, p)
     t = lap("shaft model", t)
     yield "shaft model"
 
