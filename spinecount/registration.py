@@ -110,7 +110,7 @@ def _lateral_bin(stack: np.ndarray, f: int) -> np.ndarray:
 
 def register(reference, moving, *, block_um: float = 30.0, max_shift_um: float = 15.0,
              max_local_um: float = 2.0, max_z_shift_um: float = 10.0,
-             local: bool = True) -> Registration:
+             max_local_z_um: float = 4.0, local: bool = True) -> Registration:
     """Register `moving` onto `reference` (two :class:`~spinecount.io.Stack` of one field).
 
     Parameters
@@ -122,9 +122,10 @@ def register(reference, moving, *, block_um: float = 30.0, max_shift_um: float =
         overlap by half.
     max_shift_um, max_z_shift_um : float
         Largest translation searched, laterally and in z.
-    max_local_um : float
-        Largest local correction; a block that asks for more, or disagrees with its neighbours
-        by more than 1 um, is replaced by the median of its neighbours.
+    max_local_um, max_local_z_um : float
+        Largest local correction, laterally and in z; a block that asks for more, or disagrees
+        with its neighbours by more than 1 um laterally or half `max_local_z_um` in z, is
+        replaced by the median of its neighbours.
     local : bool
         Measure the local correction (else the translation only).
 
@@ -171,7 +172,8 @@ def register(reference, moving, *, block_um: float = 30.0, max_shift_um: float =
     mbs = _highpass(Bs[:, :ny, :nx].max(axis=0), vy)
     ys = list(range(0, max(ny - n, 0) + 1, step))
     xs = list(range(0, max(nx - n, 0) + 1, step))
-    loc = np.full((len(ys), len(xs), 2), np.nan)
+    loc = np.full((len(ys), len(xs), 3), np.nan)
+    nz = int(np.ceil(max_local_z_um / vz))
     for i, y0 in enumerate(ys):
         for j, x0 in enumerate(xs):
             a_b, b_b = ma[y0:y0 + n, x0:x0 + n], mbs[y0:y0 + n, x0:x0 + n]
@@ -179,26 +181,34 @@ def register(reference, moving, *, block_um: float = 30.0, max_shift_um: float =
                 continue
             s, corr = _pcc2d(a_b, b_b)
             if corr > 0.2 and np.all(np.abs(s) * vy <= max_local_um):
-                loc[i, j] = s * vy
-    loc = _robust_fill(loc)
-    local_um = np.zeros((len(ys), len(xs), 3))
-    local_um[..., 1:] = loc
+                loc[i, j, 1:] = s * vy
+                # the z offset of this block (a tilted or bent field), on the binned stacks
+                by, bx = slice(y0 // f, (y0 + n) // f), slice(x0 // f, (x0 + n) // f)
+                zb = _z_offset(a3[:, by, bx], b3[:, by, bx], int(np.ceil(abs(dz))) + nz)
+                if abs(zb - dz) <= nz:
+                    loc[i, j, 0] = (zb - dz) * vz
+    local_um = np.stack([_robust_fill(loc[..., 0], max_local_z_um / 2),
+                         *np.moveaxis(_robust_fill(loc[..., 1:], 1.0), -1, 0)], axis=-1)
     # block centres in the moving frame (blocks were measured on the shifted stack)
     gy = np.array(ys) * vy + n * vy / 2 - shift[1]
     gx = np.array(xs) * vx + n * vx / 2 - shift[2]
     return Registration(shift, gy, gx, local_um)
 
 
-def _robust_fill(loc: np.ndarray) -> np.ndarray:
-    """Replace missing blocks and blocks that disagree with their neighbours (> 1 um) by the
-    median of their neighbours; 0 where nothing is known."""
+def _robust_fill(loc: np.ndarray, tolerance_um: float) -> np.ndarray:
+    """Replace missing blocks, and blocks that disagree with the median of their neighbours by
+    more than `tolerance_um`, by that median; 0 where nothing is known. `loc` is (ny, nx) or
+    (ny, nx, k)."""
+    squeeze = loc.ndim == 2
+    loc = loc[..., None] if squeeze else loc
     out = loc.copy()
-    ny, nx, _ = loc.shape
+    ny, nx, k = loc.shape
     for i in range(ny):
         for j in range(nx):
-            nb = loc[max(i - 1, 0):i + 2, max(j - 1, 0):j + 2].reshape(-1, 2)
+            nb = loc[max(i - 1, 0):i + 2, max(j - 1, 0):j + 2].reshape(-1, k)
             nb = nb[np.all(np.isfinite(nb), axis=1)]
-            med = np.median(nb, axis=0) if len(nb) else np.zeros(2)
-            if not np.all(np.isfinite(loc[i, j])) or np.abs(loc[i, j] - med).max() > 1.0:
+            med = np.median(nb, axis=0) if len(nb) else np.zeros(k)
+            if not np.all(np.isfinite(loc[i, j])) or np.abs(loc[i, j] - med).max() > tolerance_um:
                 out[i, j] = med
-    return np.nan_to_num(out)
+    out = np.nan_to_num(out)
+    return out[..., 0] if squeeze else out

@@ -175,3 +175,21 @@ def test_experiment_reports_turnover_per_condition(tmp_path):
     mine = turn[(turn["field"] == "m00_1") & (turn["dendrite"] == "all")].iloc[0]
     assert mine["elimination"] == 1.0 and mine["formation"] == pytest.approx(
         day1.sum() / (~day1).sum())
+
+
+def test_a_tilted_field_is_corrected_in_z(timelapse):
+    """The second day's field tilted by 3 um in z across x: block-wise z offsets follow it."""
+    from scipy import ndimage as ndi
+
+    ref = timelapse.sessions[0].stack
+    vz = ref.voxel_size[0]
+    z, y, x = np.meshgrid(*[np.arange(n, dtype=float) for n in ref.data.shape], indexing="ij")
+    tilt = 3.0 / vz * (x / x.max() - 0.5)  # -1.5 to +1.5 um
+    tilted = ndi.map_coordinates(ref.data.astype(np.float32), [z + tilt, y, x], order=1)
+    mov = Stack(tilted, ref.voxel_size)
+    pts = timelapse.sessions[0].spines[["z_um", "y_um", "x_um"]].to_numpy()
+    shift_z = 3.0 * (pts[:, 2] / ref.voxel_size[2] / x.max() - 0.5)
+    in_mov = pts - np.c_[shift_z, np.zeros((len(pts), 2))]
+    err_global = np.abs(register(ref, mov, local=False).transform(in_mov) - pts)[:, 0]
+    err_local = np.abs(register(ref, mov).transform(in_mov) - pts)[:, 0]
+    assert np.median(err_local) < 0.5 < np.median(err_global)
