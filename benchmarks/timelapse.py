@@ -105,7 +105,7 @@ def detected(data: Path, stacks, regs, cache: Path, true_rates):
 
 def synthetic(seeds=(0, 1, 2)):
     from spinecount.detection import detect
-    from spinecount.registration import IDENTITY, register
+    from spinecount.registration import register_sessions
     from spinecount.synthetic import make_timelapse
     from spinecount.timelapse import link, turnover
 
@@ -115,7 +115,7 @@ def synthetic(seeds=(0, 1, 2)):
         tl = make_timelapse(n_sessions=3, formation=0.15, elimination=0.2,
                             shape_um=(16, 60, 60), n_dendrites=3, seed=seed)
         stacks = [s.stack for s in tl.sessions]
-        regs = [IDENTITY] + [register(stacks[0], s) for s in stacks[1:]]
+        regs = register_sessions(stacks)
         err = max(np.abs(r.shift_um + sh).max() for r, sh in zip(regs, tl.shifts_um))
         truth = [s.spines.drop(columns=["track_id"]) for s in tl.sessions]
         for name, tables, cls in (
@@ -142,11 +142,11 @@ def main():
     data = Path(a.data)
     if not a.no_real:
         from spinecount.io import read_stack
-        from spinecount.registration import IDENTITY, register
+        from spinecount.registration import register_sessions
 
         stacks = [read_stack(data / f"rr30a_s{s}.tif") for s in (0, 1)]
         t = time.perf_counter()
-        regs = [IDENTITY, register(stacks[0], stacks[1])]
+        regs = register_sessions(stacks)
         print(f"(registration {time.perf_counter() - t:.1f} s)")
         true_rates = annotated(data, stacks, regs)
         detected(data, stacks, regs, Path(a.cache), true_rates)

@@ -38,6 +38,7 @@ import pandas as pd
 
 from ._version import __version__
 from .params import MIN_LENGTH_UM, DetectionParams
+from .results import RUN_FILE
 
 STACKS_DIR = "stacks"
 QC_FILE = "qc.jpg"
@@ -72,7 +73,7 @@ def cache_key(task: dict) -> str:
 
 
 def _is_cached(folder: Path, key: str) -> bool:
-    run = folder / "run.json"
+    run = folder / RUN_FILE
     if not (run.exists() and (folder / QC_FILE).exists()):
         return False
     try:

@@ -88,12 +88,13 @@ def track_fields(tasks: list[dict], outdir, *, progress: bool = False
 
 def _field_tracks(name: str, ts: list[dict], folder: Path) -> pd.DataFrame:
     from .io import read_stack
-    from .registration import IDENTITY, Registration, register
+    from .registration import Registration, register_sessions
+    from .results import RUN_FILE
     from .review import load_result
     from .timelapse import link, prefer_reviewed, write_tracks
 
     results = [load_result(t["folder"]) for t in ts]
-    run = folder / "run.json"
+    run = folder / RUN_FILE
     hashes = [t["sha256"] for t in ts]
     regs = None
     if run.exists():
@@ -103,7 +104,7 @@ def _field_tracks(name: str, ts: list[dict], folder: Path) -> pd.DataFrame:
     if regs is None:
         stacks = [read_stack(t["file"], channel=t["channel"], voxel_size=t["voxel_size"])
                   for t in ts]
-        regs = [IDENTITY] + [register(stacks[0], s) for s in stacks[1:]]
+        regs = register_sessions(stacks)
     tables = [r[0] for r in results]
     auto = link(tables, registrations=regs, centerlines=[r[2] for r in results])
     tracks, source = prefer_reviewed(auto, folder)

@@ -159,8 +159,8 @@ def register(reference, moving, *, block_um: float = 30.0, max_shift_um: float =
     f = max(1, int(round(0.5 / vy)))
     Bs = ndi.shift(B.astype(np.float32), (0, *shift_yx), order=1)
     a3, b3 = _lateral_bin(A.astype(np.float32), f), _lateral_bin(Bs, f)
-    a3 = a3 - ndi.gaussian_filter(a3, (0, 4 / f / vy * 0.5, 4 / f / vy * 0.5))
-    b3 = b3 - ndi.gaussian_filter(b3, (0, 4 / f / vy * 0.5, 4 / f / vy * 0.5))
+    haze = (0, 2.0 / (f * vy), 2.0 / (f * vy))  # 2 um: what varies more slowly is haze
+    a3, b3 = a3 - ndi.gaussian_filter(a3, haze), b3 - ndi.gaussian_filter(b3, haze)
     dz = _z_offset(a3, b3, int(np.ceil(max_z_shift_um / vz)))
     shift = np.array([dz * vz, shift_yx[0] * vy, shift_yx[1] * vx])
     reg = Registration(shift)
@@ -193,6 +193,12 @@ def register(reference, moving, *, block_um: float = 30.0, max_shift_um: float =
     gy = np.array(ys) * vy + n * vy / 2 - shift[1]
     gx = np.array(xs) * vx + n * vx / 2 - shift[2]
     return Registration(shift, gy, gx, local_um)
+
+
+def register_sessions(stacks, **kw) -> list[Registration]:
+    """Registrations of every session onto the first (the first's is the identity); `kw` go to
+    :func:`register`."""
+    return [IDENTITY] + [register(stacks[0], s, **kw) for s in stacks[1:]]
 
 
 def _robust_fill(loc: np.ndarray, tolerance_um: float) -> np.ndarray:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from .aggregate import MEASURES
+from .results import RUN_FILE
 
 _CSS = """
 body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
@@ -37,7 +38,7 @@ def methods_text(res: dict, info: dict) -> str:
     """The methods paragraph: version, parameters, voxel sizes and n."""
     voxel = set()
     for t in res["tasks"]:
-        run = Path(t["folder"]) / "run.json"
+        run = Path(t["folder"]) / RUN_FILE
         if run.exists():
             voxel.add(tuple(json.loads(run.read_text())["voxel_size_um"]))
     vs = "; ".join(f"{z:g} x {y:g} x {x:g}" for z, y, x in sorted(voxel)) or "n/a"

@@ -39,11 +39,13 @@ still present at session k >= 1 (``survival_new``).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from .results import RUN_FILE
 from .tables import BASE, POSITION
 
 FATES = ("stable", "formed", "eliminated", "transient")
@@ -271,11 +273,12 @@ def survival(tracks: pd.DataFrame) -> pd.DataFrame:
     new = (present[sessions[1]] - first) if len(sessions) > 1 else set()
     rows = []
     for s in sessions:
+        later = s > sessions[0]
         rows.append({"session": int(s), "n_first": len(first),
                      "survival_first": len(first & present[s]) / len(first) if first else np.nan,
-                     "n_new": len(new) if s >= sessions[min(1, len(sessions) - 1)] else 0,
+                     "n_new": len(new) if later else 0,
                      "survival_new": (len(new & present[s]) / len(new)
-                                      if new and s >= sessions[1] else np.nan)})
+                                      if new and later else np.nan)})
     return pd.DataFrame(rows)
 
 
@@ -341,9 +344,9 @@ def track(tables: list[pd.DataFrame], *, stacks=None, centerlines=None,
     Rejected spines of reviewed tables take no part (their rows keep their numbers).
     Returns the tracks (see :func:`link`) and the registrations onto the first session.
     """
-    from .registration import IDENTITY, register
+    from .registration import IDENTITY, register_sessions
 
-    regs = [IDENTITY] + [register(stacks[0], s) for s in stacks[1:]] if stacks else None
+    regs = register_sessions(stacks) if stacks else None
     keep = [np.flatnonzero(t["status"].astype(str).to_numpy() != "rejected")
             if "status" in t else np.arange(len(t)) for t in tables]
     kept = [t.iloc[k].reset_index(drop=True) for t, k in zip(tables, keep)]
@@ -361,28 +364,22 @@ def write_tracks(outdir, tracks: pd.DataFrame, registrations, info: dict, *,
     `info` should hold ``inputs``: per session the stack's ``path``, ``channel`` and
     ``voxel_size_um`` (what the napari plugin needs to show the sessions).
     """
-    used = tracks if used is None else used
-    import json
-
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"tracks": out / TRACKS_FILE, "turnover": out / "turnover.csv",
-             "survival": out / "survival.csv", "run": out / "run.json"}
+    paths = {"tracks": out / TRACKS_FILE, "run": out / RUN_FILE,
+             **_write_turnover(out, tracks if used is None else used)}
     tracks.to_csv(paths["tracks"], index=False)
-    turnover(used).to_csv(paths["turnover"], index=False)
-    survival(used).to_csv(paths["survival"], index=False)
     info = {**info, "registrations": [r.to_dict() for r in registrations]}
     paths["run"].write_text(json.dumps(info, indent=2, default=str))
     return paths
 
 
-def load_tracks(folder) -> tuple[pd.DataFrame, str]:
-    """The tracks of a tracking folder and their source: ``reviewed`` links where a reviewer
-    saved some, else ``automatic``."""
-    reviewed = Path(folder) / REVIEWED_TRACKS_FILE
-    if reviewed.exists():
-        return pd.read_csv(reviewed), "reviewed"
-    return pd.read_csv(Path(folder) / TRACKS_FILE), "automatic"
+def _write_turnover(folder: Path, tracks: pd.DataFrame) -> dict:
+    """turnover.csv and survival.csv of `tracks` in `folder`; returns their paths."""
+    paths = {"turnover": folder / "turnover.csv", "survival": folder / "survival.csv"}
+    turnover(tracks).to_csv(paths["turnover"], index=False)
+    survival(tracks).to_csv(paths["survival"], index=False)
+    return paths
 
 
 def prefer_reviewed(tracks: pd.DataFrame, folder) -> tuple[pd.DataFrame, str]:
@@ -412,6 +409,5 @@ def save_reviewed_tracks(folder, tracks: pd.DataFrame) -> Path:
     tmp = path.with_name(f".{path.name}.tmp")
     tracks.to_csv(tmp, index=False)
     os.replace(tmp, path)
-    turnover(tracks).to_csv(folder / "turnover.csv", index=False)
-    survival(tracks).to_csv(folder / "survival.csv", index=False)
+    _write_turnover(folder, tracks)
     return path
