@@ -290,9 +290,6 @@ def _to_zcyx(arr: np.ndarray, axes: str, path, timepoint):
     return np.transpose(arr, order)
 
 
-_ALL = object()  # read_channels' marker for every channel
-
-
 def read_stack(path, *, channel: int | None = None, voxel_size=None, timepoint: int | None = None
                ) -> Stack:
     """Read a two-photon stack from a TIFF file.
@@ -332,9 +329,37 @@ def read_stack(path, *, channel: int | None = None, voxel_size=None, timepoint: 
     >>> s.data.shape, s.voxel_size
     ((2, 3, 4), (1.0, 0.12, 0.12))
     """
+    path = Path(path)
+    zcyx, file_vs, voxel_size, meta = _read_zcyx(path, voxel_size, timepoint)
+    n_chan = zcyx.shape[1]
+    if n_chan > 1 and channel is None:
+        raise InputError(f"file has {n_chan} channels", path=path,
+                         hint=f"choose the cell-fill channel with --channel (0 to {n_chan - 1})")
+    c = 0 if channel is None else int(channel)
+    if not 0 <= c < n_chan:
+        raise InputError(f"channel {c} does not exist (file has {n_chan} channel"
+                         f"{'s' if n_chan > 1 else ''}: 0 to {n_chan - 1})", path=path,
+                         hint="choose an existing channel with --channel")
+    return _channel_stack(zcyx, c, file_vs, voxel_size, path, meta)
+
+
+def read_channels(path, *, voxel_size=None, timepoint: int | None = None) -> list[Stack]:
+    """Every channel of a TIFF file as a :class:`Stack` (the file is read once).
+
+    Takes the arguments of :func:`read_stack` except `channel`, and raises its errors.
+    """
+    path = Path(path)
+    zcyx, file_vs, voxel_size, meta = _read_zcyx(path, voxel_size, timepoint)
+    return [_channel_stack(zcyx, c, file_vs, voxel_size, path, meta)
+            for c in range(zcyx.shape[1])]
+
+
+def _read_zcyx(path: Path, voxel_size, timepoint):
+    """Read a TIFF as a (z, c, y, x) array, with the voxel size in its metadata (None where it
+    says nothing), the checked `voxel_size` given by the caller, and how it was read (format,
+    pages, ScanImage details); every problem as one InputError."""
     import tifffile
 
-    path = Path(path)
     if voxel_size is not None:
         voxel_size = check_voxel_size(voxel_size, path=path)
     if not path.exists():
@@ -388,29 +413,7 @@ def read_stack(path, *, channel: int | None = None, voxel_size=None, timepoint: 
     if zcyx.size == 0:
         raise InputError("stack is empty (no pixels)", path=path)
 
-    n_chan = zcyx.shape[1]
-    if channel is _ALL:
-        return [_channel_stack(zcyx, c, file_vs, voxel_size, path,
-                               {"format": fmt, "n_pages": n_pages, **extra})
-                for c in range(n_chan)]
-    if n_chan > 1 and channel is None:
-        raise InputError(f"file has {n_chan} channels", path=path,
-                         hint=f"choose the cell-fill channel with --channel (0 to {n_chan - 1})")
-    c = 0 if channel is None else int(channel)
-    if not 0 <= c < n_chan:
-        raise InputError(f"channel {c} does not exist (file has {n_chan} channel"
-                         f"{'s' if n_chan > 1 else ''}: 0 to {n_chan - 1})", path=path,
-                         hint="choose an existing channel with --channel")
-    return _channel_stack(zcyx, c, file_vs, voxel_size, path,
-                          {"format": fmt, "n_pages": n_pages, **extra})
-
-
-def read_channels(path, *, voxel_size=None, timepoint: int | None = None) -> list[Stack]:
-    """Every channel of a TIFF file as a :class:`Stack` (the file is read once).
-
-    Takes the arguments of :func:`read_stack` except `channel`, and raises its errors.
-    """
-    return read_stack(path, channel=_ALL, voxel_size=voxel_size, timepoint=timepoint)
+    return zcyx, file_vs, voxel_size, {"format": fmt, "n_pages": n_pages, **extra}
 
 
 def _channel_stack(zcyx, c, file_vs, voxel_size, path, meta) -> Stack:
@@ -445,9 +448,8 @@ def _channel_stack(zcyx, c, file_vs, voxel_size, path, meta) -> Stack:
         voxel_size=vs,
         channel=c if n_chan > 1 else None,
         path=str(path),
-        metadata={"format": meta["format"], "voxel_size_source": source, "n_channels": n_chan,
-                  "n_pages": meta["n_pages"], "dtype": str(data.dtype),
-                  **{k: v for k, v in meta.items() if k not in ("format", "n_pages")}},
+        metadata={**meta, "voxel_size_source": source, "n_channels": n_chan,
+                  "dtype": str(data.dtype)},
     )
 
 
