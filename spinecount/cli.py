@@ -45,7 +45,7 @@ def _cmd_track(args) -> int:
 
     from .errors import InputError
     from .io import read_stack
-    from .results import CENTERLINES_FILE, provenance
+    from .results import CENTERLINES_FILE, input_info
     from .tables import read_centerlines, read_spines
     from .timelapse import prefer_reviewed, track, write_tracks
 
@@ -55,14 +55,8 @@ def _cmd_track(args) -> int:
     for opt, given in (("--stacks", args.stacks), ("--centerlines", args.centerlines)):
         if given and len(given) != n:
             raise InputError(f"{opt} needs one file per spine table ({n}), got {len(given)}")
-    tables, segments = [], []
-    for path in args.spines:
-        t = read_spines(path)
-        raw = pd.read_csv(path)
-        if "status" in raw:
-            t["status"] = raw["status"].to_numpy()
-        tables.append(t)
-        segments.append("segment_id" in raw)
+    tables = [read_spines(path) for path in args.spines]  # reviewed ones keep `status`
+    segments = ["segment_id" in pd.read_csv(path, nrows=0).columns for path in args.spines]
     if args.centerlines:
         cls = [read_centerlines(c) for c in args.centerlines]
     else:  # a result folder's spines come with its centre lines
@@ -78,7 +72,7 @@ def _cmd_track(args) -> int:
             "links": source,
             "gate_um": args.gate, "centerlines": "given" if args.centerlines else (
                 "beside the spine tables" if cls else "none"),
-            "inputs": [{**provenance(s, _NoParams())["input"], "voxel_size_um": s.voxel_size}
+            "inputs": [{**input_info(s), "voxel_size_um": s.voxel_size}
                        for s in stacks] if stacks else [],
             "spinecount_version": __version__}
     paths = write_tracks(args.output, auto, regs, info, used=tracks)
@@ -91,14 +85,6 @@ def _cmd_track(args) -> int:
               f"{', '.join(f'{v:+.2f}' for v in r.shift_um)} um")
     print(f"tracks: {paths['tracks']}")
     return 0
-
-
-class _NoParams:
-    """Stands in for detection parameters in the provenance of a tracking run."""
-
-    @staticmethod
-    def to_dict():
-        return {}
 
 
 def _cmd_synth(args) -> int:

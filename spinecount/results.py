@@ -20,26 +20,32 @@ RUN_FILE = "run.json"
 REVIEWED_SPINES_FILE = "spines_reviewed.csv"
 
 
+def input_info(stack, sha256: str | None = None) -> dict:
+    """The input file of a stack: path, SHA-256 (`sha256` where the caller already has it,
+    else computed), shape, dtype and channel."""
+    from .io import file_sha256
+
+    if sha256 is None and stack.path and Path(stack.path).exists():
+        sha256 = file_sha256(stack.path)
+    return {
+        "path": None if stack.path is None else str(Path(stack.path).resolve()),
+        "sha256": sha256,
+        "shape_zyx": list(stack.data.shape),
+        "dtype": str(stack.data.dtype),
+        "channel": stack.channel,
+    }
+
+
 def provenance(stack, params, *, wall_time_s: float | None = None, extra: dict | None = None,
                sha256: str | None = None) -> dict:
     """What a result needs to be reproduced: version, parameters, input file and its hash.
 
     `sha256` is the input file's hash where the caller already has it (else it is computed).
     """
-    from .io import file_sha256
-
-    if sha256 is None and stack.path and Path(stack.path).exists():
-        sha256 = file_sha256(stack.path)
     info = {
         "spinecount_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "input": {
-            "path": None if stack.path is None else str(Path(stack.path).resolve()),
-            "sha256": sha256,
-            "shape_zyx": list(stack.data.shape),
-            "dtype": str(stack.data.dtype),
-            "channel": stack.channel,
-        },
+        "input": input_info(stack, sha256),
         "voxel_size_um": list(stack.voxel_size),
         "voxel_size_source": stack.metadata.get("voxel_size_source"),
         "parameters": params.to_dict(),
@@ -48,6 +54,14 @@ def provenance(stack, params, *, wall_time_s: float | None = None, extra: dict |
     }
     info.update(extra or {})
     return info
+
+
+def detection_info(stack, det, params, *, wall_time_s: float, command: str,
+                   sha256: str | None = None, extra: dict | None = None) -> dict:
+    """``run.json`` of a detection: its provenance, the command, time per stage and counts."""
+    return provenance(stack, params, wall_time_s=round(wall_time_s, 3), sha256=sha256, extra={
+        "command": command, "timings_s": det.timings, "n_spines": len(det.spines),
+        "n_dendrites": len(det.dendrites), **(extra or {})})
 
 
 def write_result(outdir, detection, run_info: dict) -> dict[str, Path]:
@@ -90,9 +104,8 @@ def detect_to_folder(path, outdir, params, *, command: str, channel=None, voxel_
     det = detect(stack, params=params, traces=read_traces(traces) if traces else None,
                  progress=progress)
     wall = time.perf_counter() - t0
-    info = provenance(stack, params, wall_time_s=round(wall, 3), sha256=sha256, extra={
-        "command": command, "timings_s": det.timings,
-        "traces": str(Path(traces).resolve()) if traces else "automatic",
-        "n_spines": len(det.spines), "n_dendrites": len(det.dendrites), **(extra or {})})
+    info = detection_info(stack, det, params, wall_time_s=wall, command=command, sha256=sha256,
+                          extra={"traces": str(Path(traces).resolve()) if traces else "automatic",
+                                 **(extra or {})})
     write_result(outdir, det, info)
     return stack, det, wall

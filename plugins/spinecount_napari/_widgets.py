@@ -107,7 +107,7 @@ class DetectWidget(Container):
 
         from spinecount.detection import STAGES, detect_steps
         from spinecount.io import Stack
-        from spinecount.results import provenance, write_result
+        from spinecount.results import detection_info, write_result
 
         layer = self._image.value
         if layer is None:
@@ -137,10 +137,9 @@ class DetectWidget(Container):
             t0 = time.perf_counter()
             det = yield from detect_steps(stack, params=params)
             yield "saving"
-            write_result(folder, det, provenance(
-                stack, params, wall_time_s=round(time.perf_counter() - t0, 3),
-                extra={"command": "napari", "stack": name, "timings_s": det.timings,
-                       "n_spines": len(det.spines), "n_dendrites": len(det.dendrites)}))
+            write_result(folder, det, detection_info(
+                stack, det, params, wall_time_s=time.perf_counter() - t0, command="napari",
+                extra={"stack": name}))
             return folder
 
         self._progress.max = len(STAGES) + 1
