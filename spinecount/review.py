@@ -90,13 +90,18 @@ def load_result(result_dir) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, s
     d = Path(result_dir)
     centerlines = read_centerlines(d / CENTERLINES_FILE)
     auto = pd.read_csv(d / DENDRITES_FILE)
-    reviewed = d / REVIEWED_SPINES_FILE
-    if reviewed.exists():
-        spines = counted(_attach_unknown(conform_spines(pd.read_csv(reviewed)), centerlines))
-        source = "reviewed"
-    else:
-        spines, source = read_spines(d / SPINES_FILE), "automatic"
+    spines, source = _spines(d, centerlines)
+    spines = counted(spines)
     return spines, _dendrites(centerlines, spines, auto), centerlines, source
+
+
+def _spines(folder: Path, centerlines: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """The reviewed table of a result folder (every row, each on a known dendrite) and
+    ``"reviewed"`` where there is one, else the automatic table and ``"automatic"``."""
+    reviewed = folder / REVIEWED_SPINES_FILE
+    if reviewed.exists():
+        return _attach_unknown(conform_spines(pd.read_csv(reviewed)), centerlines), "reviewed"
+    return read_spines(folder / SPINES_FILE), "automatic"
 
 
 def _dendrites(centerlines, spines, auto) -> pd.DataFrame:
@@ -160,11 +165,7 @@ class ReviewSession:
         self._auto_dendrites = pd.read_csv(self.folder / DENDRITES_FILE)
         self.radius = {int(k): v / 2 for k, v in zip(self._auto_dendrites["dendrite_id"],
                                                       self._auto_dendrites["diameter_um"])}
-        path = self.folder / REVIEWED_SPINES_FILE
-        if path.exists():
-            spines = _attach_unknown(conform_spines(pd.read_csv(path)), self.centerlines)
-        else:
-            spines = read_spines(self.folder / SPINES_FILE)
+        spines, _ = _spines(self.folder, self.centerlines)
         for col, default in (("status", "detected"), ("reviewer", ""), ("reviewed_at", "")):
             if col not in spines:
                 spines[col] = default
@@ -172,11 +173,6 @@ class ReviewSession:
         self.spines = spines
         run = self.folder / RUN_FILE
         self.run_info = json.loads(run.read_text()) if run.exists() else {}
-
-    @property
-    def path(self) -> Path:
-        """Where the reviewed table is written."""
-        return self.folder / REVIEWED_SPINES_FILE
 
     def counted(self) -> pd.DataFrame:
         """The spines that count (every status but ``rejected``)."""
