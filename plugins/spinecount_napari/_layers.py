@@ -21,7 +21,7 @@ FEATURES = ["spine_id", "dendrite_id", "type", "score", "status"]
 #: Features of a point added by hand (spine_id -1 until the review session numbers it).
 FEATURE_DEFAULTS = {"spine_id": -1, "dendrite_id": -1, "type": "unknown", "score": 1.0,
                     "status": "added"}
-#: Drawn size (um) of spines without a measured head (added by hand).
+#: Drawn size (um) of a spine without a measured head (added by hand; time-lapse markers).
 DEFAULT_SIZE_UM = 0.8
 RESULT_KEY = "spinecount_result"
 
@@ -49,7 +49,7 @@ def spine_points(spines: pd.DataFrame, voxel_size) -> dict:
             else np.full(len(spines), np.nan))
     size = np.where(np.isfinite(head), np.maximum(head, 0.3), DEFAULT_SIZE_UM) / vs[1]
     return {
-        "data": data, "features": feats.reset_index(drop=True), "size": size,
+        "data": data, "features": feats, "size": size,
         "face_color": [TYPE_COLORS.get(t, "#FFFFFF") for t in feats["type"].astype(str)],
         "border_color": [STATUS_COLORS.get(s, "#7F7F7F") for s in feats["status"]],
     }
@@ -106,11 +106,16 @@ def _flat_pieces(path: np.ndarray) -> list[np.ndarray]:
     return pieces
 
 
+def contrast_limits(data: np.ndarray) -> tuple[float, float]:
+    """Display range of an image: 0.5th to 99.8th percentile."""
+    lo, hi = np.percentile(data, (0.5, 99.8))
+    return float(lo), float(max(hi, lo + 1))
+
+
 def image_layer(stack, *, name: str) -> tuple:
     """LayerDataTuple of a stack with its voxel size as scale."""
-    lo, hi = np.percentile(stack.data, (0.5, 99.8))
     return stack.data, {"name": name, "scale": tuple(stack.voxel_size), "colormap": "gray",
-                        "contrast_limits": (float(lo), float(max(hi, lo + 1))),
+                        "contrast_limits": contrast_limits(stack.data),
                         "metadata": {"spinecount_path": stack.path,
                                      "spinecount_channel": stack.channel}}, "image"
 

@@ -97,8 +97,10 @@ def _dock_review() -> None:
     try:
         import napari
 
+        from ._widgets import review_widget
+
         viewer = napari.current_viewer()
         if viewer is not None:
-            viewer.window.add_plugin_dock_widget("spinecount", "Review spines")
+            review_widget(viewer)
     except Exception:  # no window (headless scripts): reading still works
         pass

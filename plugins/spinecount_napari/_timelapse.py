@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from magicgui.widgets import Container, FileEdit, Label, PushButton
 
+REF = ["ref_z_um", "ref_y_um", "ref_x_um"]  # positions in the first session's frame
 FATE_COLORS = {"stable": "#FFFFFF", "formed": "#009E73", "eliminated": "#D55E00",
                "transient": "#F0E442"}
 
@@ -39,8 +40,11 @@ def timelapse_layers(folder, tracks: pd.DataFrame) -> list[tuple]:
     """LayerDataTuples of a tracking folder: sessions (t, z, y, x), spines and links."""
     from spinecount.io import read_stack
     from spinecount.registration import Registration
+    from spinecount.results import RUN_FILE
 
-    info = json.loads((Path(folder) / "run.json").read_text())
+    from ._layers import DEFAULT_SIZE_UM, contrast_limits
+
+    info = json.loads((Path(folder) / RUN_FILE).read_text())
     regs = [Registration.from_dict(r) for r in info["registrations"]]
     inputs = info.get("inputs") or []
     name = info.get("field") or Path(folder).name
@@ -52,22 +56,20 @@ def timelapse_layers(folder, tracks: pd.DataFrame) -> list[tuple]:
         shape = stacks[0].data.shape
         movie = np.stack([_placed(s.data, r.shift_um / vs, shape)
                           for s, r in zip(stacks, regs)])
-        lo, hi = np.percentile(movie[0], (0.5, 99.8))
         layers.append((movie, {"name": f"{name} sessions", "scale": (1, *vs),
-                               "colormap": "gray",
-                               "contrast_limits": (float(lo), float(max(hi, lo + 1)))},
+                               "colormap": "gray", "contrast_limits": contrast_limits(movie[0])},
                        "image"))
-    ref = tracks[["ref_z_um", "ref_y_um", "ref_x_um"]].to_numpy(float) / vs
-    pts = np.column_stack([tracks["session"].to_numpy(float), ref])
+    pts = np.column_stack([tracks["session"].to_numpy(float), tracks[REF].to_numpy(float) / vs])
     feats = tracks[["session", "row", "track_id", "fate"]].reset_index(drop=True)
     layers.append((pts, {"name": f"{name} spines over time", "scale": (1, *vs),
-                         "features": feats, "size": 0.8 / vs[1], "face_color": "transparent",
+                         "features": feats, "size": DEFAULT_SIZE_UM / vs[1],
+                         "face_color": "transparent",
                          "border_color": [FATE_COLORS.get(f, "#FFFFFF") for f in feats["fate"]],
                          "border_width": 0.2}, "points"))
     linked = tracks[tracks.groupby("track_id")["track_id"].transform("size") > 1]
     order = linked.sort_values(["track_id", "session"])
     tdata = np.column_stack([order["track_id"], order["session"],
-                             order[["ref_z_um", "ref_y_um", "ref_x_um"]].to_numpy(float) / vs])
+                             order[REF].to_numpy(float) / vs])
     if len(tdata):
         layers.append((tdata, {"name": f"{name} links", "scale": (1, *vs), "tail_length": 5,
                                "head_length": 0, "tail_width": 3}, "tracks"))

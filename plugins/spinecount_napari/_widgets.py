@@ -36,8 +36,9 @@ def add_layers(viewer, layers: list[tuple]) -> list:
     return [getattr(viewer, f"add_{kind}")(data, **kw) for data, kw, kind in layers]
 
 
-def _review_widget(viewer):
-    """The viewer's "Review spines" widget, docked if it is not yet."""
+def review_widget(viewer):
+    """The viewer's "Review spines" widget, docked if it is not yet (edits of the spines layers
+    are saved only while it is there)."""
     _, widget = viewer.window.add_plugin_dock_widget("spinecount", "Review spines")
     return widget
 
@@ -65,7 +66,8 @@ class DetectWidget(Container):
         self._progress = ProgressBar(min=0, max=5, value=0, label="progress")
         self._status = Label(value="")
         self.extend([self._image, self._channel, *self._voxel, self._more,
-                     *self._params.values(), self._output, self._run, self._cancel, self._progress, self._status])
+                     *self._params.values(), self._output, self._run, self._cancel,
+                     self._progress, self._status])
         self._image.changed.connect(self._on_image)
         self._more.changed.connect(self._show_params)
         self._show_params(False)
@@ -177,7 +179,7 @@ class DetectWidget(Container):
         add_layers(self.viewer, result_layers(session, name=name))
         n, length = len(session.spines), session.summary()["length_um"].sum()
         self._status.value = f"{n} spines on {length:.0f} um of dendrite; saved in {folder}"
-        _review_widget(self.viewer)
+        review_widget(self.viewer)
 
 
 class _Binding:
@@ -343,10 +345,6 @@ class ReviewWidget(Container):
                              "index": [f"dendrite {d}" for d in summ["dendrite_id"]] + ["all"]}
         self._layer_label.value = f"{binding.layer.name}: {n} spines"
 
-    def summary(self):
-        """Per-dendrite table of the current layer (what the live table shows)."""
-        return self.current.session.summary() if self.current else None
-
     # -- edits on the selected spines (or the spine under review)
     def _targets(self) -> list[int]:
         if self.current is None:
@@ -363,16 +361,16 @@ class ReviewWidget(Container):
             self._redraw()
 
     def accept(self):
-        ids = self._targets()
-        if ids:
-            self.current.session.accept(ids)
-            self._redraw()
-        self.next()
+        self._judge("accept")
 
     def reject(self):
+        self._judge("reject")
+
+    def _judge(self, verdict: str):
+        """Accept or reject the selected spines (or the one under review), then go on."""
         ids = self._targets()
         if ids:
-            self.current.session.reject(ids)
+            getattr(self.current.session, verdict)(ids)
             self._redraw()
         self.next()
 
@@ -383,9 +381,8 @@ class ReviewWidget(Container):
             getattr(self, action)()
 
     def _redraw(self):
-        pos = self._pos
         self.current.refresh()
-        if 0 <= pos < len(self._order):
+        if 0 <= self._pos < len(self._order):
             self._show()
 
     # -- review mode
@@ -399,13 +396,14 @@ class ReviewWidget(Container):
         self._show()
 
     def next(self):
-        if self._order:
-            self._pos = min(self._pos + 1, len(self._order) - 1)
-            self._show()
+        self._step(1)
 
     def previous(self):
+        self._step(-1)
+
+    def _step(self, by: int):
         if self._order:
-            self._pos = max(self._pos - 1, 0)
+            self._pos = int(np.clip(self._pos + by, 0, len(self._order) - 1))
             self._show()
 
     def _show(self):
