@@ -12,6 +12,7 @@ can be scored against them with :func:`spinecount.evaluate.evaluate`.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -367,19 +368,27 @@ def make_stack(*, shape_um=(16.0, 40.0, 40.0), voxel_size=(1.0, 0.12, 0.12),
     """
     params = {k: v for k, v in locals().items() if k != "rng"}
     rng = np.random.default_rng(seed)
-    voxel_size = check_voxel_size(voxel_size)
-    shape = tuple(max(int(round(e / v)), 1) for e, v in zip(shape_um, voxel_size))
-    shape_um = tuple(n * v for n, v in zip(shape, voxel_size))
+    voxel_size, shape, shape_um = _grid(shape_um, voxel_size)
     fractions = type_fractions or DEFAULT_TYPE_FRACTIONS
 
     segments, spine_rows, planted = _geometry(
         rng, shape_um, n_dendrites, branch_probability, spine_density, density_cv, fractions,
         max_elevation_deg)
-    data = _render(rng, segments, spine_rows, shape, voxel_size, psf_sigma_um=psf_sigma_um,
-                   peak_photons=peak_photons, background_photons=background_photons,
-                   read_noise=read_noise, haze=haze, puncta_per_1000um3=puncta_per_1000um3,
-                   depth_attenuation_um=depth_attenuation_um, dtype=dtype)
+    data = _render(rng, segments, spine_rows, shape, voxel_size,
+                   **{k: params[k] for k in _RENDER_ARGS})
     return _assemble(data, voxel_size, segments, spine_rows, planted, params, seed)
+
+
+#: make_stack's arguments that describe the microscope rather than the tissue (for _render).
+_RENDER_ARGS = ("psf_sigma_um", "peak_photons", "background_photons", "read_noise", "haze",
+                "puncta_per_1000um3", "depth_attenuation_um", "dtype")
+
+
+def _grid(shape_um, voxel_size):
+    """Checked voxel size, the stack's shape in voxels, and its size in um (whole voxels)."""
+    voxel_size = check_voxel_size(voxel_size)
+    shape = tuple(max(int(round(e / v)), 1) for e, v in zip(shape_um, voxel_size))
+    return voxel_size, shape, tuple(n * v for n, v in zip(shape, voxel_size))
 
 
 def _geometry(rng, shape_um, n_dendrites, branch_probability, spine_density, density_cv,
@@ -475,13 +484,10 @@ def make_timelapse(*, n_sessions: int = 3, formation: float = 0.15, elimination:
     >>> int(tl.planted.n_eliminated[0]) == len(a) - kept
     True
     """
-    defaults = {k: v.default for k, v in __import__("inspect").signature(
-        make_stack).parameters.items()}
+    defaults = {k: v.default for k, v in inspect.signature(make_stack).parameters.items()}
     kw = {**defaults, **stack_kw, "seed": seed}
     rng = np.random.default_rng(seed)
-    voxel_size = check_voxel_size(kw["voxel_size"])
-    shape = tuple(max(int(round(e / v)), 1) for e, v in zip(kw["shape_um"], voxel_size))
-    shape_um = tuple(n * v for n, v in zip(shape, voxel_size))
+    voxel_size, shape, shape_um = _grid(kw["shape_um"], kw["voxel_size"])
     fractions = kw["type_fractions"] or DEFAULT_TYPE_FRACTIONS
     segments, rows, planted_density = _geometry(
         rng, shape_um, kw["n_dendrites"], kw["branch_probability"], kw["spine_density"],
@@ -490,9 +496,7 @@ def make_timelapse(*, n_sessions: int = 3, formation: float = 0.15, elimination:
         r["track_id"] = i
     next_id = len(rows)
     present, sessions, shifts, planted = rows, [], [], []
-    render_kw = {k: kw[k] for k in ("psf_sigma_um", "peak_photons", "background_photons",
-                                    "read_noise", "haze", "puncta_per_1000um3",
-                                    "depth_attenuation_um", "dtype")}
+    render_kw = {k: kw[k] for k in _RENDER_ARGS}
     for s in range(n_sessions):
         if s:
             n = len(present)
