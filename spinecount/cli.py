@@ -201,9 +201,8 @@ def _cmd_run(args) -> int:
     n = len(res.failures)
     print(f"{res.n_computed} stacks analysed, {res.n_cached} reused from an earlier run, "
           f"{n} failed" + (f" (see {res.outdir / 'failures.csv'})" if n else ""))
-    fields = sorted((res.outdir / "timelapse").glob("*/tracks.csv"))
-    if fields:
-        print(f"time-lapse: {len(fields)} field(s) tracked over sessions "
+    if len(res.turnover):
+        print(f"time-lapse: {res.turnover['field'].nunique()} field(s) tracked over sessions "
               f"(see {res.outdir / 'turnover.csv'})")
     print(f"report: {res.report}")
     return 0 if res.ok else 1

@@ -59,6 +59,7 @@ class ExperimentResult:
     report: Path
     n_computed: int
     n_cached: int
+    turnover: pd.DataFrame  # time-lapse fields only (empty otherwise)
 
     @property
     def ok(self) -> bool:
@@ -242,7 +243,7 @@ def run_experiment(manifest, outdir, *, params: DetectionParams | None = None,
     report = write_report(outdir, res, info)
     return ExperimentResult(outdir, res["spines"], res["dendrites"], res["animals"],
                             res["conditions"], res["stats"], failures, report,
-                            info["n_computed"], info["n_cached"])
+                            info["n_computed"], info["n_cached"], res["turnover"])
 
 
 def _aggregate(tasks, meta, outdir: Path, failures, *, reference, min_length_um,
