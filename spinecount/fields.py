@@ -70,7 +70,7 @@ def track_fields(tasks: list[dict], outdir, *, progress: bool = False
     for name, ts in tqdm(groups.items(), desc="time-lapse fields", disable=not progress):
         tracks = _field_tracks(name, ts, Path(outdir) / TIMELAPSE_DIR / name)
         meta = {k: v for k, v in ts[0]["row"].items() if k != "session"}
-        labels = [ts[s]["row"]["session"] for s in range(len(ts))]
+        labels = [t["row"]["session"] for t in ts]
         t = turnover(tracks)
         s = survival(tracks)
         for df in (t, s):
