@@ -154,7 +154,7 @@ def _cmd_demo(args) -> int:
     manifest = out / "data" / "manifest.csv"
     if not manifest.exists():
         print(f"writing a synthetic experiment to {manifest.parent} ...")
-        make_experiment(manifest.parent)
+        make_experiment(manifest.parent, workers=args.workers)
     res = run_experiment(manifest, out / "results", workers=args.workers,
                          progress=not args.quiet)
     planted = pd.read_csv(manifest).groupby("condition")["planted_density_per_um"].mean()

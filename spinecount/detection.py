@@ -7,7 +7,9 @@ The method, in order (all distances in micrometres, converted with the stack's v
 2. **Background and noise** are estimated per slice (median and scaled median absolute
    deviation), so depth dimming does not bias thresholds.
 3. **Dendrites.** The image smoothed by ``dendrite_smoothing_um`` is thresholded at
-   ``dendrite_threshold`` noise SDs above background; parts thicker than
+   ``dendrite_threshold`` noise SDs above background or, where higher, at ``otsu_fraction`` of
+   Otsu's threshold of the smoothed stack (in vivo, dim neuropil and out-of-focus processes lie
+   many noise SDs above the background; Otsu's split puts them with the background); parts thicker than
    ``max_dendrite_radius_um`` (soma, blobs) are removed. The mask is skeletonised in 3D and turned
    into a graph with skan; tip branches shorter than ``max_spine_length_um`` (spines) are pruned
    repeatedly and isolated pieces shorter than ``min_dendrite_length_um`` dropped. Each remaining
@@ -108,13 +110,25 @@ def _branch_ends(summ):
     return src, dst, np.bincount(np.concatenate([src, dst]))
 
 
+def _dendrite_mask(zs: np.ndarray, p: DetectionParams) -> np.ndarray:
+    """Voxels above ``dendrite_threshold`` noise SDs and above ``otsu_fraction`` of Otsu's
+    threshold of `zs` (sampled every other voxel laterally)."""
+    from skimage.filters import threshold_otsu
+
+    sample = zs[:, ::2, ::2]
+    if p.otsu_fraction <= 0 or sample.min() == sample.max():
+        return zs > p.dendrite_threshold
+    high = max(p.dendrite_threshold, p.otsu_fraction * float(threshold_otsu(sample)))
+    return zs > high
+
+
 def _trace_dendrites(zs: np.ndarray, vs, p: DetectionParams):
     """Centre lines (list of (n,3) um arrays) and the mask, from a z-scored smoothed image."""
     from scipy import ndimage as ndi
     from skimage.morphology import skeletonize
     import skan
 
-    mask = zs > p.dendrite_threshold
+    mask = _dendrite_mask(zs, p)
     # Soma and blobs: remove voxels deep inside thick structures, and their surroundings.
     edt = ndi.distance_transform_edt(mask, sampling=vs)
     thick = edt > p.max_dendrite_radius_um
@@ -387,7 +401,7 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
     else:
         paths = [g[POSITION].to_numpy(float) - offset
                  for _, g in traces.groupby("dendrite_id", sort=True)]
-        mask = zs > p.dendrite_threshold
+        mask = _dendrite_mask(zs, p)
     smooth_paths = [smooth_polyline(q, p.length_smoothing_um) for q in paths]
     t = lap("dendrites", t)
     yield "dendrites"

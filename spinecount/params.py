@@ -34,7 +34,11 @@ class DetectionParams:
 
     working_pixel_um: float = _p(0.24, "lateral pixel size at which dendrites are traced")
     dendrite_threshold: float = _p(
-        5.0, "dendrite mask: smoothed intensity above background, in noise standard deviations")
+        5.0, "dendrite mask: smoothed intensity above background, in noise standard deviations "
+             "(at least; see otsu_fraction)")
+    otsu_fraction: float = _p(
+        0.75, "the dendrite mask threshold is at least this fraction of Otsu's threshold of the "
+             "smoothed stack, which separates dendrites from dim neuropil (0 turns it off)")
     dendrite_smoothing_um: float = _p(0.4, "Gaussian smoothing before the dendrite mask")
     min_dendrite_length_um: float = _p(6.0, "shorter isolated skeletons are not dendrites")
     max_spine_length_um: float = _p(

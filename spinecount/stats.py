@@ -73,6 +73,25 @@ def _fit(df: pd.DataFrame, order: list[str]):
             "OLS on animal means")
 
 
+def holm(p_values) -> np.ndarray:
+    """Holm's step-down adjusted p-values (Holm 1979), in the order given.
+
+    The same numbers as ``statsmodels.stats.multitest.multipletests(p, method="holm")[1]``,
+    which runs a full garbage collection on every call (about 0.1 s in a large process).
+
+    Examples
+    --------
+    >>> holm([0.01, 0.04, 0.03]).round(3).tolist()
+    [0.03, 0.06, 0.06]
+    """
+    p = np.asarray(p_values, dtype=float)
+    order = np.argsort(p)
+    steps = np.maximum.accumulate(p[order] * np.arange(len(p), 0, -1))
+    out = np.empty_like(p)
+    out[order] = np.minimum(steps, 1.0)
+    return out
+
+
 def compare_conditions(data: pd.DataFrame, value: str, *, reference: str | None = None,
                        condition: str = "condition", animal: str = "animal",
                        measure: str | None = None) -> pd.DataFrame:
@@ -111,7 +130,6 @@ def compare_conditions(data: pd.DataFrame, value: str, *, reference: str | None 
     True
     """
     from scipy import stats as sst
-    from statsmodels.stats.multitest import multipletests
 
     df = data[[condition, animal, value]].rename(
         columns={condition: "condition", animal: "animal", value: "value"})
@@ -143,7 +161,7 @@ def compare_conditions(data: pd.DataFrame, value: str, *, reference: str | None 
                             if few else ""),
             })
     out = pd.DataFrame(rows, columns=[c for c in STATS_COLUMNS if c != "p_adj"])
-    out.insert(8, "p_adj", multipletests(out["p_value"], method="holm")[1] if len(out) else [])
+    out.insert(8, "p_adj", holm(out["p_value"]))
     for w in sorted(set(out["warning"]) - {""}):
         warnings.warn(f"{measure or value}: {w}; the comparison has little power", stacklevel=2)
     return out
