@@ -23,7 +23,8 @@ The method, in order (all distances in micrometres, converted with the stack's v
    to see.
 5. **Spines** are peaks of the residual, smoothed at the head scale ``head_sigma_um``, that rise
    ``spine_threshold`` local noise SDs above it (shot noise grows with the shaft model), lie
-   within ``max_spine_length_um`` of the shaft surface, are at least ``min_spine_separation_um``
+   within ``max_spine_length_um`` of the shaft surface and within ``max_axial_offset_um`` above
+   or below the centre line, are at least ``min_spine_separation_um``
    apart, and protrude: at least ``min_protrusion_fraction`` of the brightness at the head is in
    excess of the shaft model (a local bulge of the shaft is not a spine). Each is attached to its nearest
    dendrite, its base placed on the shaft surface towards the head, and measured: head diameter
@@ -457,7 +458,8 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
             k = int(pt_owner[ni])
             r_shaft = max(radii.get(k + 1, 0.5) - 0.5 * p.psf_fwhm_um, 0.2)
             surface = dc - r_shaft
-            if surface < 0.1 or surface > p.max_spine_length_um:
+            if (surface < 0.1 or surface > p.max_spine_length_um
+                    or abs(hp[0] - pt_xyz[ni, 0]) > p.max_axial_offset_um):
                 continue
             peak = rs[zi, yi, xi]
             if peak < p.min_protrusion_fraction * (peak + ms[zi, yi, xi]):

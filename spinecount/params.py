@@ -45,6 +45,9 @@ class DetectionParams:
         3.5, "longest spine, shaft surface to head tip; also prunes skeleton side branches")
     max_dendrite_radius_um: float = _p(
         2.5, "structures thicker than this (soma, blobs) are not dendrites")
+    max_axial_offset_um: float = _p(
+        3.0, "spine heads further than this above or below their dendrite's centre line are not "
+             "counted (the two-photon PSF is about 2 um long in z)")
     head_sigma_um: float = _p(0.25, "spatial scale of spine heads for the blob filter")
     spine_threshold: float = _p(
         3.0, "spine candidates: blob filter peak above local background, in noise SDs")
