@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from .chunks import AUTO_CHUNK_UM, AUTO_CHUNK_VOXELS, Tile, assemble_lattice, map_tiles, plan_tiles
 from .io import Stack
 from .morphology import classify_spine
 from .params import DetectionParams
@@ -89,13 +90,12 @@ def _downsample(data: np.ndarray, f: int) -> np.ndarray:
     return out
 
 
-def _slice_stats(img: np.ndarray):
-    """Per-slice background (median) and noise SD (1.4826 x MAD), shaped (z, 1, 1)."""
-    flat = img.reshape(img.shape[0], -1)
-    step = max(1, flat.shape[1] // 200_000)
-    sample = flat[:, ::step]
-    bg = np.median(sample, axis=1)
-    mad = np.median(np.abs(sample - bg[:, None]), axis=1) * 1.4826
+def _slice_stats(sample: np.ndarray):
+    """Per-slice background (median) and noise SD (1.4826 x MAD) of a (z, ...) sample, shaped
+    (z, 1, 1)."""
+    flat = sample.reshape(sample.shape[0], -1)
+    bg = np.median(flat, axis=1)
+    mad = np.median(np.abs(flat - bg[:, None]), axis=1) * 1.4826
     mad = np.maximum(mad, max(float(np.median(mad)) * 0.1, 1e-6))
     return bg[:, None, None].astype(np.float32), mad[:, None, None].astype(np.float32)
 
@@ -111,38 +111,50 @@ def _branch_ends(summ):
     return src, dst, np.bincount(np.concatenate([src, dst]))
 
 
-def _dendrite_mask(zs: np.ndarray, p: DetectionParams) -> np.ndarray:
-    """Voxels above ``dendrite_threshold`` noise SDs and above ``otsu_fraction`` of Otsu's
-    threshold of `zs` (sampled every other voxel laterally)."""
+def _mask_threshold(zs_sample: np.ndarray, p: DetectionParams) -> float:
+    """Dendrite mask threshold in noise SDs: ``dendrite_threshold``, or ``otsu_fraction`` of
+    Otsu's threshold of a sample of the z-scored smoothed stack where that is higher."""
     from skimage.filters import threshold_otsu
 
-    sample = zs[:, ::2, ::2]
-    if p.otsu_fraction <= 0 or sample.min() == sample.max():
-        return zs > p.dendrite_threshold
-    high = max(p.dendrite_threshold, p.otsu_fraction * float(threshold_otsu(sample)))
-    return zs > high
+    if p.otsu_fraction <= 0 or zs_sample.min() == zs_sample.max():
+        return p.dendrite_threshold
+    return max(p.dendrite_threshold, p.otsu_fraction * float(threshold_otsu(zs_sample)))
 
 
-def _trace_dendrites(zs: np.ndarray, vs, p: DetectionParams):
-    """Centre lines (list of (n,3) um arrays) and the mask, from a z-scored smoothed image."""
+def _tile_mask(zs: np.ndarray, tile: Tile, shape, vs, threshold: float, p: DetectionParams):
+    """A tile's dendrite mask (soma and blobs removed) and, at its mask voxels, the distance
+    to the mask's edge (um), as (global flat index, distance)."""
     from scipy import ndimage as ndi
-    from skimage.morphology import skeletonize
-    import skan
 
-    mask = _dendrite_mask(zs, p)
-    # Soma and blobs: remove voxels deep inside thick structures, and their surroundings.
+    mask = zs > threshold
     edt = ndi.distance_transform_edt(mask, sampling=vs)
+    # Soma and blobs: remove voxels deep inside thick structures, and their surroundings.
     thick = edt > p.max_dendrite_radius_um
     if thick.any():
         grow = int(np.ceil(p.max_dendrite_radius_um / vs[1]))
         thick = ndi.binary_dilation(thick, iterations=grow, mask=mask)
         mask &= ~thick
+    core = mask[tile.inner]
+    where = np.nonzero(core)
+    flat = np.ravel_multi_index(
+        tuple(w + c for w, c in zip(where, (0, tile.core[0].start, tile.core[1].start))), shape)
+    return core, flat, edt[tile.inner][where].astype(np.float32)
+
+
+def _trace_dendrites(mask: np.ndarray, edt_at, vs, p: DetectionParams):
+    """Centre lines (list of (n,3) um arrays) and the mask without small pieces, from the
+    dendrite mask; ``edt_at(index)`` gives the distance to the mask's edge at voxels (n, 3)."""
+    from scipy import ndimage as ndi
+    from skimage.morphology import skeletonize
+    import skan
+
     lab, n = ndi.label(mask)
     if n:
-        sizes = ndi.sum_labels(np.ones_like(lab, np.float32), lab, index=np.arange(1, n + 1))
+        sizes = np.bincount(lab.ravel(), minlength=n + 1)[1:]
         min_vox = p.min_dendrite_length_um / vs[1] * 2
         keep = np.concatenate([[False], sizes >= min_vox])
         mask = keep[lab]
+    del lab
     skel = skeletonize(mask)
     paths = []
     if not skel.any():
@@ -150,8 +162,8 @@ def _trace_dendrites(zs: np.ndarray, vs, p: DetectionParams):
     sk = skan.Skeleton(skel, spacing=vs)
     for _ in range(6):
         summ = skan.summarize(sk, separator="_")
-        radius = edt[tuple(np.round(summ[[f"image_coord_dst_{i}" for i in range(3)]]
-                                    .to_numpy()).astype(int).T)]
+        radius = edt_at(np.round(summ[[f"image_coord_dst_{i}" for i in range(3)]].to_numpy())
+                        .astype(int))
         tips = ((summ["branch_type"] == 1) & (summ["branch_distance"]
                                               < p.max_spine_length_um + radius)).to_numpy().copy()
         # Where a dendrite ends just past a side branch, the end is a short tip too: of the
@@ -171,7 +183,7 @@ def _trace_dendrites(zs: np.ndarray, vs, p: DetectionParams):
     # whole skeletons shorter than a dendrite (puncta, noise, clusters of blobs) are not dendrites
     total = summ.groupby("skeleton_id")["branch_distance"].transform("sum").to_numpy()
     src, dst, deg = _branch_ends(summ)
-    top = (np.asarray(zs.shape) - 1) * np.asarray(vs)
+    top = (np.asarray(mask.shape) - 1) * np.asarray(vs)
     for i in range(sk.n_paths):
         length = summ["branch_distance"].iloc[i]
         if total[i] < p.min_dendrite_length_um or length < 2 * vs[1]:
@@ -183,22 +195,33 @@ def _trace_dendrites(zs: np.ndarray, vs, p: DetectionParams):
                 tip = pts[end]
                 inner = pts[min(4, len(pts) - 1)] if end == 0 else pts[max(-5, -len(pts))]
                 d = tip - inner
-                r = edt[tuple(np.round(tip / np.asarray(vs)).astype(int))]
+                r = edt_at(np.round(tip / np.asarray(vs)).astype(int)[None])[0]
                 new = np.clip(tip + d / max(np.linalg.norm(d), 1e-9) * r, 0, top)
                 pts = np.vstack([new[None], pts]) if end == 0 else np.vstack([pts, new[None]])
         paths.append(pts)
     return paths, mask
 
 
-def _suppress(idx: np.ndarray, value: np.ndarray, vs, separation_um: float) -> np.ndarray:
-    """Keep the strongest of peaks closer than `separation_um` (z scaled by the PSF elongation)."""
+def _lookup(flat: np.ndarray, values: np.ndarray, shape):
+    """``f(index)``: `values` at voxels (n, 3) given by their sorted flat indices; 0 elsewhere."""
+    def at(index):
+        q = np.ravel_multi_index(tuple(np.asarray(index).T), shape)
+        i = np.clip(np.searchsorted(flat, q), 0, max(len(flat) - 1, 0))
+        found = (flat[i] == q) if len(flat) else np.zeros(len(q), bool)
+        return np.where(found, values[i] if len(flat) else 0.0, 0.0)
+    return at
+
+
+def _suppress(idx: np.ndarray, value: np.ndarray, vs, separation_um: float, shape) -> np.ndarray:
+    """Of peaks closer than `separation_um` (z scaled by the PSF elongation) keep the strongest
+    (ties: the first in raster order). Returns the positions of the kept peaks in `idx`,
+    strongest first."""
     from scipy.spatial import cKDTree
 
+    order = np.lexsort((np.ravel_multi_index(tuple(idx.T), shape), -value))
     if len(idx) < 2:
-        return idx
-    order = np.argsort(-value[tuple(idx.T)])
-    idx = idx[order]
-    pos = idx * (np.asarray(vs) / np.array([AXIAL_RATIO, 1.0, 1.0]))
+        return order
+    pos = idx[order] * (np.asarray(vs) / np.array([AXIAL_RATIO, 1.0, 1.0]))
     tree = cKDTree(pos)
     keep = np.ones(len(idx), bool)
     for i in range(len(idx)):
@@ -206,110 +229,116 @@ def _suppress(idx: np.ndarray, value: np.ndarray, vs, separation_um: float) -> n
             for j in tree.query_ball_point(pos[i], separation_um):
                 if j > i:
                     keep[j] = False
-    return idx[keep]
+    return order[keep]
 
 
-def _rasterize_paths(paths, shape, vs):
-    """Centre line points on the working grid.
+@dataclass
+class _Points:
+    """Centre line points on the working grid: voxel index, dendrite (index into the paths),
+    4 um stretch of dendrite, position (um) and unit tangent."""
 
-    Returns a label image (point index + 1, 0 elsewhere) and, per point, its dendrite (index
-    into `paths`), its arc length position along it (um), its position (um) and the unit tangent.
-    """
-    lab = np.zeros(shape, np.int32)
-    owners, arcs, xyz, tans = [], [], [], []
-    start = 0
+    idx: np.ndarray
+    owner: np.ndarray
+    group: np.ndarray
+    xyz: np.ndarray
+    tan: np.ndarray
+
+
+def _centre_points(paths, shape, vs, stretch_um: float) -> _Points:
+    owners, arcs, xyz, tans, idxs = [], [], [], [], []
     for i, pts in enumerate(paths):
         dense = resample_polyline(pts, min(vs) / 2)
         arc = np.concatenate([[0], np.cumsum(np.linalg.norm(np.diff(dense, axis=0), axis=1))])
         idx = np.round(dense / np.asarray(vs)).astype(int)
         ok = np.all((idx >= 0) & (idx < np.asarray(shape)), axis=1)
-        idx, arc = idx[ok], arc[ok]
-        xyz.append(dense[ok])
         tan = np.gradient(dense, axis=0) if len(dense) > 1 else np.zeros_like(dense)
+        idxs.append(idx[ok])
+        xyz.append(dense[ok])
         tans.append((tan / np.maximum(np.linalg.norm(tan, axis=1, keepdims=True), 1e-9))[ok])
-        lab[tuple(idx.T)] = start + np.arange(len(idx)) + 1
-        owners.append(np.full(len(idx), i))
-        arcs.append(arc)
-        start += len(idx)
-    return (lab, np.concatenate(owners), np.concatenate(arcs), np.vstack(xyz),
-            np.vstack(tans))
+        owners.append(np.full(ok.sum(), i))
+        arcs.append(arc[ok])
+    owner, arc = np.concatenate(owners), np.concatenate(arcs)
+    _, group = np.unique(owner * 100_000 + (arc // stretch_um).astype(int), return_inverse=True)
+    return _Points(np.vstack(idxs), owner, group, np.vstack(xyz), np.vstack(tans))
 
 
-def _shaft_model(img, bg, noise, smooth_paths, vs, p: DetectionParams):
-    """Model of the shaft alone, and the residual (image - model) near the centre lines.
+class _ShaftModel:
+    """The shaft alone, in cells: stretch of dendrite (4 um) x z offset (slices) x side x
+    lateral distance from the centre line (0.2 um bins).
 
-    The model is the median intensity per cell: stretch of dendrite (4 um) x z offset (slices)
-    x side x lateral distance (0.2 um bins), in noise units, never rising with distance from the
-    centre line (z scaled by the PSF elongation). Returns ``model, resid, region`` (voxels
-    within reach of a centre line), the rasterised centre line points' owners and positions,
-    the shaft radius per dendrite (1-based) and each dendrite's centre line brightness.
-    Intermediate arrays die here, so the spine stage starts with only what it needs.
+    Every voxel within reach of a centre line belongs to the cell of its nearest centre line
+    point (z scaled by the PSF elongation). The model of a cell is the median intensity of its
+    voxels (noise units), never rising with distance from the centre line. The two sides are
+    modelled apart, so a centre line a little off the middle of the shaft (or a shaft brighter on
+    one side) leaves no stripe of residual along one edge.
     """
-    from scipy import ndimage as ndi
 
-    vz = vs[0]
-    lab, pt_owner, pt_arc, pt_xyz, pt_tan = _rasterize_paths(smooth_paths, img.shape, vs)
-    scaled = (vz / AXIAL_RATIO, vs[1], vs[2])
-    reach = p.max_spine_length_um + p.max_dendrite_radius_um
-    near = np.empty((3, *lab.shape), np.int32)  # int32 indices: half the memory of int64
-    dist = ndi.distance_transform_edt(lab == 0, sampling=scaled, return_indices=True,
-                                      indices=near)
-    point = lab[tuple(near)] - 1  # nearest centre line point of every voxel
-    del near
-    region = dist <= reach
-    del dist
-    sig = (img - bg) / noise
-    centre_b = ndi.gaussian_filter(sig, _sigma_vox((0.0, 0.3, 0.3), vs))
-    # Cells: stretch of dendrite x z offset (slices) x side x lateral distance (0.2 um bins).
-    # The two sides are modelled apart, so a centre line a little off the middle of the shaft
-    # (or a shaft brighter on one side) leaves no stripe of residual along one edge.
-    lat_um, stretch_um = 0.2, 4.0
-    n_lat = int(reach / lat_um) + 1
-    n_dz = int(np.ceil(p.max_spine_length_um / vz))
-    where = np.nonzero(region)
-    pts = point[where]
-    del point
-    # position relative to the nearest centre line point, one axis at a time (memory)
-    rel = [w * v - pt_xyz[pts, a] for a, (w, v) in enumerate(zip(where, vs))]
-    del where
-    dzb = np.clip(np.round(rel[0] / vz).astype(int), -n_dz, n_dz) + n_dz
-    latb = np.minimum((np.hypot(rel[1], rel[2]) / lat_um).astype(int), n_lat - 1)
-    side = (pt_tan[pts, 1] * rel[2] - pt_tan[pts, 2] * rel[1] > 0).astype(int)
-    del rel
-    stretch = pt_owner * 100_000 + (pt_arc // stretch_um).astype(int)
-    _, group = np.unique(stretch, return_inverse=True)
-    n_z = 2 * n_dz + 1
-    key = ((group[pts] * n_z + dzb) * 2 + side) * n_lat + latb
-    del dzb, side, latb, pts
-    med = pd.Series(sig[region]).groupby(key).median()
-    prof = np.zeros((group.max() + 1) * n_z * 2 * n_lat, np.float32)
-    prof[med.index.to_numpy()] = med.to_numpy()
-    prof = prof.reshape(-1, n_z, 2, n_lat)
-    # never brighter further out: laterally, then above and below the centre line
-    prof = np.maximum.accumulate(prof[..., ::-1], axis=3)[..., ::-1]
-    prof[:, n_dz:] = np.maximum.accumulate(prof[:, n_dz:][:, ::-1], axis=1)[:, ::-1]
-    prof[:, :n_dz + 1] = np.maximum.accumulate(prof[:, :n_dz + 1], axis=1)
-    model = np.zeros_like(img)
-    model[region] = prof.ravel()[key]
-    prof = prof.max(axis=1).mean(axis=1)  # in-plane profile, for the shaft radius
-    radii = {}
-    for k in range(len(smooth_paths)):
-        g = np.unique(group[pt_owner == k])
-        pk_ = np.median(prof[g], axis=0) if len(g) else np.zeros(n_lat)
-        half = np.flatnonzero(pk_ < 0.5 * pk_[0])
-        radii[k + 1] = float(half[0] * lat_um) if len(half) else reach
-    resid = np.where(region, sig - model, 0).astype(np.float32)
-    # median centre line brightness of each dendrite (noise units)
-    on_line = lab > 0
-    line_owner = pt_owner[lab[on_line] - 1]
-    line_b = centre_b[on_line]
-    shaft_brightness = [max(float(np.median(line_b[line_owner == k])), 1e-3)
-                        if np.any(line_owner == k) else 1.0 for k in range(len(smooth_paths))]
-    return model, resid, region, pt_owner, pt_xyz, radii, shaft_brightness
+    LAT_UM, STRETCH_UM = 0.2, 4.0
+
+    def __init__(self, paths, shape, vs, p: DetectionParams):
+        self.vs, self.shape = vs, shape
+        self.reach = p.max_spine_length_um + p.max_dendrite_radius_um
+        self.n_lat = int(self.reach / self.LAT_UM) + 1
+        self.n_dz = int(np.ceil(p.max_spine_length_um / vs[0]))
+        self.n_paths = len(paths)
+        self.pts = _centre_points(paths, shape, vs, self.STRETCH_UM)
+        self.n_cells = (self.pts.group.max() + 1) * (2 * self.n_dz + 1) * 2 * self.n_lat
+        self.profile = None
+
+    def cells(self, tile: Tile, shape_e):
+        """For a tile's extent: the centre line label image (point + 1), the voxels within
+        reach (`region`) and their cell."""
+        from scipy import ndimage as ndi
+
+        pts, vs = self.pts, self.vs
+        lab = np.zeros(shape_e, np.int32)
+        local = pts.idx - tile.origin
+        inside = np.all((local >= 0) & (local < np.asarray(shape_e)), axis=1)
+        lab[tuple(local[inside].T)] = np.flatnonzero(inside) + 1
+        near = np.empty((3, *shape_e), np.int32)  # int32 indices: half the memory of int64
+        dist = ndi.distance_transform_edt(lab == 0, sampling=(vs[0] / AXIAL_RATIO, vs[1], vs[2]),
+                                          return_indices=True, indices=near)
+        region = dist <= self.reach
+        del dist
+        where = np.nonzero(region)
+        point = lab[tuple(near[:, where[0], where[1], where[2]])] - 1
+        del near
+        # position relative to the nearest centre line point, one axis at a time (memory)
+        rel = [(w + o) * v - pts.xyz[point, a]
+               for a, (w, o, v) in enumerate(zip(where, tile.origin, vs))]
+        dzb = np.clip(np.round(rel[0] / vs[0]).astype(int), -self.n_dz, self.n_dz) + self.n_dz
+        latb = np.minimum((np.hypot(rel[1], rel[2]) / self.LAT_UM).astype(int), self.n_lat - 1)
+        side = (pts.tan[point, 1] * rel[2] - pts.tan[point, 2] * rel[1] > 0).astype(int)
+        del rel
+        key = ((pts.group[point] * (2 * self.n_dz + 1) + dzb) * 2 + side) * self.n_lat + latb
+        return lab, region, key
+
+    def fit(self, keys: np.ndarray, values: np.ndarray) -> dict:
+        """Set the model from every cell's voxels; returns the shaft radius per dendrite
+        (1-based, um)."""
+        med = pd.Series(values).groupby(keys).median()
+        prof = np.zeros(self.n_cells, np.float32)
+        prof[med.index.to_numpy()] = med.to_numpy()
+        n_dz, n_z = self.n_dz, 2 * self.n_dz + 1
+        prof = prof.reshape(-1, n_z, 2, self.n_lat)
+        # never brighter further out: laterally, then above and below the centre line
+        prof = np.maximum.accumulate(prof[..., ::-1], axis=3)[..., ::-1]
+        prof[:, n_dz:] = np.maximum.accumulate(prof[:, n_dz:][:, ::-1], axis=1)[:, ::-1]
+        prof[:, :n_dz + 1] = np.maximum.accumulate(prof[:, :n_dz + 1], axis=1)
+        self.profile = prof.ravel()
+        inplane = prof.max(axis=1).mean(axis=1)  # in-plane profile, for the shaft radius
+        radii = {}
+        for k in range(self.n_paths):
+            g = np.unique(self.pts.group[self.pts.owner == k])
+            pk_ = np.median(inplane[g], axis=0) if len(g) else np.zeros(self.n_lat)
+            half = np.flatnonzero(pk_ < 0.5 * pk_[0])
+            radii[k + 1] = float(half[0] * self.LAT_UM) if len(half) else self.reach
+        return radii
 
 
 def detect(stack: Stack, *, params: DetectionParams | None = None, traces: pd.DataFrame | None
-           = None, return_mask: bool = False, progress: bool = False) -> Detection:
+           = None, return_mask: bool = False, progress: bool = False,
+           chunk_um: float | None = None, workers: int | None = None) -> Detection:
     """Trace the dendrites of a stack and detect their spines.
 
     Parameters
@@ -325,6 +354,13 @@ def detect(stack: Stack, *, params: DetectionParams | None = None, traces: pd.Da
         Keep the dendrite mask in the result.
     progress : bool
         Show a progress bar per stage.
+    chunk_um : float, optional
+        Process the stack in overlapping lateral chunks of this size (um), with memory bounded
+        by the chunk size and the same result as in one piece. By default stacks of more than
+        :data:`spinecount.chunks.AUTO_CHUNK_VOXELS` working voxels (for example 200 x 2048 x
+        2048 at 0.12 um) are processed in 64 um chunks and smaller ones in one piece.
+    workers : int, optional
+        Threads that process chunks in parallel (default: one per core).
 
     Returns
     -------
@@ -345,7 +381,8 @@ def detect(stack: Stack, *, params: DetectionParams | None = None, traces: pd.Da
     """
     from tqdm.auto import tqdm
 
-    steps = detect_steps(stack, params=params, traces=traces, return_mask=return_mask)
+    steps = detect_steps(stack, params=params, traces=traces, return_mask=return_mask,
+                         chunk_um=chunk_um, workers=workers)
     with tqdm(total=len(STAGES), desc=f"detect {stack.name}", unit="stage", leave=False,
               disable=not progress) as bar:
         while True:
@@ -357,8 +394,24 @@ def detect(stack: Stack, *, params: DetectionParams | None = None, traces: pd.Da
             bar.set_postfix_str(stage)
 
 
+def _halo_px(vs, p: DetectionParams) -> int:
+    """Margin (working voxels) a tile needs for its core to come out as in one piece: the mask
+    needs its smoothing, soma distance and growth; the shaft model's cells need the nearest
+    centre line point of every voxel within reach of the core, and the spine stage a head-scale
+    smoothing and measurements within reach of a head."""
+    reach = p.max_spine_length_um + p.max_dendrite_radius_um
+
+    def gauss(sigma_um):
+        return int(4 * sigma_um / vs[1] + 0.5) + 1
+
+    mask = gauss(p.dendrite_smoothing_um) + 2 * int(np.ceil(p.max_dendrite_radius_um / vs[1]))
+    spines = 2 * int(np.ceil(reach / vs[1])) + gauss(max(p.head_sigma_um, 0.3))
+    return max(mask, spines) + 3
+
+
 def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
-                 traces: pd.DataFrame | None = None, return_mask: bool = False):
+                 traces: pd.DataFrame | None = None, return_mask: bool = False,
+                 chunk_um: float | None = None, workers: int | None = None):
     """:func:`detect` as a generator: yields the name of each stage of :data:`STAGES` as it
     finishes and returns the :class:`Detection` (the ``value`` of ``StopIteration``).
 
@@ -382,27 +435,68 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
         return time.perf_counter()
 
     t = time.perf_counter()
+    raw = stack.data
     vz, vy, vx = stack.voxel_size
     f = max(1, int(round(p.working_pixel_um / max(vy, vx))))
-    img = _downsample(stack.data, f)
     vs = (vz, vy * f, vx * f)
+    shape = (raw.shape[0], raw.shape[1] // f, raw.shape[2] // f)
     # a working voxel's centre lies (f - 1) / 2 original pixels into its block
     offset = np.array([0.0, (f - 1) / 2 * vy, (f - 1) / 2 * vx])
-    bg, noise = _slice_stats(img)
+    if chunk_um is None and np.prod(shape) > AUTO_CHUNK_VOXELS:
+        chunk_um = AUTO_CHUNK_UM
+    tiles = plan_tiles(shape, tile_px=None if chunk_um is None else int(chunk_um / vs[1]),
+                       halo_px=_halo_px(vs, p))
+    one = len(tiles) == 1
+    cache: dict = {}  # arrays kept between stages when the stack is one piece
+
+    def kept(name, make):
+        if not one:
+            return make()
+        if name not in cache:
+            cache[name] = make()
+        return cache[name]
+
+    def image(tile):
+        ys, xs = tile.ext
+        return kept("img", lambda: _downsample(
+            raw[:, ys.start * f:ys.stop * f, xs.start * f:xs.stop * f], f))
+
+    def smoothed(tile):
+        return kept("sm", lambda: ndi.gaussian_filter(
+            image(tile), _sigma_vox(p.dendrite_smoothing_um, vs)))
+
+    # statistics on a lattice (every step-th row and column): the same in chunks as in one piece
+    step = max(1, int(np.ceil(np.sqrt(shape[1] * shape[2] / 50_000))))
+    samples = map_tiles(lambda tl: (image(tl)[tl.lattice(step)], smoothed(tl)[tl.lattice(step)]),
+                        tiles, workers=workers)
+    lat_img = assemble_lattice([a for a, _ in samples], shape, step, tiles)
+    lat_sm = assemble_lattice([b for _, b in samples], shape, step, tiles)
+    del samples
+    bg, noise = _slice_stats(lat_img)
+    bg_s, noise_s = _slice_stats(lat_sm)
+    threshold = _mask_threshold((lat_sm - bg_s) / noise_s, p)
+    del lat_img, lat_sm
     t = lap("prepare", t)
     yield "prepare"
 
     # 1. dendrites
-    sm = ndi.gaussian_filter(img, _sigma_vox(p.dendrite_smoothing_um, vs))
-    bg_s, noise_s = _slice_stats(sm)
-    zs = (sm - bg_s) / noise_s
-    del sm
+    mask = None
+    if traces is None or return_mask:
+        parts = map_tiles(lambda tl: _tile_mask((smoothed(tl) - bg_s) / noise_s, tl, shape, vs,
+                                                threshold, p), tiles, workers=workers)
+        cache.pop("sm", None)
+        mask = np.zeros(shape, bool)
+        for tl, (core, _, _) in zip(tiles, parts):
+            mask[(slice(None),) + tl.core] = core
+        flat = np.concatenate([fl for _, fl, _ in parts])
+        order = np.argsort(flat)
+        edt_at = _lookup(flat[order], np.concatenate([e for _, _, e in parts])[order], shape)
+        del parts, flat, order
     if traces is None:
-        paths, mask = _trace_dendrites(zs, vs, p)
+        paths, mask = _trace_dendrites(mask, edt_at, vs, p)
     else:
         paths = [g[POSITION].to_numpy(float) - offset
                  for _, g in traces.groupby("dendrite_id", sort=True)]
-        mask = _dendrite_mask(zs, p)
     smooth_paths = [smooth_polyline(q, p.length_smoothing_um) for q in paths]
     t = lap("dendrites", t)
     yield "dendrites"
@@ -424,19 +518,58 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
                          timings)
 
     # 2. shaft model (what the dendrite alone would look like) and the residual
-    model, resid, region, pt_owner, pt_xyz, radii, shaft_brightness = _shaft_model(
-        img, bg, noise, smooth_paths, vs, p)
-    t = lap("shaft model", t)
-    yield "shaft model"
-
-    # 3. spine candidates: peaks of the smoothed residual
+    shaft = _ShaftModel(smooth_paths, shape, vs, p)
+    pts = shaft.pts
     head_sig = _sigma_vox((max(p.head_sigma_um, 0.5 * vz), p.head_sigma_um, p.head_sigma_um), vs)
-    rs = ndi.gaussian_filter(resid, head_sig)
+
+    def signal(tile):
+        return kept("sig", lambda: (image(tile) - bg) / noise)
+
+    def cells(tile):
+        return kept("cells", lambda: shaft.cells(tile, image(tile).shape))
+
+    def cell_values(tile):
+        lab, region, key = cells(tile)
+        sig = signal(tile)
+        in_core = np.zeros(region.shape, bool)
+        in_core[tile.inner] = True
+        core = in_core[region]
+        on_line = (lab > 0) & in_core
+        centre_b = ndi.gaussian_filter(sig, _sigma_vox((0.0, 0.3, 0.3), vs))[on_line]
+        return key[core], sig[region][core], pts.owner[lab[on_line] - 1], centre_b
+
+    parts = map_tiles(cell_values, tiles, workers=workers)
+    radii = shaft.fit(np.concatenate([a[0] for a in parts]), np.concatenate([a[1] for a in parts]))
+    line_owner = np.concatenate([a[2] for a in parts])
+    line_b = np.concatenate([a[3] for a in parts])
+    del parts
+    # median centre line brightness of each dendrite (noise units)
+    shaft_brightness = [max(float(np.median(line_b[line_owner == k])), 1e-3)
+                        if np.any(line_owner == k) else 1.0 for k in range(len(smooth_paths))]
+
+    def residual(tile):
+        def make():
+            _, region, key = cells(tile)
+            model = np.zeros(region.shape, np.float32)
+            model[region] = shaft.profile[key]
+            resid = np.where(region, signal(tile) - model, 0).astype(np.float32)
+            # peaks of the residual smoothed at the head scale, against the smoothed model
+            return (resid, ndi.gaussian_filter(resid, head_sig),
+                    ndi.gaussian_filter(model, head_sig))
+        return kept("resid", make)
+
+    def spread_sample(tile):
+        _, rs, ms = residual(tile)
+        region = cells(tile)[1][tile.lattice(step)]
+        return ms[tile.lattice(step)][region], rs[tile.lattice(step)][region]
+
     # Shot noise grows with brightness: measure the residual's spread as a function of the
     # shaft model and express peaks in those local noise units.
-    ms = ndi.gaussian_filter(model, head_sig)
-    mv, rv_ = ms[region], rs[region]
-    edges = np.unique(np.quantile(mv, np.linspace(0, 1, 13)))
+    parts = map_tiles(spread_sample, tiles, workers=workers)
+    mv = np.concatenate([a for a, _ in parts])
+    rv_ = np.concatenate([b for _, b in parts])
+    del parts
+    edges = np.unique(np.quantile(mv, np.linspace(0, 1, 13))) if len(mv) else np.zeros(1)
     which = np.clip(np.searchsorted(edges, mv) - 1, 0, max(len(edges) - 2, 0))
     centres, spread = [], []
     for b in range(max(len(edges) - 1, 1)):
@@ -444,60 +577,35 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
         if len(v) > 20:
             centres.append(float(np.median(mv[which == b])))
             spread.append(1.4826 * float(np.median(np.abs(v - np.median(v)))))
+    if not centres:
+        centres, spread = [0.0], [1.0]
     spread = np.maximum.accumulate(np.maximum(spread, 1e-6))  # noise does not fall with signal
-    rz = rs / np.interp(ms, centres, spread).astype(np.float32)
-    del mv, rv_, which  # ms (the smoothed shaft model) is used below
-    peaks = (rz == ndi.maximum_filter(rz, size=3)) & (rz > p.spine_threshold) & region
-    pk = _suppress(np.argwhere(peaks), rz, vs, p.min_spine_separation_um)
-    rows = []
-    if len(pk):
-        pos = pk * np.asarray(vs)
-        # physical nearest centre line point (of those rasterised for the shaft model)
-        dd, nn = cKDTree(pt_xyz).query(pos)
-        for (zi, yi, xi), hp, dc, ni in zip(pk, pos, dd, nn):
-            k = int(pt_owner[ni])
-            r_shaft = max(radii.get(k + 1, 0.5) - 0.5 * p.psf_fwhm_um, 0.2)
-            surface = dc - r_shaft
-            if (surface < 0.1 or surface > p.max_spine_length_um
-                    or abs(hp[0] - pt_xyz[ni, 0]) > p.max_axial_offset_um):
-                continue
-            peak = rs[zi, yi, xi]
-            if peak < p.min_protrusion_fraction * (peak + ms[zi, yi, xi]):
-                continue  # a bulge of the shaft itself, not a protrusion from it
-            cpt = pt_xyz[ni]
-            direction = (hp - cpt) / max(dc, 1e-9)
-            base = cpt + r_shaft * direction
-            # head size: area above half maximum in the peak's slice
-            win = int(np.ceil(1.0 / vs[1]))
-            y0, y1 = max(yi - win, 0), min(yi + win + 1, img.shape[1])
-            x0, x1 = max(xi - win, 0), min(xi + win + 1, img.shape[2])
-            patch = rs[zi, y0:y1, x0:x1] >= 0.5 * peak
-            lab2, _ = ndi.label(patch)
-            area = np.sum(lab2 == lab2[yi - y0, xi - x0]) * vs[1] * vs[2]
-            d_obs = 2 * np.sqrt(area / np.pi)
-            head_d = float(np.sqrt(max(d_obs**2 - p.psf_fwhm_um**2, 0.0)))
-            head_d = max(head_d, 0.2)
-            # neck: residual along base -> head relative to the head
-            n_s = max(int(surface / 0.1), 2)
-            line = base[None] + np.linspace(0, 1, n_s)[:, None] * (hp - base)[None]
-            li = np.clip(np.round(line / np.asarray(vs)).astype(int), 0,
-                         np.asarray(img.shape) - 1)
-            along = rs[tuple(li.T)]
-            ratio = float(np.clip(along[: max(n_s - 3, 1)].min() / peak, 0, 1))
-            neck_d = head_d * np.sqrt(ratio) if ratio < 0.6 else head_d
-            integ = float(resid[max(zi - 1, 0):zi + 2, y0:y1, x0:x1].clip(0).sum())
-            shaft_per_um = shaft_brightness[k] * np.pi * (
-                r_shaft + 0.5 * p.psf_fwhm_um) ** 2 / (vs[1] * vs[2] * vs[0])
-            rows.append({
-                "dendrite_id": int(ids[k]), "z_um": hp[0], "y_um": hp[1], "x_um": hp[2],
-                "base_z_um": base[0], "base_y_um": base[1], "base_x_um": base[2],
-                "head_diameter_um": head_d,
-                "neck_length_um": max(surface - head_d / 2, 0.0),
-                "length_um": surface + head_d / 2, "shaft_distance_um": surface,
-                "relative_intensity": integ / shaft_per_um,
-                "neck_diameter_um": neck_d,
-                "contrast": float(rz[zi, yi, xi]),
-            })
+    del mv, rv_, which
+    t = lap("shaft model", t)
+    yield "shaft model"
+
+    # 3. spines: peaks of the smoothed residual, measured where they are
+    tree = cKDTree(pts.xyz)
+
+    def peaks(tile):
+        resid, rs, ms = residual(tile)
+        region = cells(tile)[1]
+        rz = rs / np.interp(ms, centres, spread).astype(np.float32)
+        found = (rz == ndi.maximum_filter(rz, size=3)) & (rz > p.spine_threshold) & region
+        local = np.argwhere(found[tile.inner]) + np.array([0, tile.inner[1].start,
+                                                            tile.inner[2].start])
+        rows = [_measure(li, li + tile.origin, rz, rs, resid, ms, tree, pts, radii,
+                         shaft_brightness, ids, vs, p) for li in local]
+        return local + tile.origin, rz[tuple(local.T)], rows
+
+    parts = map_tiles(peaks, tiles, workers=workers)
+    cache.clear()
+    pk = np.vstack([a[0] for a in parts])
+    rows_all = [r for a in parts for r in a[2]]
+    kept_order = _suppress(pk, np.concatenate([a[1] for a in parts]), vs,
+                           p.min_spine_separation_um, shape)
+    rows = [rows_all[i] for i in kept_order if rows_all[i] is not None]
+    del parts
     t = lap("spines", t)
     yield "spines"
     spines = pd.DataFrame(rows)
@@ -518,3 +626,59 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
     dendrites = dendrite_table(centerlines, spines, diam, smooth_um=0)
     return Detection(spines, dendrites, centerlines, [q + offset for q in smooth_paths],
                      mask if return_mask else None, timings)
+
+
+def _measure(li, gi, rz, rs, resid, ms, tree, pts: _Points, radii, shaft_brightness, ids, vs,
+             p: DetectionParams) -> dict | None:
+    """One residual peak (`li`: index in the tile's arrays, `gi`: on the working grid) as a
+    spine row, or None where it is not a spine: not outside the shaft surface, too far from it
+    (or above or below it), or a bulge of the shaft itself rather than a protrusion."""
+    from scipy import ndimage as ndi
+
+    zi, yi, xi = li
+    hp = gi * np.asarray(vs)
+    # physical nearest centre line point (of those rasterised for the shaft model)
+    dc, ni = tree.query(hp)
+    k = int(pts.owner[ni])
+    r_shaft = max(radii.get(k + 1, 0.5) - 0.5 * p.psf_fwhm_um, 0.2)
+    surface = dc - r_shaft
+    if (surface < 0.1 or surface > p.max_spine_length_um
+            or abs(hp[0] - pts.xyz[ni, 0]) > p.max_axial_offset_um):
+        return None
+    peak = rs[zi, yi, xi]
+    if peak < p.min_protrusion_fraction * (peak + ms[zi, yi, xi]):
+        return None  # a bulge of the shaft itself, not a protrusion from it
+    cpt = pts.xyz[ni]
+    direction = (hp - cpt) / max(dc, 1e-9)
+    base = cpt + r_shaft * direction
+    # head size: area above half maximum in the peak's slice
+    win = int(np.ceil(1.0 / vs[1]))
+    y0, y1 = max(yi - win, 0), min(yi + win + 1, rs.shape[1])
+    x0, x1 = max(xi - win, 0), min(xi + win + 1, rs.shape[2])
+    patch = rs[zi, y0:y1, x0:x1] >= 0.5 * peak
+    lab2, _ = ndi.label(patch)
+    area = np.sum(lab2 == lab2[yi - y0, xi - x0]) * vs[1] * vs[2]
+    d_obs = 2 * np.sqrt(area / np.pi)
+    head_d = max(float(np.sqrt(max(d_obs**2 - p.psf_fwhm_um**2, 0.0))), 0.2)
+    # neck: residual along base -> head relative to the head
+    n_s = max(int(surface / 0.1), 2)
+    line = base[None] + np.linspace(0, 1, n_s)[:, None] * (hp - base)[None]
+    origin = gi - li
+    idx = np.clip(np.round(line / np.asarray(vs)).astype(int) - origin, 0,
+                  np.asarray(rs.shape) - 1)
+    along = rs[tuple(idx.T)]
+    ratio = float(np.clip(along[: max(n_s - 3, 1)].min() / peak, 0, 1))
+    neck_d = head_d * np.sqrt(ratio) if ratio < 0.6 else head_d
+    integ = float(resid[max(zi - 1, 0):zi + 2, y0:y1, x0:x1].clip(0).sum())
+    shaft_per_um = shaft_brightness[k] * np.pi * (
+        r_shaft + 0.5 * p.psf_fwhm_um) ** 2 / (vs[1] * vs[2] * vs[0])
+    return {
+        "dendrite_id": int(ids[k]), "z_um": hp[0], "y_um": hp[1], "x_um": hp[2],
+        "base_z_um": base[0], "base_y_um": base[1], "base_x_um": base[2],
+        "head_diameter_um": head_d,
+        "neck_length_um": max(surface - head_d / 2, 0.0),
+        "length_um": surface + head_d / 2, "shaft_distance_um": surface,
+        "relative_intensity": integ / shaft_per_um,
+        "neck_diameter_um": neck_d,
+        "contrast": float(rz[zi, yi, xi]),
+    }
