@@ -44,15 +44,16 @@ class Tile:
             for c, e in zip(self.core, self.ext))
 
 
-def plan_tiles(shape, *, tile_px: int | None, halo_px: int) -> list[Tile]:
+def plan_tiles(shape, *, tile_px, halo_px: int) -> list[Tile]:
     """Tiles covering a (z, y, x) working grid laterally.
 
     Parameters
     ----------
     shape : tuple
         Shape of the working grid.
-    tile_px : int or None
-        Lateral core size in voxels; None (or a size covering the grid) gives one tile.
+    tile_px : int, (int, int) or None
+        Lateral core size in voxels (y and x); None (or a size covering the grid) gives one
+        tile.
     halo_px : int
         Margin on each side of a core.
 
@@ -66,14 +67,15 @@ def plan_tiles(shape, *, tile_px: int | None, halo_px: int) -> list[Tile]:
     1
     """
     ny, nx = shape[1], shape[2]
-    if tile_px is None or (tile_px >= ny and tile_px >= nx):
+    ty, tx = np.broadcast_to(ny if tile_px is None else tile_px, (2,)).astype(int)
+    if ty >= ny and tx >= nx:
         whole = (slice(0, ny), slice(0, nx))
         return [Tile(whole, whole)]
-    tile_px = max(int(tile_px), 1)
+    ty, tx = max(ty, 1), max(tx, 1)
     tiles = []
-    for y0 in range(0, ny, tile_px):
-        for x0 in range(0, nx, tile_px):
-            y1, x1 = min(y0 + tile_px, ny), min(x0 + tile_px, nx)
+    for y0 in range(0, ny, ty):
+        for x0 in range(0, nx, tx):
+            y1, x1 = min(y0 + ty, ny), min(x0 + tx, nx)
             tiles.append(Tile((slice(y0, y1), slice(x0, x1)),
                               (slice(max(y0 - halo_px, 0), min(y1 + halo_px, ny)),
                                slice(max(x0 - halo_px, 0), min(x1 + halo_px, nx)))))

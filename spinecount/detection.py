@@ -35,13 +35,15 @@ The method, in order (all distances in micrometres, converted with the stack's v
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from .chunks import AUTO_CHUNK_UM, AUTO_CHUNK_VOXELS, Tile, assemble_lattice, map_tiles, plan_tiles
+from .chunks import (AUTO_CHUNK_UM, AUTO_CHUNK_VOXELS, Tile, assemble_lattice, map_tiles,
+                     plan_tiles)
 from .io import Stack
 from .morphology import classify_spine
 from .params import DetectionParams
@@ -111,6 +113,25 @@ def _branch_ends(summ):
     return src, dst, np.bincount(np.concatenate([src, dst]))
 
 
+def _nearest_zero(a: np.ndarray, sampling) -> tuple[np.ndarray, np.ndarray]:
+    """Index (int32, shape (3, ...)) of the nearest zero of `a` for every voxel, and the
+    distance to it (um, float32). The distances are computed a slice at a time: scipy's own
+    step holds about 40 bytes per voxel at once."""
+    from scipy import ndimage as ndi
+
+    near = np.empty((3, *a.shape), np.int32)
+    ndi.distance_transform_edt(a, sampling=sampling, return_distances=False,
+                               return_indices=True, indices=near)
+    dist = np.empty(a.shape, np.float32)
+    yy, xx = np.arange(a.shape[1])[:, None], np.arange(a.shape[2])[None, :]
+    for z in range(a.shape[0]):
+        d2 = ((near[0, z] - z) * sampling[0]) ** 2
+        d2 += ((near[1, z] - yy) * sampling[1]) ** 2
+        d2 += ((near[2, z] - xx) * sampling[2]) ** 2
+        dist[z] = np.sqrt(d2)
+    return near, dist
+
+
 def _mask_threshold(zs_sample: np.ndarray, p: DetectionParams) -> float:
     """Dendrite mask threshold in noise SDs: ``dendrite_threshold``, or ``otsu_fraction`` of
     Otsu's threshold of a sample of the z-scored smoothed stack where that is higher."""
@@ -127,7 +148,7 @@ def _tile_mask(zs: np.ndarray, tile: Tile, shape, vs, threshold: float, p: Detec
     from scipy import ndimage as ndi
 
     mask = zs > threshold
-    edt = ndi.distance_transform_edt(mask, sampling=vs)
+    edt = _nearest_zero(mask, vs)[1]
     # Soma and blobs: remove voxels deep inside thick structures, and their surroundings.
     thick = edt > p.max_dendrite_radius_um
     if thick.any():
@@ -286,23 +307,22 @@ class _ShaftModel:
         self.profile = None
 
     def cells(self, tile: Tile, shape_e):
-        """For a tile's extent: the centre line label image (point + 1), the voxels within
-        reach (`region`) and their cell."""
-        from scipy import ndimage as ndi
-
+        """For a tile's extent: the voxels within reach (`region`), their cell, and the
+        centre line voxels (flat index into the extent, and the point drawn there)."""
         pts, vs = self.pts, self.vs
         lab = np.zeros(shape_e, np.int32)
         local = pts.idx - tile.origin
         inside = np.all((local >= 0) & (local < np.asarray(shape_e)), axis=1)
         lab[tuple(local[inside].T)] = np.flatnonzero(inside) + 1
-        near = np.empty((3, *shape_e), np.int32)  # int32 indices: half the memory of int64
-        dist = ndi.distance_transform_edt(lab == 0, sampling=(vs[0] / AXIAL_RATIO, vs[1], vs[2]),
-                                          return_indices=True, indices=near)
+        near, dist = _nearest_zero(lab == 0, (vs[0] / AXIAL_RATIO, vs[1], vs[2]))
         region = dist <= self.reach
         del dist
         where = np.nonzero(region)
         point = lab[tuple(near[:, where[0], where[1], where[2]])] - 1
         del near
+        line = np.flatnonzero(lab)
+        line_point = lab.ravel()[line] - 1
+        del lab
         # position relative to the nearest centre line point, one axis at a time (memory)
         rel = [(w + o) * v - pts.xyz[point, a]
                for a, (w, o, v) in enumerate(zip(where, tile.origin, vs))]
@@ -311,7 +331,8 @@ class _ShaftModel:
         side = (pts.tan[point, 1] * rel[2] - pts.tan[point, 2] * rel[1] > 0).astype(int)
         del rel
         key = ((pts.group[point] * (2 * self.n_dz + 1) + dzb) * 2 + side) * self.n_lat + latb
-        return lab, region, key
+        return region, key.astype(np.int32 if self.n_cells < 2**31 else np.int64), (line,
+                                                                                   line_point)
 
     def fit(self, keys: np.ndarray, values: np.ndarray) -> dict:
         """Set the model from every cell's voxels; returns the shaft radius per dendrite
@@ -442,33 +463,37 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
     shape = (raw.shape[0], raw.shape[1] // f, raw.shape[2] // f)
     # a working voxel's centre lies (f - 1) / 2 original pixels into its block
     offset = np.array([0.0, (f - 1) / 2 * vy, (f - 1) / 2 * vx])
-    if chunk_um is None and np.prod(shape) > AUTO_CHUNK_VOXELS:
-        chunk_um = AUTO_CHUNK_UM
-    tiles = plan_tiles(shape, tile_px=None if chunk_um is None else int(chunk_um / vs[1]),
-                       halo_px=_halo_px(vs, p))
-    one = len(tiles) == 1
-    cache: dict = {}  # arrays kept between stages when the stack is one piece
+    n_threads = workers or os.cpu_count() or 1
+    # Stacks that fit in memory are cut into one strip per thread (for speed) and keep their
+    # arrays between stages; larger ones are processed in chunks, recomputed where needed.
+    keep = chunk_um is None and np.prod(shape) <= AUTO_CHUNK_VOXELS
+    if keep:
+        tile_px = (shape[1], -(-shape[2] // n_threads)) if n_threads > 1 else None
+    else:
+        tile_px = int((chunk_um or AUTO_CHUNK_UM) / vs[1])
+    tiles = plan_tiles(shape, tile_px=tile_px, halo_px=_halo_px(vs, p))
+    cache: dict = {}  # (array, tile) -> array, when the stack fits in memory
 
-    def kept(name, make):
-        if not one:
+    def kept(name, tile, make):
+        if not keep:
             return make()
-        if name not in cache:
-            cache[name] = make()
-        return cache[name]
+        if (name, id(tile)) not in cache:
+            cache[name, id(tile)] = make()
+        return cache[name, id(tile)]
 
     def image(tile):
         ys, xs = tile.ext
-        return kept("img", lambda: _downsample(
+        return kept("img", tile, lambda: _downsample(
             raw[:, ys.start * f:ys.stop * f, xs.start * f:xs.stop * f], f))
 
     def smoothed(tile):
-        return kept("sm", lambda: ndi.gaussian_filter(
+        return kept("sm", tile, lambda: ndi.gaussian_filter(
             image(tile), _sigma_vox(p.dendrite_smoothing_um, vs)))
 
     # statistics on a lattice (every step-th row and column): the same in chunks as in one piece
-    step = max(1, int(np.ceil(np.sqrt(shape[1] * shape[2] / 50_000))))
+    step = max(1, int(np.ceil(np.sqrt(shape[1] * shape[2] / 200_000))))
     samples = map_tiles(lambda tl: (image(tl)[tl.lattice(step)], smoothed(tl)[tl.lattice(step)]),
-                        tiles, workers=workers)
+                        tiles, workers=n_threads)
     lat_img = assemble_lattice([a for a, _ in samples], shape, step, tiles)
     lat_sm = assemble_lattice([b for _, b in samples], shape, step, tiles)
     del samples
@@ -483,8 +508,9 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
     mask = None
     if traces is None or return_mask:
         parts = map_tiles(lambda tl: _tile_mask((smoothed(tl) - bg_s) / noise_s, tl, shape, vs,
-                                                threshold, p), tiles, workers=workers)
-        cache.pop("sm", None)
+                                                threshold, p), tiles, workers=n_threads)
+        for tl in tiles:
+            cache.pop(("sm", id(tl)), None)
         mask = np.zeros(shape, bool)
         for tl, (core, _, _) in zip(tiles, parts):
             mask[(slice(None),) + tl.core] = core
@@ -523,22 +549,27 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
     head_sig = _sigma_vox((max(p.head_sigma_um, 0.5 * vz), p.head_sigma_um, p.head_sigma_um), vs)
 
     def signal(tile):
-        return kept("sig", lambda: (image(tile) - bg) / noise)
+        def make():
+            sig = (image(tile) - bg) / noise
+            cache.pop(("img", id(tile)), None)  # not needed any more
+            return sig
+        return kept("sig", tile, make)
 
     def cells(tile):
-        return kept("cells", lambda: shaft.cells(tile, image(tile).shape))
+        shape_e = (shape[0],) + tuple(e.stop - e.start for e in tile.ext)
+        return kept("cells", tile, lambda: shaft.cells(tile, shape_e))
 
     def cell_values(tile):
-        lab, region, key = cells(tile)
+        region, key, (line, line_point) = cells(tile)
         sig = signal(tile)
         in_core = np.zeros(region.shape, bool)
         in_core[tile.inner] = True
         core = in_core[region]
-        on_line = (lab > 0) & in_core
-        centre_b = ndi.gaussian_filter(sig, _sigma_vox((0.0, 0.3, 0.3), vs))[on_line]
-        return key[core], sig[region][core], pts.owner[lab[on_line] - 1], centre_b
+        on = in_core.ravel()[line]
+        centre_b = ndi.gaussian_filter(sig, _sigma_vox((0.0, 0.3, 0.3), vs)).ravel()[line[on]]
+        return key[core], sig[region][core], pts.owner[line_point[on]], centre_b
 
-    parts = map_tiles(cell_values, tiles, workers=workers)
+    parts = map_tiles(cell_values, tiles, workers=n_threads)
     radii = shaft.fit(np.concatenate([a[0] for a in parts]), np.concatenate([a[1] for a in parts]))
     line_owner = np.concatenate([a[2] for a in parts])
     line_b = np.concatenate([a[3] for a in parts])
@@ -549,23 +580,23 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
 
     def residual(tile):
         def make():
-            _, region, key = cells(tile)
+            region, key, _ = cells(tile)
             model = np.zeros(region.shape, np.float32)
             model[region] = shaft.profile[key]
             resid = np.where(region, signal(tile) - model, 0).astype(np.float32)
             # peaks of the residual smoothed at the head scale, against the smoothed model
             return (resid, ndi.gaussian_filter(resid, head_sig),
                     ndi.gaussian_filter(model, head_sig))
-        return kept("resid", make)
+        return kept("resid", tile, make)
 
     def spread_sample(tile):
         _, rs, ms = residual(tile)
-        region = cells(tile)[1][tile.lattice(step)]
+        region = cells(tile)[0][tile.lattice(step)]
         return ms[tile.lattice(step)][region], rs[tile.lattice(step)][region]
 
     # Shot noise grows with brightness: measure the residual's spread as a function of the
     # shaft model and express peaks in those local noise units.
-    parts = map_tiles(spread_sample, tiles, workers=workers)
+    parts = map_tiles(spread_sample, tiles, workers=n_threads)
     mv = np.concatenate([a for a, _ in parts])
     rv_ = np.concatenate([b for _, b in parts])
     del parts
@@ -589,7 +620,7 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
 
     def peaks(tile):
         resid, rs, ms = residual(tile)
-        region = cells(tile)[1]
+        region = cells(tile)[0]
         rz = rs / np.interp(ms, centres, spread).astype(np.float32)
         found = (rz == ndi.maximum_filter(rz, size=3)) & (rz > p.spine_threshold) & region
         local = np.argwhere(found[tile.inner]) + np.array([0, tile.inner[1].start,
@@ -598,7 +629,7 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
                          shaft_brightness, ids, vs, p) for li in local]
         return local + tile.origin, rz[tuple(local.T)], rows
 
-    parts = map_tiles(peaks, tiles, workers=workers)
+    parts = map_tiles(peaks, tiles, workers=n_threads)
     cache.clear()
     pk = np.vstack([a[0] for a in parts])
     rows_all = [r for a in parts for r in a[2]]
