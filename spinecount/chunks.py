@@ -67,7 +67,7 @@ def plan_tiles(shape, *, tile_px, halo_px: int) -> list[Tile]:
     1
     """
     ny, nx = shape[1], shape[2]
-    ty, tx = np.broadcast_to(ny if tile_px is None else tile_px, (2,)).astype(int)
+    ty, tx = (int(v) for v in np.broadcast_to(ny if tile_px is None else tile_px, (2,)))
     if ty >= ny and tx >= nx:
         whole = (slice(0, ny), slice(0, nx))
         return [Tile(whole, whole)]

@@ -635,7 +635,8 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
     rows_all = [r for a in parts for r in a[2]]
     kept_order = _suppress(pk, np.concatenate([a[1] for a in parts]), vs,
                            p.min_spine_separation_um, shape)
-    rows = [rows_all[i] for i in kept_order if rows_all[i] is not None]
+    rows = _drop_necks([rows_all[i] for i in kept_order if rows_all[i] is not None],
+                       p.min_spine_separation_um)
     del parts
     t = lap("spines", t)
     yield "spines"
@@ -657,6 +658,26 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
     dendrites = dendrite_table(centerlines, spines, diam, smooth_um=0)
     return Detection(spines, dendrites, centerlines, [q + offset for q in smooth_paths],
                      mask if return_mask else None, timings)
+
+
+def _drop_necks(rows: list[dict], separation_um: float) -> list[dict]:
+    """Leave out peaks that lie on the neck of a spine further from the shaft: closer than
+    `separation_um` (z scaled by the PSF elongation) to its base -> head line, short of the
+    head. A long spine's neck often leaves a second residual peak near the shaft."""
+    if len(rows) < 2:
+        return rows
+    scale = np.array([1 / AXIAL_RATIO, 1.0, 1.0])
+    head = np.array([[r["z_um"], r["y_um"], r["x_um"]] for r in rows]) * scale
+    base = np.array([[r["base_z_um"], r["base_y_um"], r["base_x_um"]] for r in rows]) * scale
+    surface = np.array([r["shaft_distance_um"] for r in rows])
+    seg = head - base
+    length2 = np.maximum((seg**2).sum(axis=1), 1e-12)
+    # t: position of every peak a along every spine b's neck (0 at the base, 1 at the head)
+    t = np.einsum("abk,bk->ab", head[:, None] - base[None], seg) / length2[None]
+    gap = np.linalg.norm(head[:, None] - (base[None] + np.clip(t, 0, 1)[..., None] * seg[None]),
+                         axis=2)
+    neck = (gap < separation_um) & (t < 0.85) & (surface[:, None] < surface[None])
+    return [r for r, n in zip(rows, neck.any(axis=1)) if not n]
 
 
 def _measure(li, gi, rz, rs, resid, ms, tree, pts: _Points, radii, shaft_brightness, ids, vs,
@@ -682,6 +703,7 @@ def _measure(li, gi, rz, rs, resid, ms, tree, pts: _Points, radii, shaft_brightn
     cpt = pts.xyz[ni]
     direction = (hp - cpt) / max(dc, 1e-9)
     base = cpt + r_shaft * direction
+    origin = gi - li
     # head size: area above half maximum in the peak's slice
     win = int(np.ceil(1.0 / vs[1]))
     y0, y1 = max(yi - win, 0), min(yi + win + 1, rs.shape[1])
@@ -694,7 +716,6 @@ def _measure(li, gi, rz, rs, resid, ms, tree, pts: _Points, radii, shaft_brightn
     # neck: residual along base -> head relative to the head
     n_s = max(int(surface / 0.1), 2)
     line = base[None] + np.linspace(0, 1, n_s)[:, None] * (hp - base)[None]
-    origin = gi - li
     idx = np.clip(np.round(line / np.asarray(vs)).astype(int) - origin, 0,
                   np.asarray(rs.shape) - 1)
     along = rs[tuple(idx.T)]

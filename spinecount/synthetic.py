@@ -612,7 +612,9 @@ def make_experiment(folder, *, conditions: dict | None = None, animals_per_condi
     Each animal's density is its condition's planted density times a log-normal factor
     (coefficient of variation `animal_cv`); each dendrite varies around its animal's density by
     `dendrite_cv`. Every stack is a 60 x 60 um field, 16 um deep, with three unbranched
-    dendrites (``make_stack`` arguments can be changed with `stack_kw`). The stacks are made by
+    dendrites 100 photons bright at the centre (a signal-to-noise ratio of about 10, still
+    below that of typical in vivo stacks such as rr30a's); ``make_stack`` arguments can be
+    changed with `stack_kw`. The stacks are made by
     `workers` processes (default: one per core; 0 makes them in this process); the result does
     not depend on it.
 
@@ -639,7 +641,7 @@ def make_experiment(folder, *, conditions: dict | None = None, animals_per_condi
     conditions = conditions or DEMO_CONDITIONS
     rng = np.random.default_rng(seed)
     kw = {"shape_um": (16.0, 60.0, 60.0), "n_dendrites": 3, "branch_probability": 0.0,
-          **stack_kw}
+          "peak_photons": 100.0, **stack_kw}
     rows, jobs = [], []
     for ci, (cond, density) in enumerate(conditions.items()):
         for a in range(1, animals_per_condition + 1):
