@@ -31,7 +31,7 @@ def _cmd_detect(args) -> int:
     stack, det, wall = detect_to_folder(
         args.stack, args.output, params, command="detect", channel=args.channel,
         voxel_size=args.voxel_size, timepoint=args.timepoint, traces=args.traces,
-        progress=not args.quiet)
+        progress=not args.quiet, chunk_um=args.chunk_um)
     total_len = float(det.dendrites["length_um"].sum())
     print(f"{stack.name}: {len(det.spines)} spines on {len(det.dendrites)} dendrites "
           f"({total_len:.1f} um, {len(det.spines) / total_len if total_len else 0:.3f} "
@@ -228,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", help="JSON file of detection parameters (a run.json works)")
     p.add_argument("--traces", help="analyse these dendrites (SWC or CSV in um) instead of "
                                     "tracing them")
+    p.add_argument("--chunk-um", type=float, help="process in overlapping lateral chunks of "
+                   "this size (um) to bound memory; same result (default: automatic)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_detect)
 

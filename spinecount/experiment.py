@@ -97,7 +97,7 @@ def process_stack(task: dict) -> dict:
         stack, det, _ = detect_to_folder(
             task["file"], folder, DetectionParams.from_dict(task["params"]), command="run",
             channel=task["channel"], voxel_size=task["voxel_size"],
-            traces=task["traces_file"] or None, sha256=task["sha256"],
+            traces=task["traces_file"] or None, sha256=task["sha256"], threads=1,
             extra={"cache_key": task["key"], "stack": task["stack"],
                    "manifest_row": task["row"]})
         qc_thumbnail(stack, det.spines, det.centerlines, folder / QC_FILE)

@@ -90,10 +90,12 @@ def write_result(outdir, detection, run_info: dict) -> dict[str, Path]:
 
 def detect_to_folder(path, outdir, params, *, command: str, channel=None, voxel_size=None,
                      timepoint=None, traces=None, progress: bool = False,
-                     extra: dict | None = None, sha256: str | None = None):
+                     extra: dict | None = None, sha256: str | None = None,
+                     chunk_um: float | None = None, threads: int | None = None):
     """Read one stack, detect its spines, and write its result folder with provenance.
 
-    Returns ``(stack, detection, wall_time_s)``.
+    `chunk_um` and `threads` go to :func:`spinecount.detection.detect` (they do not change
+    the result). Returns ``(stack, detection, wall_time_s)``.
     """
     from .detection import detect
     from .io import read_stack
@@ -102,7 +104,7 @@ def detect_to_folder(path, outdir, params, *, command: str, channel=None, voxel_
     t0 = time.perf_counter()
     stack = read_stack(path, channel=channel, voxel_size=voxel_size, timepoint=timepoint)
     det = detect(stack, params=params, traces=read_traces(traces) if traces else None,
-                 progress=progress)
+                 progress=progress, chunk_um=chunk_um, workers=threads)
     wall = time.perf_counter() - t0
     info = detection_info(stack, det, params, wall_time_s=wall, command=command, sha256=sha256,
                           extra={"traces": str(Path(traces).resolve()) if traces else "automatic",

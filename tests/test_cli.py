@@ -52,6 +52,10 @@ def test_synth_detect_evaluate(tmp_path, capsys):
     summary = json.loads((ev / "evaluation.json").read_text())
     assert 0 < summary["f1"] <= 1
     assert (ev / "matched.csv").exists()
+    # in chunks the same spines come out
+    chunked = tmp_path / "chunked"
+    assert main(["detect", str(tif), "-o", str(chunked), "-q", "--chunk-um", "12"]) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(chunked / "spines.csv"), spines)
 
 
 def test_params_file_and_voxel_size_override(tmp_path):
