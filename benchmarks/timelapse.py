@@ -12,7 +12,7 @@ Prints:
 3. Synthetic time-lapses (3 sessions, planted formation and elimination) linked from their true
    positions (goal: rates within 3 percentage points) and from the detector's spines.
 
-    python benchmarks/timelapse.py [--data ../shared/data/rr30a] [--cache /tmp/spinecount-tl]
+    python benchmarks/timelapse.py [--data ../shared/data/rr30a] [--out /tmp/spinecount-tl]
 """
 
 import argparse
@@ -68,7 +68,7 @@ def annotated(data: Path, stacks, regs):
     return lost_true / len(a), new_true / len(a)
 
 
-def detected(data: Path, stacks, regs, cache: Path, true_rates):
+def detected(data: Path, stacks, regs, out: Path, true_rates):
     from spinecount.detection import detect
     from spinecount.evaluate import in_tube
     from spinecount.results import write_result
@@ -78,11 +78,10 @@ def detected(data: Path, stacks, regs, cache: Path, true_rates):
 
     tables, cls, tubes = [], [], []
     for s, stack in enumerate(stacks):
-        folder = cache / f"rr30a_s{s}"
-        if not (folder / "spines.csv").exists():
-            t = time.perf_counter()
-            write_result(folder, detect(stack), {})
-            print(f"   (detected session {s} in {time.perf_counter() - t:.0f} s)")
+        folder = out / f"rr30a_s{s}"  # written for inspection, detected afresh every run
+        t = time.perf_counter()
+        write_result(folder, detect(stack), {})
+        print(f"   (detected session {s} in {time.perf_counter() - t:.0f} s)")
         spines, _, cl, _ = load_result(folder)
         tables.append(spines)
         cls.append(cl)
@@ -136,7 +135,7 @@ def synthetic(seeds=(0, 1, 2)):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=str(HERE.parent.parent / "shared/data/rr30a"))
-    ap.add_argument("--cache", default="/tmp/spinecount-tl")
+    ap.add_argument("--out", default="/tmp/spinecount-tl", help="where the detections go")
     ap.add_argument("--no-real", action="store_true")
     a = ap.parse_args()
     data = Path(a.data)
@@ -149,7 +148,7 @@ def main():
         regs = register_sessions(stacks)
         print(f"(registration {time.perf_counter() - t:.1f} s)")
         true_rates = annotated(data, stacks, regs)
-        detected(data, stacks, regs, Path(a.cache), true_rates)
+        detected(data, stacks, regs, Path(a.out), true_rates)
     synthetic()
 
 
