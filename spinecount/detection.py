@@ -5,7 +5,8 @@ The method, in order (all distances in micrometres, converted with the stack's v
 1. **Working resolution.** The stack is block-averaged laterally to about
    ``working_pixel_um`` (0.24 um) pixels: fine enough for spine heads, and fast.
 2. **Background and noise** are estimated per slice (median and scaled median absolute
-   deviation), so depth dimming does not bias thresholds.
+   deviation, on a lattice of about 200,000 pixels a slice), so depth dimming does not bias
+   thresholds.
 3. **Dendrites.** The image smoothed by ``dendrite_smoothing_um`` is thresholded at
    ``dendrite_threshold`` noise SDs above background or, where higher, at ``otsu_fraction`` of
    Otsu's threshold of the smoothed stack (in vivo, dim neuropil and out-of-focus processes lie
@@ -24,14 +25,19 @@ The method, in order (all distances in micrometres, converted with the stack's v
 5. **Spines** are peaks of the residual, smoothed at the head scale ``head_sigma_um``, that rise
    ``spine_threshold`` local noise SDs above it (shot noise grows with the shaft model), lie
    within ``max_spine_length_um`` of the shaft surface and within ``max_axial_offset_um`` above
-   or below the centre line, are at least ``min_spine_separation_um``
-   apart, and protrude: at least ``min_protrusion_fraction`` of the brightness at the head is in
-   excess of the shaft model (a local bulge of the shaft is not a spine). Each is attached to its nearest
-   dendrite, its base placed on the shaft surface towards the head, and measured: head diameter
-   (half-maximum width across the spine, blur removed), neck length, total length, distance from
-   the shaft surface,
-   integrated intensity relative to the shaft per micrometre, type (see
-   :mod:`spinecount.morphology`) and a confidence ``score`` from its contrast.
+   or below the centre line, are at least ``min_spine_separation_um`` apart, protrude (at least
+   ``min_protrusion_fraction`` of the brightness at the head is in excess of the shaft model: a
+   local bulge of the shaft is not a spine), and do not lie on the neck of a spine further out.
+   Each is attached to its nearest dendrite, its base placed on the shaft surface towards the
+   head, and measured: head diameter (half-maximum width across the spine, blur removed), neck
+   length, total length, distance from the shaft surface, integrated intensity relative to the
+   shaft per micrometre, type (see :mod:`spinecount.morphology`) and a confidence ``score`` from
+   its contrast.
+6. **Chunks.** Every step works in lateral chunks with a margin (:mod:`spinecount.chunks`), and
+   what needs the whole stack (background and noise, Otsu's threshold, the shaft model's cell
+   medians, the noise curve, close peaks) is gathered from all chunks first, so the result is
+   the same in chunks as in one piece. Large stacks are chunked to bound memory; smaller ones
+   run as one strip per thread.
 """
 
 from __future__ import annotations
