@@ -43,6 +43,7 @@ The method, in order (all distances in micrometres, converted with the stack's v
 from __future__ import annotations
 
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -86,6 +87,35 @@ class Detection:
     paths: list = field(default_factory=list)
     mask: np.ndarray | None = None
     timings: dict = field(default_factory=dict)
+
+
+_warm_lock = threading.Lock()
+_warm_started = False
+
+
+def _warm_skan() -> None:
+    """Start compiling skan's numba code in a background thread, once per process: about 3 s
+    that otherwise fall on the first stack, and that overlap the first stages (which run in C
+    code, outside Python's lock)."""
+    global _warm_started
+
+    def toy():
+        try:
+            import skan
+
+            sk = np.zeros((3, 12, 12), bool)
+            sk[1, 2:10, 6] = sk[1, 6, 2:10] = True
+            skel = skan.Skeleton(sk, spacing=(1.0, 0.5, 0.5))
+            skan.summarize(skel, separator="_")
+            skel.path_coordinates(0)
+            skel.prune_paths([0])
+        except Exception:  # the real call will say what is wrong
+            pass
+
+    with _warm_lock:
+        if not _warm_started:
+            _warm_started = True
+            threading.Thread(target=toy, name="spinecount-warm-skan", daemon=True).start()
 
 
 def _downsample(data: np.ndarray, f: int) -> np.ndarray:
@@ -457,6 +487,8 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
 
     p = params or DetectionParams()
     timings: dict[str, float] = {}
+    if traces is None:
+        _warm_skan()
 
     def lap(name, t0):
         timings[name] = round(time.perf_counter() - t0, 3)
