@@ -1,4 +1,4 @@
-"""Overlapping lateral chunks (tiles) of a stack, for detection with bounded memory.
+"""Overlapping lateral chunks (tiles) of a stack: detection one chunk at a time, in parallel.
 
 A tile holds every z slice of a rectangle of the working grid (its *core*) plus a margin on each
 side (its *extent*). Each voxel is computed in the tile whose core holds it, from the tile's

@@ -229,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--traces", help="analyse these dendrites (SWC or CSV in um) instead of "
                                     "tracing them")
     p.add_argument("--chunk-um", type=float, help="process in overlapping lateral chunks of "
-                   "this size (um) to bound memory; same result (default: automatic)")
+                   "this size (um); same result (default: automatic for large stacks)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_detect)
 

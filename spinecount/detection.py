@@ -413,8 +413,8 @@ def detect(stack: Stack, *, params: DetectionParams | None = None, traces: pd.Da
     progress : bool
         Show a progress bar per stage.
     chunk_um : float, optional
-        Process the stack in overlapping lateral chunks of this size (um), with memory bounded
-        by the chunk size and the same result as in one piece. By default stacks of more than
+        Process the stack in overlapping lateral chunks of this size (um), with the same
+        result as in one piece; the large float arrays then exist one chunk at a time. By default stacks of more than
         :data:`spinecount.chunks.AUTO_CHUNK_VOXELS` working voxels (for example 200 x 2048 x
         2048 at 0.12 um) are processed in 64 um chunks and smaller ones in one piece.
     workers : int, optional
