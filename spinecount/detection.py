@@ -119,14 +119,13 @@ def _warm_skan() -> None:
 
 
 def _downsample(data: np.ndarray, f: int) -> np.ndarray:
-    """Block-mean by `f` in y and x (float32)."""
-    img = data.astype(np.float32, copy=False)
+    """Block-mean by `f` in y and x (float32; the input is not converted as a whole)."""
     if f == 1:
-        return img.copy() if img is data else img
-    z, y, x = img.shape
+        return data.astype(np.float32)
+    z, y, x = data.shape
     y2, x2 = y // f * f, x // f * f
-    out = img[:, :y2, :x2].reshape(z, y2 // f, f, x2 // f, f).mean(axis=(2, 4), dtype=np.float32)
-    return out
+    return data[:, :y2, :x2].reshape(z, y2 // f, f, x2 // f, f).mean(axis=(2, 4),
+                                                                      dtype=np.float32)
 
 
 def _slice_stats(sample: np.ndarray):
@@ -525,14 +524,18 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
         return kept("img", tile, lambda: _downsample(
             raw[:, ys.start * f:ys.stop * f, xs.start * f:xs.stop * f], f))
 
-    def smoothed(tile):
+    def smoothed(tile, img=None):
         return kept("sm", tile, lambda: ndi.gaussian_filter(
-            image(tile), _sigma_vox(p.dendrite_smoothing_um, vs)))
+            image(tile) if img is None else img, _sigma_vox(p.dendrite_smoothing_um, vs)))
 
     # statistics on a lattice (every step-th row and column): the same in chunks as in one piece
     step = max(1, int(np.ceil(np.sqrt(shape[1] * shape[2] / 200_000))))
-    samples = map_tiles(lambda tl: (image(tl)[tl.lattice(step)], smoothed(tl)[tl.lattice(step)]),
-                        tiles, workers=n_threads)
+
+    def lattice_samples(tile):
+        img = image(tile)
+        return img[tile.lattice(step)], smoothed(tile, img)[tile.lattice(step)]
+
+    samples = map_tiles(lattice_samples, tiles, workers=n_threads)
     lat_img = assemble_lattice([a for a, _ in samples], shape, step, tiles)
     lat_sm = assemble_lattice([b for _, b in samples], shape, step, tiles)
     del samples
