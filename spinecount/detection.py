@@ -706,6 +706,8 @@ def _drop_necks(rows: list[dict], separation_um: float) -> list[dict]:
     """Leave out peaks that lie on the neck of a spine further from the shaft: closer than
     `separation_um` (z scaled by the PSF elongation) to its base -> head line, short of the
     head. A long spine's neck often leaves a second residual peak near the shaft."""
+    from scipy.spatial import cKDTree
+
     if len(rows) < 2:
         return rows
     scale = np.array([1 / AXIAL_RATIO, 1.0, 1.0])
@@ -714,12 +716,17 @@ def _drop_necks(rows: list[dict], separation_um: float) -> list[dict]:
     surface = np.array([r["shaft_distance_um"] for r in rows])
     seg = head - base
     length2 = np.maximum((seg**2).sum(axis=1), 1e-12)
-    # t: position of every peak a along every spine b's neck (0 at the base, 1 at the head)
-    t = np.einsum("abk,bk->ab", head[:, None] - base[None], seg) / length2[None]
-    gap = np.linalg.norm(head[:, None] - (base[None] + np.clip(t, 0, 1)[..., None] * seg[None]),
-                         axis=2)
-    neck = (gap < separation_um) & (t < 0.85) & (surface[:, None] < surface[None])
-    return [r for r, n in zip(rows, neck.any(axis=1)) if not n]
+    # only pairs whose heads lie within one neck and the separation of each other can qualify
+    pairs = cKDTree(head).query_pairs(np.sqrt(length2.max()) + separation_um,
+                                      output_type="ndarray")
+    a = np.concatenate([pairs[:, 0], pairs[:, 1]])  # the peak ...
+    b = np.concatenate([pairs[:, 1], pairs[:, 0]])  # ... and the spine whose neck it may lie on
+    # t: position of peak a along spine b's neck (0 at the base, 1 at the head)
+    t = np.einsum("nk,nk->n", head[a] - base[b], seg[b]) / length2[b]
+    gap = np.linalg.norm(head[a] - (base[b] + np.clip(t, 0, 1)[:, None] * seg[b]), axis=1)
+    neck = np.zeros(len(rows), bool)
+    neck[a[(gap < separation_um) & (t < 0.85) & (surface[a] < surface[b])]] = True
+    return [r for r, n in zip(rows, neck) if not n]
 
 
 def _measure(li, gi, rz, rs, resid, ms, tree, pts: _Points, radii, shaft_brightness, ids, vs,
@@ -756,8 +763,9 @@ def _measure(li, gi, rz, rs, resid, ms, tree, pts: _Points, radii, shaft_brightn
     patch = rs[zi, y0:y1, x0:x1] >= 0.5 * peak
     lab2, _ = ndi.label(patch)
     py, px = np.nonzero(lab2 == lab2[yi - y0, xi - x0])
-    across = np.array([-direction[2], direction[1]])
-    across = across / np.linalg.norm(across) if np.linalg.norm(across) > 1e-6 else np.array([1.0, 0])
+    across = np.array([-direction[2], direction[1]])  # in the slice, across the spine
+    norm = np.linalg.norm(across)
+    across = across / norm if norm > 1e-6 else np.array([1.0, 0.0])
     proj = (py * vs[1]) * across[0] + (px * vs[2]) * across[1]
     d_obs = np.sqrt(16 * proj.var() + vs[1] * vs[2])  # a disc of diameter d: variance d^2 / 16
     blur2 = p.psf_fwhm_um**2 + 0.5 * (2.3548 * p.head_sigma_um) ** 2
