@@ -102,12 +102,6 @@ def _z_offset(a: np.ndarray, b: np.ndarray, max_slices: int) -> float:
     return best
 
 
-def _lateral_bin(stack: np.ndarray, f: int) -> np.ndarray:
-    z, y, x = stack.shape
-    y2, x2 = (y // f) * f, (x // f) * f
-    return stack[:, :y2, :x2].reshape(z, y2 // f, f, x2 // f, f).mean(axis=(2, 4))
-
-
 def register(reference, moving, *, block_um: float = 30.0, max_shift_um: float = 15.0,
              max_local_um: float = 2.0, max_z_shift_um: float = 10.0,
              max_local_z_um: float = 4.0, local: bool = True) -> Registration:
@@ -144,6 +138,8 @@ def register(reference, moving, *, block_um: float = 30.0, max_shift_um: float =
     >>> np.round(reg.shift_um, 1).tolist()  # moved + shift = reference
     [-1.0, -1.2, 1.8]
     """
+    from .detection import _downsample
+
     vz, vy, vx = reference.voxel_size
     if not np.allclose(moving.voxel_size[1:], (vy, vx), rtol=1e-3):
         raise ValueError("the two sessions need the same lateral voxel size")
@@ -158,7 +154,7 @@ def register(reference, moving, *, block_um: float = 30.0, max_shift_um: float =
     # 2. axial offset of the laterally aligned stacks, binned to ~0.5 um pixels
     f = max(1, int(round(0.5 / vy)))
     Bs = ndi.shift(B.astype(np.float32), (0, *shift_yx), order=1)
-    a3, b3 = _lateral_bin(A.astype(np.float32), f), _lateral_bin(Bs, f)
+    a3, b3 = _downsample(A, f), _downsample(Bs, f)
     haze = (0, 2.0 / (f * vy), 2.0 / (f * vy))  # 2 um: what varies more slowly is haze
     a3, b3 = a3 - ndi.gaussian_filter(a3, haze), b3 - ndi.gaussian_filter(b3, haze)
     dz = _z_offset(a3, b3, int(np.ceil(max_z_shift_um / vz)))
