@@ -82,18 +82,18 @@ def plan_tiles(shape, *, tile_px, halo_px: int) -> list[Tile]:
     return tiles
 
 
-def map_tiles(func, tiles: list[Tile], *, workers: int | None = None) -> list:
+def map_tiles(func, tiles: list[Tile], *, threads: int | None = None) -> list:
     """``[func(tile) for tile in tiles]``, on a dask thread pool when there are several tiles.
 
     The heavy steps (scipy.ndimage filters and distance transforms) release the GIL, so threads
-    run them in parallel; memory is about `workers` tiles' worth.
+    run them in parallel; memory is about `threads` tiles' worth.
     """
-    if len(tiles) == 1 or workers == 1:
+    if len(tiles) == 1 or threads == 1:
         return [func(t) for t in tiles]
     import dask
 
     return list(dask.compute(*[dask.delayed(func)(t) for t in tiles], scheduler="threads",
-                             num_workers=workers))
+                             num_workers=threads))
 
 
 def assemble_lattice(blocks, shape, step: int, tiles: list[Tile]) -> np.ndarray:

@@ -395,7 +395,7 @@ class _ShaftModel:
 
 def detect(stack: Stack, *, params: DetectionParams | None = None, traces: pd.DataFrame | None
            = None, return_mask: bool = False, progress: bool = False,
-           chunk_um: float | None = None, workers: int | None = None) -> Detection:
+           chunk_um: float | None = None, threads: int | None = None) -> Detection:
     """Trace the dendrites of a stack and detect their spines.
 
     Parameters
@@ -416,7 +416,7 @@ def detect(stack: Stack, *, params: DetectionParams | None = None, traces: pd.Da
         result as in one piece; the large float arrays then exist one chunk at a time. By default stacks of more than
         :data:`spinecount.chunks.AUTO_CHUNK_VOXELS` working voxels (for example 200 x 2048 x
         2048 at 0.12 um) are processed in 64 um chunks and smaller ones in one piece.
-    workers : int, optional
+    threads : int, optional
         Threads that process chunks in parallel (default: one per core).
 
     Returns
@@ -439,7 +439,7 @@ def detect(stack: Stack, *, params: DetectionParams | None = None, traces: pd.Da
     from tqdm.auto import tqdm
 
     steps = detect_steps(stack, params=params, traces=traces, return_mask=return_mask,
-                         chunk_um=chunk_um, workers=workers)
+                         chunk_um=chunk_um, threads=threads)
     with tqdm(total=len(STAGES), desc=f"detect {stack.name}", unit="stage", leave=False,
               disable=not progress) as bar:
         while True:
@@ -468,7 +468,7 @@ def _halo_px(vs, p: DetectionParams) -> int:
 
 def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
                  traces: pd.DataFrame | None = None, return_mask: bool = False,
-                 chunk_um: float | None = None, workers: int | None = None):
+                 chunk_um: float | None = None, threads: int | None = None):
     """:func:`detect` as a generator: yields the name of each stage of :data:`STAGES` as it
     finishes and returns the :class:`Detection` (the ``value`` of ``StopIteration``).
 
@@ -501,7 +501,7 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
     shape = (raw.shape[0], raw.shape[1] // f, raw.shape[2] // f)
     # a working voxel's centre lies (f - 1) / 2 original pixels into its block
     offset = np.array([0.0, (f - 1) / 2 * vy, (f - 1) / 2 * vx])
-    n_threads = workers or os.cpu_count() or 1
+    n_threads = threads or os.cpu_count() or 1
     # Stacks that fit in memory are cut into one strip per thread (for speed) and keep their
     # arrays between stages; larger ones are processed in chunks, recomputed where needed.
     keep = chunk_um is None and np.prod(shape) <= AUTO_CHUNK_VOXELS
@@ -535,7 +535,7 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
         img = image(tile)
         return img[tile.lattice(step)], smoothed(tile, img)[tile.lattice(step)]
 
-    samples = map_tiles(lattice_samples, tiles, workers=n_threads)
+    samples = map_tiles(lattice_samples, tiles, threads=n_threads)
     lat_img = assemble_lattice([a for a, _ in samples], shape, step, tiles)
     lat_sm = assemble_lattice([b for _, b in samples], shape, step, tiles)
     del samples
@@ -550,7 +550,7 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
     mask = None
     if traces is None or return_mask:
         parts = map_tiles(lambda tl: _tile_mask((smoothed(tl) - bg_s) / noise_s, tl, shape, vs,
-                                                threshold, p), tiles, workers=n_threads)
+                                                threshold, p), tiles, threads=n_threads)
         for tl in tiles:
             cache.pop(("sm", id(tl)), None)
         mask = np.zeros(shape, bool)
@@ -611,7 +611,7 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
         centre_b = ndi.gaussian_filter(sig, _sigma_vox((0.0, 0.3, 0.3), vs)).ravel()[line[on]]
         return key[core], sig[region][core], pts.owner[line_point[on]], centre_b
 
-    parts = map_tiles(cell_values, tiles, workers=n_threads)
+    parts = map_tiles(cell_values, tiles, threads=n_threads)
     radii = shaft.fit(np.concatenate([a[0] for a in parts]), np.concatenate([a[1] for a in parts]))
     line_owner = np.concatenate([a[2] for a in parts])
     line_b = np.concatenate([a[3] for a in parts])
@@ -638,7 +638,7 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
 
     # Shot noise grows with brightness: measure the residual's spread as a function of the
     # shaft model and express peaks in those local noise units.
-    parts = map_tiles(spread_sample, tiles, workers=n_threads)
+    parts = map_tiles(spread_sample, tiles, threads=n_threads)
     mv = np.concatenate([a for a, _ in parts])
     rv_ = np.concatenate([b for _, b in parts])
     del parts
@@ -671,7 +671,7 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
                          shaft_brightness, ids, vs, p) for li in local]
         return local + tile.origin, rz[tuple(local.T)], rows
 
-    parts = map_tiles(peaks, tiles, workers=n_threads)
+    parts = map_tiles(peaks, tiles, threads=n_threads)
     cache.clear()
     pk = np.vstack([a[0] for a in parts])
     rows_all = [r for a in parts for r in a[2]]

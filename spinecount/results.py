@@ -104,7 +104,7 @@ def detect_to_folder(path, outdir, params, *, command: str, channel=None, voxel_
     t0 = time.perf_counter()
     stack = read_stack(path, channel=channel, voxel_size=voxel_size, timepoint=timepoint)
     det = detect(stack, params=params, traces=read_traces(traces) if traces else None,
-                 progress=progress, chunk_um=chunk_um, workers=threads)
+                 progress=progress, chunk_um=chunk_um, threads=threads)
     wall = time.perf_counter() - t0
     info = detection_info(stack, det, params, wall_time_s=wall, command=command, sha256=sha256,
                           extra={"traces": str(Path(traces).resolve()) if traces else "automatic",

@@ -82,7 +82,7 @@ def test_chunked_equals_whole(voxel_size, chunk_um):
                      branch_probability=0.5, seed=7)
     whole = spinecount.detect(syn.stack, return_mask=True)
     assert len(whole.spines) > 20 and len(whole.dendrites) >= 3
-    chunked = spinecount.detect(syn.stack, chunk_um=chunk_um, workers=2, return_mask=True)
+    chunked = spinecount.detect(syn.stack, chunk_um=chunk_um, threads=2, return_mask=True)
     for name in ("spines", "dendrites", "centerlines"):
         pd.testing.assert_frame_equal(getattr(chunked, name), getattr(whole, name))
     np.testing.assert_array_equal(chunked.mask, whole.mask)
