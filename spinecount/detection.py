@@ -191,7 +191,7 @@ def _tile_mask(zs: np.ndarray, tile: Tile, shape, vs, threshold: float, p: Detec
         grow = int(np.ceil(p.max_dendrite_radius_um / vs[1]))
         thick = ndi.binary_dilation(thick, iterations=grow, mask=mask)
         mask &= ~thick
-    core = mask[tile.inner]
+    core = mask[tile.inner].copy()  # not a view, which would keep the extent's mask alive
     where = np.nonzero(core)
     flat = np.ravel_multi_index(
         tuple(w + c for w, c in zip(where, (0, tile.core[0].start, tile.core[1].start))), shape)
@@ -206,11 +206,13 @@ def _trace_dendrites(mask: np.ndarray, edt_at, vs, p: DetectionParams):
     import skan
 
     lab, n = ndi.label(mask)
-    if n:
-        sizes = np.bincount(lab.ravel(), minlength=n + 1)[1:]
-        min_vox = p.min_dendrite_length_um / vs[1] * 2
-        keep = np.concatenate([[False], sizes >= min_vox])
-        mask = keep[lab]
+    if n:  # a slice at a time: np.bincount and indexing would copy the labels to int64
+        sizes = sum(np.bincount(lab[z].ravel(), minlength=n + 1) for z in range(len(lab)))
+        keep = sizes >= p.min_dendrite_length_um / vs[1] * 2
+        keep[0] = False
+        mask = np.empty(lab.shape, bool)
+        for z in range(len(lab)):
+            mask[z] = keep[lab[z]]
     del lab
     skel = skeletonize(mask)
     paths = []
@@ -532,8 +534,8 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
     step = max(1, int(np.ceil(np.sqrt(shape[1] * shape[2] / 200_000))))
 
     def lattice_samples(tile):
-        img = image(tile)
-        return img[tile.lattice(step)], smoothed(tile, img)[tile.lattice(step)]
+        img = image(tile)  # copies, not views: a view would keep the tile's array alive
+        return img[tile.lattice(step)].copy(), smoothed(tile, img)[tile.lattice(step)].copy()
 
     samples = map_tiles(lattice_samples, tiles, threads=n_threads)
     lat_img = assemble_lattice([a for a, _ in samples], shape, step, tiles)

@@ -30,6 +30,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,6 +115,15 @@ def process_stack(task: dict) -> dict:
                 "seconds": time.perf_counter() - t0}
 
 
+def _import_aggregation() -> None:
+    from .plots import _plt
+
+    import scipy.stats  # noqa: F401
+    import statsmodels.formula.api  # noqa: F401
+
+    _plt()
+
+
 def _tasks(df: pd.DataFrame, outdir: Path, params: DetectionParams) -> list[dict]:
     from .manifest import INTERNAL, row_channel, row_voxel_size
 
@@ -153,6 +163,9 @@ def _execute(tasks: list[dict], *, workers: int, scheduler: str | None, progress
             return results
         from dask.distributed import Client, LocalCluster, as_completed
 
+        # the aggregation's libraries take about 1.5 s to import: do it while the workers work
+        threading.Thread(target=_import_aggregation, name="spinecount-imports",
+                         daemon=True).start()
         cluster = None
         if scheduler is None:
             import dask
