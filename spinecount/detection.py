@@ -755,21 +755,20 @@ def _measure(li, gi, rz, rs, resid, ms, tree, pts: _Points, radii, shaft_brightn
     direction = (hp - cpt) / max(dc, 1e-9)
     base = cpt + r_shaft * direction
     origin = gi - li
-    # head size: width across the spine of the part above half maximum in the peak's slice
-    # (a neck makes it long, not wide), less the PSF and half the head-scale smoothing in
-    # quadrature (the half calibrated on synthetic heads: the smoothing widens a disc less than
-    # a Gaussian)
+    # head size: width of the part above half maximum in the peak's slice, less the PSF and
+    # half the head-scale smoothing in quadrature (the half calibrated on synthetic heads: the
+    # smoothing widens a disc less than a Gaussian)
     win = int(np.ceil(1.0 / vs[1]))
     y0, y1 = max(yi - win, 0), min(yi + win + 1, rs.shape[1])
     x0, x1 = max(xi - win, 0), min(xi + win + 1, rs.shape[2])
     patch = rs[zi, y0:y1, x0:x1] >= 0.5 * peak
     lab2, _ = ndi.label(patch)
     py, px = np.nonzero(lab2 == lab2[yi - y0, xi - x0])
-    across = np.array([-direction[2], direction[1]])  # in the slice, across the spine
-    norm = np.linalg.norm(across)
-    across = across / norm if norm > 1e-6 else np.array([1.0, 0.0])
-    proj = (py * vs[1]) * across[0] + (px * vs[2]) * across[1]
-    d_obs = np.sqrt(16 * proj.var() + vs[1] * vs[2])  # a disc of diameter d: variance d^2 / 16
+    # its narrower axis of that part (a neck or an error in the spine's direction makes it
+    # long, not wide); a disc of diameter d has variance d^2 / 16 along any axis
+    lam = float(np.linalg.eigvalsh(np.cov(np.vstack([py * vs[1], px * vs[2]])))[0]) \
+        if len(py) > 2 else 0.0
+    d_obs = np.sqrt(16 * max(lam, 0.0) + vs[1] * vs[2])
     blur2 = p.psf_fwhm_um**2 + 0.5 * (2.3548 * p.head_sigma_um) ** 2
     head_d = max(float(np.sqrt(max(d_obs**2 - blur2, 0.0))), 0.2)
     # neck: residual along base -> head relative to the head
@@ -778,7 +777,11 @@ def _measure(li, gi, rz, rs, resid, ms, tree, pts: _Points, radii, shaft_brightn
     idx = np.clip(np.round(line / np.asarray(vs)).astype(int) - origin, 0,
                   np.asarray(rs.shape) - 1)
     along = rs[tuple(idx.T)]
-    ratio = float(np.clip(along[: max(n_s - 3, 1)].min() / peak, 0, 1))
+    # its middle (20-70 % of the way out; the median): near the shaft surface the shaft
+    # model's subtraction and the noise pull the residual down, and the head is the head
+    t_along = np.linspace(0, 1, n_s)
+    mid = along[(t_along >= 0.2) & (t_along <= 0.7)]
+    ratio = float(np.clip(np.median(mid if len(mid) else along) / peak, 0, 1))
     neck_d = head_d * np.sqrt(ratio) if ratio < 0.6 else head_d
     integ = float(resid[max(zi - 1, 0):zi + 2, y0:y1, x0:x1].clip(0).sum())
     shaft_per_um = shaft_brightness[k] * np.pi * (
