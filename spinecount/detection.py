@@ -764,7 +764,7 @@ def _measure(li, gi, rz, rs, resid, ms, tree, pts: _Points, radii, shaft_brightn
     patch = rs[zi, y0:y1, x0:x1] >= 0.5 * peak
     lab2, _ = ndi.label(patch)
     py, px = np.nonzero(lab2 == lab2[yi - y0, xi - x0])
-    # its narrower axis of that part (a neck or an error in the spine's direction makes it
+    # along its narrower axis (a neck or an error in the spine's direction makes the part
     # long, not wide); a disc of diameter d has variance d^2 / 16 along any axis
     lam = float(np.linalg.eigvalsh(np.cov(np.vstack([py * vs[1], px * vs[2]])))[0]) \
         if len(py) > 2 else 0.0

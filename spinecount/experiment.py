@@ -116,11 +116,14 @@ def process_stack(task: dict) -> dict:
 
 
 def _import_aggregation() -> None:
+    """Import what the aggregation needs (statistics, plots): run in a thread while the
+    workers work."""
+    import importlib
+
     from .plots import _plt
 
-    import scipy.stats  # noqa: F401
-    import statsmodels.formula.api  # noqa: F401
-
+    for name in ("scipy.stats", "statsmodels.formula.api"):
+        importlib.import_module(name)
     _plt()
 
 

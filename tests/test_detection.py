@@ -101,3 +101,16 @@ def test_tiles_cover_the_grid_once():
         count[t.core] += 1
         assert all(e.start <= c.start and c.stop <= e.stop for c, e in zip(t.core, t.ext))
     assert (count == 1).all()
+
+
+def test_mushrooms_and_thin_spines_are_told_apart():
+    # heads on thin necks are mushrooms; protrusions as wide as their heads are not
+    syn = make_stack(shape_um=(12, 40, 40), n_dendrites=2, voxel_size=(0.5, 0.1, 0.1),
+                     peak_photons=60, type_fractions={"mushroom": 0.5, "thin": 0.5}, seed=2)
+    det = spinecount.detect(syn.stack)
+    tp = evaluate(det.spines, syn.spines).matched.query("status == 'tp'")
+    assert len(tp) >= 25
+    got = det.spines["type"].to_numpy()[tp["pred_index"].to_numpy()]
+    true = syn.spines["type"].to_numpy()[tp["gt_index"].to_numpy()]
+    assert np.mean(got[true == "mushroom"] == "mushroom") >= 0.75
+    assert np.mean(got[true == "thin"] != "mushroom") >= 0.9

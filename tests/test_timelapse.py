@@ -100,6 +100,24 @@ def test_fates_and_turnover_on_a_known_case():
     assert tv["formation"].tolist() == [0.5, 0.5] and tv["elimination"].tolist() == [0.5, 0.5]
 
 
+def test_bases_keep_spines_whose_heads_crossed():
+    # two spines 1.6 um apart along a shaft; between the days their necks bend towards each
+    # other so that each head lands nearer the other's old head: heads alone would swap them
+    def table(heads_y):
+        return pd.DataFrame({"z_um": 2.0, "y_um": heads_y, "x_um": 6.5, "base_z_um": 2.0,
+                             "base_y_um": [10.0, 11.6], "base_x_um": 5.0, "spine_id": [0, 1]})
+
+    day0, day1 = table([10.0, 11.6]), table([11.0, 10.4])
+    tr = link([day0, day1])
+    t0, t1 = (tr[tr.session == k].set_index("spine_id")["track_id"] for k in (0, 1))
+    assert (t0 == t1).all()
+    heads_only = link([d.drop(columns=["base_z_um", "base_y_um", "base_x_um"])
+                       for d in (day0, day1)])
+    h0, h1 = (heads_only[heads_only.session == k].set_index("spine_id")["track_id"]
+              for k in (0, 1))
+    assert h0[0] == h1[1] and h0[1] == h1[0]  # the swap the bases prevent
+
+
 def test_track_command_writes_tracks(tmp_path, timelapse):
     from spinecount.cli import main
     from spinecount.synthetic import write_synthetic
