@@ -29,10 +29,11 @@ The method, in order (all distances in micrometres, converted with the stack's v
    ``min_protrusion_fraction`` of the brightness at the head is in excess of the shaft model: a
    local bulge of the shaft is not a spine), and do not lie on the neck of a spine further out.
    Each is attached to its nearest dendrite, its base placed on the shaft surface towards the
-   head, and measured: head diameter (half-maximum width across the spine, blur removed), neck
-   length, total length, distance from the shaft surface, integrated intensity relative to the
-   shaft per micrometre, type (see :mod:`spinecount.morphology`) and a confidence ``score`` from
-   its contrast.
+   head, and measured: head diameter (half-maximum width along the head's narrower axis, blur
+   removed), neck diameter (from the residual along the middle of the neck relative to the
+   head), neck length, total length, distance from the shaft surface, integrated intensity
+   relative to the shaft per micrometre, type (see :mod:`spinecount.morphology`) and a
+   confidence ``score`` from its contrast.
 6. **Chunks.** Every step works in lateral chunks with a margin (:mod:`spinecount.chunks`), and
    what needs the whole stack (background and noise, Otsu's threshold, the shaft model's cell
    medians, the noise curve, close peaks) is gathered from all chunks first, so the result is
