@@ -10,10 +10,11 @@ The method, in order (all distances in micrometres, converted with the stack's v
 3. **Dendrites.** The image smoothed by ``dendrite_smoothing_um`` is thresholded at
    ``dendrite_threshold`` noise SDs above background or, where higher, at ``otsu_fraction`` of
    Otsu's threshold of the smoothed stack (in vivo, dim neuropil and out-of-focus processes lie
-   many noise SDs above the background; Otsu's split puts them with the background); parts thicker than
-   ``max_dendrite_radius_um`` (soma, blobs) are removed. The mask is skeletonised in 3D and turned
-   into a graph with skan; tip branches shorter than ``max_spine_length_um`` (spines) are pruned
-   repeatedly and isolated pieces shorter than ``min_dendrite_length_um`` dropped. Each remaining
+   many noise SDs above the background; Otsu's split puts them with the background); parts
+   thicker than ``max_dendrite_radius_um`` (soma, blobs) are removed. The mask is skeletonised
+   in 3D and turned into a graph with skan; tip branches shorter than ``max_spine_length_um``
+   (spines) are pruned repeatedly and isolated pieces shorter than ``min_dendrite_length_um``
+   dropped. Each remaining
    branch between junctions and tips is one dendrite; its length is measured along its centre
    line smoothed over ``length_smoothing_um``, with the true voxel size in each axis.
    Alternatively the caller gives the centre lines (``traces``).
@@ -56,8 +57,8 @@ from .chunks import (AUTO_CHUNK_UM, AUTO_CHUNK_VOXELS, Tile, assemble_lattice, m
 from .io import Stack
 from .morphology import classify_spine
 from .params import DetectionParams
-from .tables import (BASE, POSITION, conform_spines, dendrite_table, empty_spines, resample_polyline,
-                     smooth_polyline)
+from .tables import (BASE, POSITION, conform_spines, dendrite_table, empty_spines,
+                     resample_polyline, smooth_polyline)
 
 #: Axial / lateral elongation of the two-photon PSF, used to scale z in the shaft model.
 AXIAL_RATIO = 3.0
@@ -416,9 +417,10 @@ def detect(stack: Stack, *, params: DetectionParams | None = None, traces: pd.Da
         Show a progress bar per stage.
     chunk_um : float, optional
         Process the stack in overlapping lateral chunks of this size (um), with the same
-        result as in one piece; the large float arrays then exist one chunk at a time. By default stacks of more than
-        :data:`spinecount.chunks.AUTO_CHUNK_VOXELS` working voxels (for example 200 x 2048 x
-        2048 at 0.12 um) are processed in 64 um chunks and smaller ones in one piece.
+        result as in one piece; the large float arrays then exist one chunk at a time. By
+        default stacks of more than :data:`spinecount.chunks.AUTO_CHUNK_VOXELS` working voxels
+        (for example 200 x 2048 x 2048 at 0.12 um) are processed in 64 um chunks and smaller
+        ones in one piece.
     threads : int, optional
         Threads that process chunks in parallel (default: one per core).
 

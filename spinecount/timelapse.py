@@ -54,8 +54,10 @@ FATES = ("stable", "formed", "eliminated", "transient")
 TRACKS_FILE = "tracks.csv"
 #: Links corrected by a reviewer (napari plugin), beside tracks.csv; they win over it.
 REVIEWED_TRACKS_FILE = "tracks_reviewed.csv"
-TRACK_COLUMNS = ["session", "row", "spine_id", "track_id", "fate", "dendrite", "z_um", "y_um",
-                 "x_um", "ref_z_um", "ref_y_um", "ref_x_um"]
+#: A spine's head registered onto the first session's frame.
+REF_POSITION = [f"ref_{c}" for c in POSITION]
+TRACK_COLUMNS = ["session", "row", "spine_id", "track_id", "fate", "dendrite", *POSITION,
+                 *REF_POSITION]
 #: Default gate (um): registered heads further apart than this are different spines.
 GATE_UM = 2.0
 #: z distances count this much in the linking cost (axial resolution and click z are poor).
@@ -172,9 +174,9 @@ def link(tables: list[pd.DataFrame], *, registrations=None, centerlines=None,
                             "spine_id": (table["spine_id"].to_numpy() if "spine_id" in table
                                          else np.arange(len(table))),
                             "track_id": -1, "dendrite": dtrack, **dict(zip(POSITION, pos.T)),
-                            **{f"ref_{c}": ref[:, i] for i, c in enumerate(POSITION)},
+                            **dict(zip(REF_POSITION, ref.T)),
+                            **dict(zip(REF_BASE, ref_base.T)),
                             "_gate_dendrite": np.where(constrain, dtrack, -1)})
-        cur[REF_BASE] = ref_base
         if s and len(parts[-1]) and len(cur):
             prev = parts[-1]
             r, c, ok = _assign(prev, cur, gate_um)
@@ -216,7 +218,7 @@ def _cost(prev: pd.DataFrame, cur: pd.DataFrame, gate_um: float) -> np.ndarray:
     """Linking cost (um) between spines of consecutive sessions; inf beyond the gate or
     across dendrites that do not match."""
     cost2 = 0
-    for cols in ([f"ref_{c}" for c in POSITION], REF_BASE):  # mean square of head and base
+    for cols in (REF_POSITION, REF_BASE):  # mean square of head and base distances
         d = prev[cols].to_numpy()[:, None, :] - cur[cols].to_numpy()[None, :, :]
         d[..., 0] *= Z_WEIGHT
         cost2 = cost2 + 0.5 * (d**2).sum(axis=-1)

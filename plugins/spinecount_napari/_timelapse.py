@@ -17,7 +17,6 @@ import numpy as np
 import pandas as pd
 from magicgui.widgets import Container, FileEdit, Label, PushButton
 
-REF = ["ref_z_um", "ref_y_um", "ref_x_um"]  # positions in the first session's frame
 FATE_COLORS = {"stable": "#FFFFFF", "formed": "#009E73", "eliminated": "#D55E00",
                "transient": "#F0E442"}
 
@@ -41,6 +40,7 @@ def timelapse_layers(folder, tracks: pd.DataFrame) -> list[tuple]:
     from spinecount.io import read_stack
     from spinecount.registration import Registration
     from spinecount.results import RUN_FILE
+    from spinecount.timelapse import REF_POSITION
 
     from ._layers import DEFAULT_SIZE_UM, contrast_limits
 
@@ -59,7 +59,8 @@ def timelapse_layers(folder, tracks: pd.DataFrame) -> list[tuple]:
         layers.append((movie, {"name": f"{name} sessions", "scale": (1, *vs),
                                "colormap": "gray", "contrast_limits": contrast_limits(movie[0])},
                        "image"))
-    pts = np.column_stack([tracks["session"].to_numpy(float), tracks[REF].to_numpy(float) / vs])
+    pts = np.column_stack([tracks["session"].to_numpy(float),
+                           tracks[REF_POSITION].to_numpy(float) / vs])
     feats = tracks[["session", "row", "track_id", "fate"]].reset_index(drop=True)
     layers.append((pts, {"name": f"{name} spines over time", "scale": (1, *vs),
                          "features": feats, "size": DEFAULT_SIZE_UM / vs[1],
@@ -69,7 +70,7 @@ def timelapse_layers(folder, tracks: pd.DataFrame) -> list[tuple]:
     linked = tracks[tracks.groupby("track_id")["track_id"].transform("size") > 1]
     order = linked.sort_values(["track_id", "session"])
     tdata = np.column_stack([order["track_id"], order["session"],
-                             order[REF].to_numpy(float) / vs])
+                             order[REF_POSITION].to_numpy(float) / vs])
     if len(tdata):
         layers.append((tdata, {"name": f"{name} links", "scale": (1, *vs), "tail_length": 5,
                                "head_length": 0, "tail_width": 3}, "tracks"))
