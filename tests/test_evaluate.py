@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from spinecount.evaluate import evaluate, in_tube, match_points
+from spinecount.evaluate import evaluate, in_tube, match_dendrites, match_points
 from spinecount.tables import read_spines
 
 
@@ -60,6 +60,28 @@ def test_tube_restricts_scoring_and_density_per_dendrite():
     inside = in_tube(pred[["z_um", "y_um", "x_um"]].to_numpy(), cl, lateral_radius=4,
                      axial_radius=5)
     assert inside.tolist() == [True] * 8 + [False]
+
+
+def test_matched_dendrites_leave_out_crossing_ones():
+    def line(did, start, end, n=161):
+        t = np.linspace(0, 1, n)[:, None]
+        p = np.asarray(start, float) + t * (np.asarray(end, float) - np.asarray(start, float))
+        return pd.DataFrame({"dendrite_id": did, "z_um": p[:, 0], "y_um": p[:, 1],
+                             "x_um": p[:, 2]})
+
+    traced = pd.concat([line(0, (5, 10, 0), (5, 10, 30)), line(1, (5, 40, 0), (5, 40, 30))])
+    # detected: dendrite 0 found 0.5 um off and 1 um deeper, only from x = 5 to 25; a
+    # dendrite crossing it at x = 15; nothing along dendrite 1
+    found = pd.concat([line(7, (6, 10.5, 5), (6, 10.5, 25)), line(8, (5, 0, 15), (5, 30, 15))])
+    spines = pd.DataFrame({"dendrite_id": [7] * 6 + [8] * 3,
+                           "base_z_um": 6.0, "base_y_um": [10.5] * 6 + [5, 9.5, 12],
+                           "base_x_um": [6, 9, 12, 15, 18, 21] + [15] * 3})
+    m = match_dendrites(found, traced, spines=spines).set_index("dendrite_id")
+    assert m.loc[0, "matched_length_um"] == pytest.approx(20, abs=0.5)
+    assert m.loc[0, "length_error"] == pytest.approx(-1 / 3, abs=0.02)
+    assert m.loc[0, "n_spines"] == 6  # the crossing dendrite's spines belong to it, not here
+    assert m.loc[0, "density_per_um"] == pytest.approx(6 / 20, rel=0.03)
+    assert m.loc[1, "matched_length_um"] == 0 and m.loc[1, "n_spines"] == 0
 
 
 def test_matched_table_written(tmp_path):
