@@ -136,11 +136,11 @@ def _in_tube(points, dense: np.ndarray, lateral_radius: float, axial_radius: flo
     return out
 
 
-def _dense_centerlines(centerlines: pd.DataFrame) -> np.ndarray:
-    """(n, 4) array of dendrite_id, z, y, x, resampled every 0.25 um."""
+def _dense_centerlines(centerlines: pd.DataFrame, step: float = 0.25) -> np.ndarray:
+    """(n, 4) array of dendrite_id, z, y, x, resampled every `step` um (dendrites in order)."""
     parts = []
     for did, g in centerlines.groupby("dendrite_id", sort=True):
-        p = resample_polyline(g[POSITION].to_numpy(float), 0.25)
+        p = resample_polyline(g[POSITION].to_numpy(float), step)
         parts.append(np.column_stack([np.full(len(p), did), p]))
     return np.vstack(parts) if parts else np.zeros((0, 4))
 
@@ -181,20 +181,16 @@ def _dense_with_directions(centerlines: pd.DataFrame, step: float):
     centre lines, smoothed over about 1 um (traced lines step in whole z slices)."""
     from scipy.ndimage import gaussian_filter1d
 
-    ids, pts, dirs = [], [], []
-    for did, g in centerlines.groupby("dendrite_id", sort=True):
-        p = resample_polyline(g[POSITION].to_numpy(float), step)
-        t = np.zeros_like(p)
-        if len(p) > 1:
-            t[:, 1:] = gaussian_filter1d(np.gradient(p[:, 1:], axis=0), 1.0 / step, axis=0,
-                                         mode="nearest")
-        t /= np.maximum(np.linalg.norm(t, axis=1, keepdims=True), 1e-9)
-        ids.append(np.full(len(p), did))
-        pts.append(p)
-        dirs.append(t)
-    if not ids:
-        return np.zeros(0, int), np.zeros((0, 3)), np.zeros((0, 3))
-    return np.concatenate(ids), np.vstack(pts), np.vstack(dirs)
+    dense = _dense_centerlines(centerlines, step)
+    ids, pts = dense[:, 0], dense[:, 1:]
+    dirs = np.zeros_like(pts)
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+    for a, b in zip(starts, np.r_[starts[1:], len(ids)]):
+        if b - a > 1:
+            dirs[a:b, 1:] = gaussian_filter1d(np.gradient(pts[a:b, 1:], axis=0), 1.0 / step,
+                                              axis=0, mode="nearest")
+    dirs /= np.maximum(np.linalg.norm(dirs, axis=1, keepdims=True), 1e-9)
+    return ids, pts, dirs
 
 
 def match_dendrites(centerlines: pd.DataFrame, traced: pd.DataFrame, *,
