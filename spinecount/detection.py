@@ -337,7 +337,7 @@ class _ShaftModel:
     LAT_UM, STRETCH_UM = 0.2, 4.0
 
     def __init__(self, paths, shape, vs, p: DetectionParams):
-        self.vs, self.shape = vs, shape
+        self.vs = vs
         self.reach = p.max_spine_length_um + p.max_dendrite_radius_um
         self.n_lat = int(self.reach / self.LAT_UM) + 1
         self.n_dz = int(np.ceil(p.max_spine_length_um / vs[0]))
@@ -638,8 +638,9 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
 
     def spread_sample(tile):
         _, rs, ms = residual(tile)
-        region = cells(tile)[0][tile.lattice(step)]
-        return ms[tile.lattice(step)][region], rs[tile.lattice(step)][region]
+        lat = tile.lattice(step)
+        region = cells(tile)[0][lat]
+        return ms[lat][region], rs[lat][region]
 
     # Shot noise grows with brightness: measure the residual's spread as a function of the
     # shaft model and express peaks in those local noise units.
