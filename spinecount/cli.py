@@ -47,7 +47,8 @@ def _cmd_track(args) -> int:
     from .io import read_stack
     from .results import CENTERLINES_FILE, input_info
     from .tables import read_centerlines, read_spines
-    from .timelapse import prefer_reviewed, track, write_tracks
+    from .timelapse import (AUTOMATIC_TURNOVER_CAVEAT, prefer_reviewed, spines_source, track,
+                            write_tracks)
 
     n = len(args.spines)
     if n < 2:
@@ -68,8 +69,9 @@ def _cmd_track(args) -> int:
     auto, regs = track(tables, stacks=stacks, centerlines=cls, gate_um=args.gate,
                        same_dendrite_ids=all(segments))
     tracks, source = prefer_reviewed(auto, args.output)
+    sources = [spines_source(t) for t in tables]
     info = {"command": "track", "spines": [str(Path(f).resolve()) for f in args.spines],
-            "links": source,
+            "spines_sources": sources, "links": source,
             "gate_um": args.gate, "centerlines": "given" if args.centerlines else (
                 "beside the spine tables" if cls else "none"),
             "inputs": [{**input_info(s), "voxel_size_um": s.voxel_size}
@@ -84,6 +86,10 @@ def _cmd_track(args) -> int:
         print(f"  session {i} -> 0: shift (z, y, x) "
               f"{', '.join(f'{v:+.2f}' for v in r.shift_um)} um")
     print(f"tracks: {paths['tracks']}")
+    unreviewed = [i for i, src in enumerate(sources) if src == "automatic"]
+    if unreviewed:
+        print(f"note: the spines of session(s) {', '.join(map(str, unreviewed))} are automatic "
+              f"detections; {AUTOMATIC_TURNOVER_CAVEAT}")
     return 0
 
 
@@ -193,6 +199,7 @@ def _cmd_check(args) -> int:
 def _cmd_run(args) -> int:
     from .experiment import run_experiment
     from .params import DetectionParams, load_params
+    from .report import unreviewed_turnover_note
 
     params = load_params(args.params) if args.params else DetectionParams()
     res = run_experiment(args.manifest, args.output, params=params, workers=args.workers,
@@ -204,6 +211,9 @@ def _cmd_run(args) -> int:
     if len(res.turnover):
         print(f"time-lapse: {res.turnover['field'].nunique()} field(s) tracked over sessions "
               f"(see {res.outdir / 'turnover.csv'})")
+        note = unreviewed_turnover_note(res.turnover)
+        if note:
+            print(f"note: {note}")
     print(f"report: {res.report}")
     return 0 if res.ok else 1
 

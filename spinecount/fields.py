@@ -11,8 +11,11 @@ exists) with :func:`spinecount.timelapse.link`, and writes per field::
     timelapse/<field>/survival.csv   surviving fractions per session
     timelapse/<field>/run.json       stacks, their hashes and the registrations
 
-A ``tracks_reviewed.csv`` in a field's folder (the napari plugin's link review) is used instead
-of the automatic links, as long as it covers the same spines.
+The gathered turnover and survival tables say per field where its spines came from
+(``spines_source``: ``reviewed``, ``automatic`` or ``mixed`` over its sessions) and its links
+(``links_source``: ``reviewed`` or ``automatic``). A ``tracks_reviewed.csv`` in a field's
+folder (the napari plugin's link review) is used instead of the automatic links, as long as it
+covers the same spines.
 """
 
 from __future__ import annotations
@@ -68,7 +71,7 @@ def track_fields(tasks: list[dict], outdir, *, progress: bool = False
     if not groups:
         return pd.DataFrame(), pd.DataFrame()
     for name, ts in tqdm(groups.items(), desc="time-lapse fields", disable=not progress):
-        tracks = _field_tracks(name, ts, Path(outdir) / TIMELAPSE_DIR / name)
+        tracks, sources = _field_tracks(name, ts, Path(outdir) / TIMELAPSE_DIR / name)
         meta = {k: v for k, v in ts[0]["row"].items() if k != "session"}
         labels = [t["row"]["session"] for t in ts]
         t = turnover(tracks)
@@ -77,6 +80,8 @@ def track_fields(tasks: list[dict], outdir, *, progress: bool = False
             for k, v in reversed(list(meta.items())):
                 df.insert(0, k, v)
             df.insert(0, "field", name)
+            for k, v in sources.items():
+                df[k] = v
         t["interval"] = [f"{labels[a]} -> {labels[b]}"
                          for a, b in zip(t["session_from"], t["session_to"])]
         s["session_label"] = [labels[i] for i in s["session"]]
@@ -86,12 +91,14 @@ def track_fields(tasks: list[dict], outdir, *, progress: bool = False
     return cat(turn), cat(surv)
 
 
-def _field_tracks(name: str, ts: list[dict], folder: Path) -> pd.DataFrame:
+def _field_tracks(name: str, ts: list[dict], folder: Path) -> tuple[pd.DataFrame, dict]:
+    """The tracks of a field that count (reviewed links where they exist) and where its spines
+    and links came from (``spines_source``, ``links_source``)."""
     from .io import read_stack
     from .registration import Registration, register_sessions
     from .results import RUN_FILE
     from .review import load_result
-    from .timelapse import link, prefer_reviewed, write_tracks
+    from .timelapse import combined_source, link, prefer_reviewed, write_tracks
 
     results = [load_result(t["folder"]) for t in ts]
     run = folder / RUN_FILE
@@ -113,8 +120,9 @@ def _field_tracks(name: str, ts: list[dict], folder: Path) -> pd.DataFrame:
         "inputs": [{"path": t["file"], "channel": t["channel"], "voxel_size_um": t["voxel_size"]}
                    for t in ts],
         "sessions": [t["row"]["session"] for t in ts],
-        "links": source}, used=tracks)
-    return tracks
+        "spines": [r[3] for r in results], "links": source}, used=tracks)
+    return tracks, {"spines_source": combined_source(r[3] for r in results),
+                    "links_source": source}
 
 
 def turnover_stats(turnover: pd.DataFrame, *, reference: str | None) -> pd.DataFrame:

@@ -69,6 +69,20 @@ def methods_text(res: dict, info: dict) -> str:
     )
 
 
+def unreviewed_turnover_note(turnover: pd.DataFrame) -> str:
+    """A warning when some fields' turnover comes from spines nobody reviewed, else ''."""
+    from .timelapse import AUTOMATIC_TURNOVER_CAVEAT
+
+    if not len(turnover) or "spines_source" not in turnover:
+        return ""
+    src = turnover.drop_duplicates("field").set_index("field")["spines_source"]
+    n = int((src != "reviewed").sum())
+    if not n:
+        return ""
+    return (f"the turnover of {n} of {len(src)} field(s) comes from spines that were not "
+            f"reviewed in every session; {AUTOMATIC_TURNOVER_CAVEAT}")
+
+
 def write_report(outdir, res: dict, info: dict) -> Path:
     """Write ``report.html`` into `outdir` and return its path."""
     from .experiment import QC_FILE
@@ -106,6 +120,9 @@ def write_report(outdir, res: dict, info: dict) -> Path:
                   "fractions of the spines at the earlier session, mean and SEM over animals; "
                   "the statistics above compare them per dendrite.</p>",
                   _table(res["turnover_conditions"])]
+        note = unreviewed_turnover_note(res["turnover"])
+        if note:
+            parts.append(f"<p class='warn'>Warning: {html.escape(note)}.</p>")
     parts += ["<h2>Animals</h2>", _table(res["animals"])]
     parts += ["<details><summary>Dendrites</summary>", _table(res["dendrites"]), "</details>"]
     parts.append("<h2>Failures</h2>")

@@ -58,6 +58,12 @@ REVIEWED_TRACKS_FILE = "tracks_reviewed.csv"
 REF_POSITION = [f"ref_{c}" for c in POSITION]
 TRACK_COLUMNS = ["session", "row", "spine_id", "track_id", "fate", "dendrite", *POSITION,
                  *REF_POSITION]
+#: Said wherever turnover comes from spines nobody reviewed.
+AUTOMATIC_TURNOVER_CAVEAT = (
+    "formation and elimination from automatic detections come out too high: a spine found in "
+    "one session and missed or wrongly found in the other counts as formed or lost (on the "
+    "real benchmark sessions 30 % each, against 12 and 16 % from a human's annotation); "
+    "review the spines of every session (napari plugin) before reporting turnover")
 #: Default gate (um): registered heads further apart than this are different spines.
 GATE_UM = 2.0
 #: z distances count this much in the linking cost (axial resolution and click z are poor).
@@ -391,6 +397,30 @@ def _write_turnover(folder: Path, tracks: pd.DataFrame) -> dict:
     turnover(tracks).to_csv(paths["turnover"], index=False)
     survival(tracks).to_csv(paths["survival"], index=False)
     return paths
+
+
+def spines_source(spines: pd.DataFrame) -> str:
+    """Where a spine table came from: ``reviewed`` (it has the reviewer's ``status``),
+    ``automatic`` (the detector's, with a ``score`` on every spine) or ``given`` (positions
+    from elsewhere, for example an annotation).
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> spines_source(pd.DataFrame({"z_um": [1.0], "score": [0.7]}))
+    'automatic'
+    """
+    if "status" in spines:
+        return "reviewed"
+    if "score" in spines and len(spines) and spines["score"].notna().all():
+        return "automatic"
+    return "given"
+
+
+def combined_source(sources) -> str:
+    """One word for the sources of a field's sessions: the common one, or ``mixed``."""
+    kinds = set(sources)
+    return kinds.pop() if len(kinds) == 1 else "mixed"
 
 
 def prefer_reviewed(tracks: pd.DataFrame, folder) -> tuple[pd.DataFrame, str]:

@@ -1,6 +1,8 @@
 """Time-lapse: registration, linking, fates, turnover, survival and ``spinecount track`` on
 synthetic time-lapses with planted formation and elimination."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -118,7 +120,7 @@ def test_bases_keep_spines_whose_heads_crossed():
     assert h0[0] == h1[1] and h0[1] == h1[0]  # the swap the bases prevent
 
 
-def test_track_command_writes_tracks(tmp_path, timelapse):
+def test_track_command_writes_tracks(tmp_path, timelapse, capsys):
     from spinecount.cli import main
     from spinecount.synthetic import write_synthetic
 
@@ -145,6 +147,15 @@ def test_track_command_writes_tracks(tmp_path, timelapse):
     assert pairs_got == pairs_true
     for name in ("turnover.csv", "survival.csv", "run.json"):
         assert (out / name).exists()
+    assert json.loads((out / "run.json").read_text())["spines_sources"] == ["given"] * len(spines)
+    assert "note:" not in capsys.readouterr().out  # clicks are not automatic detections
+    # the detector's tables (a score on every spine) bring the caveat about turnover
+    for path in spines[1:]:
+        pd.read_csv(path).assign(score=0.8).to_csv(path, index=False)
+    assert main(["track", "--spines", *spines, "--stacks", *stacks, "-o", str(out)]) == 0
+    later = ", ".join(map(str, range(1, len(spines))))
+    assert (f"note: the spines of session(s) {later} are automatic detections; formation and "
+            "elimination from automatic detections come out too high") in capsys.readouterr().out
 
 
 def test_experiment_reports_turnover_per_condition(tmp_path):
@@ -177,7 +188,13 @@ def test_experiment_reports_turnover_per_condition(tmp_path):
     stats = pd.read_csv(out / "stats.csv")
     assert "elimination 0 -> 1" in set(stats["measure"])
     assert (out / "plots" / "survival.png").exists()
-    assert "Time-lapse" in (out / "report.html").read_text()
+    report = (out / "report.html").read_text()
+    assert "Time-lapse" in report
+    # nobody reviewed these spines: every table and the report say so
+    turn = pd.read_csv(out / "turnover.csv")
+    assert set(turn["spines_source"]) == {"automatic"} and set(turn["links_source"]) == {
+        "automatic"}
+    assert "turnover of 6 of 6 field(s) comes from spines that were not reviewed" in report
     field = out / "timelapse" / "m00_1"
     tracks = pd.read_csv(field / "tracks.csv")
     assert set(tracks["session"]) == {0, 1}
@@ -193,6 +210,18 @@ def test_experiment_reports_turnover_per_condition(tmp_path):
     mine = turn[(turn["field"] == "m00_1") & (turn["dendrite"] == "all")].iloc[0]
     assert mine["elimination"] == 1.0 and mine["formation"] == pytest.approx(
         day1.sum() / (~day1).sum())
+    assert mine["links_source"] == "reviewed" and mine["spines_source"] == "automatic"
+
+    # a field whose spines were reviewed in both sessions no longer counts as unreviewed
+    from spinecount.review import write_reviewed
+    from spinecount.tables import read_spines
+
+    for folder in out.glob("stacks/stacks__m01_day*"):
+        write_reviewed(read_spines(folder / "spines.csv"), folder, reviewer="tester")
+    res = run_experiment(manifest, out, workers=0, progress=False)
+    src = res.turnover.drop_duplicates("field").set_index("field")["spines_source"]
+    assert src["m01_1"] == "reviewed" and (src.drop("m01_1") == "automatic").all()
+    assert "turnover of 5 of 6 field(s)" in (out / "report.html").read_text()
 
 
 def test_a_tilted_field_is_corrected_in_z(timelapse):
