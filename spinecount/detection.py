@@ -207,7 +207,12 @@ def _trace_dendrites(mask: np.ndarray, edt_at, vs, p: DetectionParams):
     from skimage.morphology import skeletonize
     import skan
 
-    lab, n = ndi.label(mask)
+    try:  # 2 bytes a voxel where the components are few enough, as they usually are
+        lab = np.empty(mask.shape, np.uint16)
+        n = ndi.label(mask, output=lab)
+    except RuntimeError:  # more than 65535 components
+        del lab
+        lab, n = ndi.label(mask)
     if n:  # a slice at a time: np.bincount and indexing would copy the labels to int64
         sizes = sum(np.bincount(lab[z].ravel(), minlength=n + 1) for z in range(len(lab)))
         keep = sizes >= p.min_dendrite_length_um / vs[1] * 2
@@ -323,6 +328,20 @@ def _centre_points(paths, shape, vs, stretch_um: float) -> _Points:
     return _Points(np.vstack(idxs), owner, group, np.vstack(xyz), np.vstack(tans))
 
 
+def _pack(cell: np.ndarray, value: np.ndarray) -> np.ndarray:
+    """Cell ids and float32 values as uint64s whose order is (cell, value): the cell in the
+    high 32 bits, the value's bits in the low 32, flipped so that they sort as the floats do."""
+    bits = np.ascontiguousarray(value, np.float32).view(np.uint32)
+    bits = np.where(bits >> 31, ~bits, bits | np.uint32(1 << 31))
+    return (cell.astype(np.uint64) << np.uint64(32)) | bits
+
+
+def _unpack(packed: np.ndarray) -> np.ndarray:
+    """The float32 values of :func:`_pack`."""
+    bits = (packed & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+    return np.where(bits >> 31, bits & np.uint32(0x7FFFFFFF), ~bits).view(np.float32)
+
+
 class _ShaftModel:
     """The shaft alone, in cells: stretch of dendrite (4 um) x z offset (slices) x side x
     lateral distance from the centre line (0.2 um bins).
@@ -374,12 +393,19 @@ class _ShaftModel:
         return region, key.astype(np.int32 if self.n_cells < 2**31 else np.int64), (line,
                                                                                    line_point)
 
-    def fit(self, keys: np.ndarray, values: np.ndarray) -> dict:
-        """Set the model from every cell's voxels; returns the shaft radius per dendrite
-        (1-based, um)."""
-        med = pd.Series(values).groupby(keys).median()
+    def fit(self, packed: np.ndarray) -> dict:
+        """Set the model from every cell's voxels (:func:`_pack`\ ed cell and value, sorted
+        here in place); returns the shaft radius per dendrite (1-based, um)."""
+        packed.sort()  # by cell, then by value: 8 bytes a voxel, where a groupby needs ~40
+        start = np.searchsorted(packed, np.arange(self.n_cells + 1, dtype=np.uint64)
+                                << np.uint64(32))
+        count = np.diff(start)
+        has = np.flatnonzero(count)
+        first = start[has]
+        lo = _unpack(packed[first + (count[has] - 1) // 2])
+        hi = _unpack(packed[first + count[has] // 2])
         prof = np.zeros(self.n_cells, np.float32)
-        prof[med.index.to_numpy()] = med.to_numpy()
+        prof[has] = (lo.astype(np.float64) + hi) / 2  # the median of each cell
         n_dz, n_z = self.n_dz, 2 * self.n_dz + 1
         prof = prof.reshape(-1, n_z, 2, self.n_lat)
         # never brighter further out: laterally, then above and below the centre line
@@ -567,9 +593,12 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
         del parts, flat, order
     if traces is None:
         paths, mask = _trace_dendrites(mask, edt_at, vs, p)
+        del edt_at  # a whole-field array the later stages do not need
     else:
         paths = [g[POSITION].to_numpy(float) - offset
                  for _, g in traces.groupby("dendrite_id", sort=True)]
+    if not return_mask:
+        mask = None  # nor this one
     smooth_paths = [smooth_polyline(q, p.length_smoothing_um) for q in paths]
     t = lap("dendrites", t)
     yield "dendrites"
@@ -587,8 +616,7 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
         dendrites = dendrite_table(centerlines, spines, smooth_um=0)
         for stage in STAGES[2:]:
             yield stage
-        return Detection(spines, dendrites, centerlines, [], mask if return_mask else None,
-                         timings)
+        return Detection(spines, dendrites, centerlines, [], mask, timings)
 
     # 2. shaft model (what the dendrite alone would look like) and the residual
     shaft = _ShaftModel(smooth_paths, shape, vs, p)
@@ -614,13 +642,21 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
         core = in_core[region]
         on = in_core.ravel()[line]
         centre_b = ndi.gaussian_filter(sig, _sigma_vox((0.0, 0.3, 0.3), vs)).ravel()[line[on]]
-        return key[core], sig[region][core], pts.owner[line_point[on]], centre_b
+        return _pack(key[core], sig[region][core]), pts.owner[line_point[on]], centre_b
 
     parts = map_tiles(cell_values, tiles, threads=n_threads)
-    radii = shaft.fit(np.concatenate([a[0] for a in parts]), np.concatenate([a[1] for a in parts]))
-    line_owner = np.concatenate([a[2] for a in parts])
-    line_b = np.concatenate([a[3] for a in parts])
+    line_owner = np.concatenate([a[1] for a in parts])
+    line_b = np.concatenate([a[2] for a in parts])
+    values = [a[0] for a in parts]
     del parts
+    packed = np.empty(sum(len(v) for v in values), np.uint64)
+    at = 0
+    while values:  # each tile's values freed as they are copied
+        n = len(values[0])
+        packed[at:at + n] = values.pop(0)
+        at += n
+    radii = shaft.fit(packed)
+    del packed
     # median centre line brightness of each dendrite (noise units)
     shaft_brightness = [max(float(np.median(line_b[line_owner == k])), 1e-3)
                         if np.any(line_owner == k) else 1.0 for k in range(len(smooth_paths))]
@@ -705,7 +741,7 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
     diam = {int(ids[k - 1]): 2 * max(r - 0.5 * p.psf_fwhm_um, 0.2) for k, r in radii.items()}
     dendrites = dendrite_table(centerlines, spines, diam, smooth_um=0)
     return Detection(spines, dendrites, centerlines, [q + offset for q in smooth_paths],
-                     mask if return_mask else None, timings)
+                     mask, timings)
 
 
 def _drop_necks(rows: list[dict], separation_um: float) -> list[dict]:

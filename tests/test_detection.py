@@ -114,3 +114,20 @@ def test_mushrooms_and_thin_spines_are_told_apart():
     true = syn.spines["type"].to_numpy()[tp["gt_index"].to_numpy()]
     assert np.mean(got[true == "mushroom"] == "mushroom") >= 0.75
     assert np.mean(got[true == "thin"] != "mushroom") >= 0.9
+
+
+def test_more_small_blobs_than_16_bit_labels_hold():
+    """Tracing labels the mask in 16 bits where it can; with more pieces than that it falls
+    back to 32 bits and still removes every piece too small to be a dendrite."""
+    from spinecount.detection import _trace_dendrites
+    from spinecount.params import DetectionParams
+
+    vs = (1.0, 0.24, 0.24)
+    mask = np.zeros((5, 600, 600), bool)
+    mask[1, ::2, ::2] = True  # 90,000 single-voxel specks
+    mask[3, 300, 50:550] = True  # one dendrite, 120 um long
+    paths, cleaned = _trace_dendrites(mask, lambda idx: np.full(len(idx), 0.3), vs,
+                                      DetectionParams())
+    assert len(paths) == 1 and not cleaned[1].any() and cleaned[3].sum() == 500
+    length = np.linalg.norm(np.diff(paths[0], axis=0), axis=1).sum()
+    assert length == pytest.approx(500 * 0.24, abs=1.0)
