@@ -394,8 +394,8 @@ class _ShaftModel:
                                                                                    line_point)
 
     def fit(self, packed: np.ndarray) -> dict:
-        """Set the model from every cell's voxels (:func:`_pack`\ ed cell and value, sorted
-        here in place); returns the shaft radius per dendrite (1-based, um)."""
+        """Set the model from every cell's voxels (cell and value packed by :func:`_pack`;
+        sorted here in place); returns the shaft radius per dendrite (1-based, um)."""
         packed.sort()  # by cell, then by value: 8 bytes a voxel, where a groupby needs ~40
         start = np.searchsorted(packed, np.arange(self.n_cells + 1, dtype=np.uint64)
                                 << np.uint64(32))
