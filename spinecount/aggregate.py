@@ -46,9 +46,17 @@ def dendrite_measures(dendrites: pd.DataFrame, spines: pd.DataFrame, *,
     return d
 
 
-def _sources(s: pd.Series) -> str:
-    u = sorted(set(s))
-    return u[0] if len(u) == 1 else "mixed"
+def combined_source(sources) -> str:
+    """One word for several sources (``automatic``, ``reviewed``, ...): the common one, or
+    ``mixed``.
+
+    Examples
+    --------
+    >>> combined_source(["reviewed", "automatic"]), combined_source(["reviewed"] * 2)
+    ('mixed', 'reviewed')
+    """
+    kinds = set(sources)
+    return kinds.pop() if len(kinds) == 1 else "mixed"
 
 
 def animal_table(dendrites: pd.DataFrame) -> pd.DataFrame:
@@ -57,7 +65,7 @@ def animal_table(dendrites: pd.DataFrame) -> pd.DataFrame:
     g = d.groupby(["condition", "animal"], sort=False)
     out = g.agg(n_stacks=("stack", "nunique"), n_dendrites=("dendrite_id", "size"),
                 total_length_um=("length_um", "sum"), n_spines=("n_spines", "sum"),
-                source=("source", _sources))
+                source=("source", combined_source))
     out = out.join(g[list(MEASURES)].mean())
     return out.reset_index()[["animal", "condition", *out.columns]]
 

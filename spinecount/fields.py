@@ -98,7 +98,8 @@ def _field_tracks(name: str, ts: list[dict], folder: Path) -> tuple[pd.DataFrame
     from .registration import Registration, register_sessions
     from .results import RUN_FILE
     from .review import load_result
-    from .timelapse import combined_source, link, prefer_reviewed, write_tracks
+    from .aggregate import combined_source
+    from .timelapse import link, prefer_reviewed, write_tracks
 
     results = [load_result(t["folder"]) for t in ts]
     run = folder / RUN_FILE

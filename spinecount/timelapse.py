@@ -417,12 +417,6 @@ def spines_source(spines: pd.DataFrame) -> str:
     return "given"
 
 
-def combined_source(sources) -> str:
-    """One word for the sources of a field's sessions: the common one, or ``mixed``."""
-    kinds = set(sources)
-    return kinds.pop() if len(kinds) == 1 else "mixed"
-
-
 def prefer_reviewed(tracks: pd.DataFrame, folder) -> tuple[pd.DataFrame, str]:
     """The reviewed links saved in `folder` where they cover the same spines as `tracks` (their
     fates recomputed), else `tracks`; and which it is (``reviewed`` or ``automatic``)."""
