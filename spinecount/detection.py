@@ -813,13 +813,13 @@ def _measure(li, gi, rz, rs, resid, ms, tree, pts: _Points, radii, shaft_brightn
     head_d = max(float(np.sqrt(max(d_obs**2 - blur2, 0.0))), 0.2)
     # neck: residual along base -> head relative to the head
     n_s = max(int(surface / 0.1), 2)
-    line = base[None] + np.linspace(0, 1, n_s)[:, None] * (hp - base)[None]
+    t_along = np.linspace(0, 1, n_s)
+    line = base[None] + t_along[:, None] * (hp - base)[None]
     idx = np.clip(np.round(line / np.asarray(vs)).astype(int) - origin, 0,
                   np.asarray(rs.shape) - 1)
     along = rs[tuple(idx.T)]
     # its middle (20-70 % of the way out; the median): near the shaft surface the shaft
     # model's subtraction and the noise pull the residual down, and the head is the head
-    t_along = np.linspace(0, 1, n_s)
     mid = along[(t_along >= 0.2) & (t_along <= 0.7)]
     ratio = float(np.clip(np.median(mid if len(mid) else along) / peak, 0, 1))
     neck_d = head_d * np.sqrt(ratio) if ratio < 0.6 else head_d
