@@ -30,11 +30,17 @@ The method, in order (all distances in micrometres, converted with the stack's v
    ``min_protrusion_fraction`` of the brightness at the head is in excess of the shaft model: a
    local bulge of the shaft is not a spine), and do not lie on the neck of a spine further out.
    Each is attached to its nearest dendrite, its base placed on the shaft surface towards the
-   head, and measured: head diameter (half-maximum width along the head's narrower axis, blur
-   removed), neck diameter (from the residual along the middle of the neck relative to the
-   head), neck length, total length, distance from the shaft surface, integrated intensity
-   relative to the shaft per micrometre, type (see :mod:`spinecount.morphology`) and a
-   confidence ``score`` from its contrast.
+   head, and measured: head and neck diameters from brightness (below), neck length, total
+   length, distance from the shaft surface, integrated intensity relative to the shaft per
+   micrometre, type (see :mod:`spinecount.morphology`) and a confidence ``score`` from its
+   contrast. Heads are about as small as the blur, so their widths in the image hardly vary
+   with their size, but their brightness does: each dendrite's dye concentration is its centre
+   line brightness over the peak of a filled cylinder of its radius (half-maximum radius of the
+   shaft model), and the head is the filled sphere, the neck the filled cylinder, whose peaks
+   through the same blur (``psf_fwhm_um``, ``psf_axial_fwhm_um``, the working pixel and the
+   smoothing) match the residual's peak and its median along the middle of the neck
+   (:mod:`spinecount.optics`). Where the neck's middle is at least ``NECK_RATIO`` (0.6) as
+   bright as the head, no neck narrower than the head is seen and the neck is as wide as it.
 6. **Chunks.** Every step works in lateral chunks with a margin (:mod:`spinecount.chunks`), and
    what needs the whole stack (background and noise, Otsu's threshold, the shaft model's cell
    medians, the noise curve, close peaks) is gathered from all chunks first, so the result is
@@ -56,12 +62,18 @@ from .chunks import (AUTO_CHUNK_UM, AUTO_CHUNK_VOXELS, Tile, assemble_lattice, m
                      plan_tiles)
 from .io import Stack
 from .morphology import classify_spine
+from .optics import cylinder_peak, protrusion_sizes
 from .params import DetectionParams
 from .tables import (BASE, POSITION, conform_spines, dendrite_table, empty_spines,
                      resample_polyline, smooth_polyline)
 
 #: Axial / lateral elongation of the two-photon PSF, used to scale z in the shaft model.
 AXIAL_RATIO = 3.0
+FWHM_PER_SIGMA = 2.3548
+#: lateral smoothing (um) of the image in which a dendrite's centre line brightness is read
+CENTRE_SMOOTHING_UM = (0.0, 0.3, 0.3)
+#: a neck whose middle is at least this bright relative to the head peak is as wide as the head
+NECK_RATIO = 0.6
 #: Stages of the detection, in order (yielded by :func:`detect_steps`, timed in ``timings``).
 STAGES = ("prepare", "dendrites", "shaft model", "spines")
 
@@ -621,7 +633,7 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
     # 2. shaft model (what the dendrite alone would look like) and the residual
     shaft = _ShaftModel(smooth_paths, shape, vs, p)
     pts = shaft.pts
-    head_sig = _sigma_vox((max(p.head_sigma_um, 0.5 * vz), p.head_sigma_um, p.head_sigma_um), vs)
+    head_sig = _sigma_vox(_head_sigma_um(p, vs), vs)
 
     def signal(tile):
         def make():
@@ -641,7 +653,7 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
         in_core[tile.inner] = True
         core = in_core[region]
         on = in_core.ravel()[line]
-        centre_b = ndi.gaussian_filter(sig, _sigma_vox((0.0, 0.3, 0.3), vs)).ravel()[line[on]]
+        centre_b = ndi.gaussian_filter(sig, _sigma_vox(CENTRE_SMOOTHING_UM, vs)).ravel()[line[on]]
         return _pack(key[core], sig[region][core]), pts.owner[line_point[on]], centre_b
 
     parts = map_tiles(cell_values, tiles, threads=n_threads)
@@ -726,6 +738,7 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
     yield "spines"
     spines = pd.DataFrame(rows)
     if len(spines):
+        _sizes(spines, radii, shaft_brightness, vs, p)
         spines[POSITION] += offset
         spines[BASE] += offset
         # 0.5 at the detection threshold, rising towards 1 with the contrast above it
@@ -771,13 +784,46 @@ def _drop_necks(rows: list[dict], separation_um: float) -> list[dict]:
     return [r for r, n in zip(rows, neck) if not n]
 
 
+def _head_sigma_um(p: DetectionParams, vs) -> tuple[float, float, float]:
+    """Smoothing (um) of the residual in which spine heads are found and their brightness read:
+    the head scale, and at least half a z step in z."""
+    return (max(p.head_sigma_um, 0.5 * vs[0]), p.head_sigma_um, p.head_sigma_um)
+
+
+def _sizes(spines: pd.DataFrame, radii, shaft_brightness, vs, p: DetectionParams) -> None:
+    """Head and neck diameters from brightness, and the lengths that need the head, in place.
+
+    Each dendrite's dye concentration is its centre line brightness over the peak of a filled
+    cylinder of its radius; heads and necks are the filled sphere and cylinder whose peaks match
+    theirs (:mod:`spinecount.optics`), all blurred by the PSF, the working pixel and the
+    smoothing of the image each was read in.
+    """
+    psf = np.array([p.psf_axial_fwhm_um, p.psf_fwhm_um]) / FWHM_PER_SIGMA
+    pixel2 = np.array([vs[0], vs[1]]) ** 2 / 12
+
+    def blur(smoothing_um):
+        return tuple(np.sqrt(psf**2 + pixel2 + np.asarray(smoothing_um[:2]) ** 2))
+
+    radius = np.array([radii.get(k + 1, 0.5) for k in range(len(shaft_brightness))])
+    conc = np.asarray(shaft_brightness) / cylinder_peak(radius, blur(CENTRE_SMOOTHING_UM))
+    c = conc[spines.pop("_k").to_numpy()]
+    head_peak, neck_peak = spines.pop("_head").to_numpy(), spines.pop("_neck").to_numpy()
+    head, neck = protrusion_sizes(head_peak / c, neck_peak / c,
+                                  sigma_um=blur(_head_sigma_um(p, vs)))
+    # brightness that stays up along the protrusion: no neck narrower than the head is seen
+    neck = np.where(neck_peak >= NECK_RATIO * head_peak, head, neck)
+    surface = spines["shaft_distance_um"]
+    spines["head_diameter_um"] = head
+    spines["neck_diameter_um"] = neck
+    spines["neck_length_um"] = (surface - head / 2).clip(lower=0)
+    spines["length_um"] = surface + head / 2
+
+
 def _measure(li, gi, rz, rs, resid, ms, tree, pts: _Points, radii, shaft_brightness, ids, vs,
              p: DetectionParams) -> dict | None:
     """One residual peak (`li`: index in the tile's arrays, `gi`: on the working grid) as a
     spine row, or None where it is not a spine: not outside the shaft surface, too far from it
     (or above or below it), or a bulge of the shaft itself rather than a protrusion."""
-    from scipy import ndimage as ndi
-
     zi, yi, xi = li
     hp = gi * np.asarray(vs)
     # physical nearest centre line point (of those rasterised for the shaft model)
@@ -795,44 +841,28 @@ def _measure(li, gi, rz, rs, resid, ms, tree, pts: _Points, radii, shaft_brightn
     direction = (hp - cpt) / max(dc, 1e-9)
     base = cpt + r_shaft * direction
     origin = gi - li
-    # head size: width of the part above half maximum in the peak's slice, less the PSF and
-    # half the head-scale smoothing in quadrature (the half calibrated on synthetic heads: the
-    # smoothing widens a disc less than a Gaussian)
-    win = int(np.ceil(1.0 / vs[1]))
-    y0, y1 = max(yi - win, 0), min(yi + win + 1, rs.shape[1])
-    x0, x1 = max(xi - win, 0), min(xi + win + 1, rs.shape[2])
-    patch = rs[zi, y0:y1, x0:x1] >= 0.5 * peak
-    lab2, _ = ndi.label(patch)
-    py, px = np.nonzero(lab2 == lab2[yi - y0, xi - x0])
-    # along its narrower axis (a neck or an error in the spine's direction makes the part
-    # long, not wide); a disc of diameter d has variance d^2 / 16 along any axis
-    lam = float(np.linalg.eigvalsh(np.cov(np.vstack([py * vs[1], px * vs[2]])))[0]) \
-        if len(py) > 2 else 0.0
-    d_obs = np.sqrt(16 * max(lam, 0.0) + vs[1] * vs[2])
-    blur2 = p.psf_fwhm_um**2 + 0.5 * (2.3548 * p.head_sigma_um) ** 2
-    head_d = max(float(np.sqrt(max(d_obs**2 - blur2, 0.0))), 0.2)
-    # neck: residual along base -> head relative to the head
+    # head and neck sizes come later from brightness (_sizes); here the brightness at the head
+    # and along the middle of the neck (20-70 % of the way out; the median: near the shaft
+    # surface the shaft model's subtraction and the noise pull the residual down)
     n_s = max(int(surface / 0.1), 2)
     t_along = np.linspace(0, 1, n_s)
     line = base[None] + t_along[:, None] * (hp - base)[None]
     idx = np.clip(np.round(line / np.asarray(vs)).astype(int) - origin, 0,
                   np.asarray(rs.shape) - 1)
     along = rs[tuple(idx.T)]
-    # its middle (20-70 % of the way out; the median): near the shaft surface the shaft
-    # model's subtraction and the noise pull the residual down, and the head is the head
     mid = along[(t_along >= 0.2) & (t_along <= 0.7)]
-    ratio = float(np.clip(np.median(mid if len(mid) else along) / peak, 0, 1))
-    neck_d = head_d * np.sqrt(ratio) if ratio < 0.6 else head_d
+    neck = float(np.clip(np.median(mid if len(mid) else along), 0, peak))
+    win = int(np.ceil(1.0 / vs[1]))
+    y0, y1 = max(yi - win, 0), min(yi + win + 1, rs.shape[1])
+    x0, x1 = max(xi - win, 0), min(xi + win + 1, rs.shape[2])
     integ = float(resid[max(zi - 1, 0):zi + 2, y0:y1, x0:x1].clip(0).sum())
     shaft_per_um = shaft_brightness[k] * np.pi * (
         r_shaft + 0.5 * p.psf_fwhm_um) ** 2 / (vs[1] * vs[2] * vs[0])
     return {
         "dendrite_id": int(ids[k]), "z_um": hp[0], "y_um": hp[1], "x_um": hp[2],
         "base_z_um": base[0], "base_y_um": base[1], "base_x_um": base[2],
-        "head_diameter_um": head_d,
-        "neck_length_um": max(surface - head_d / 2, 0.0),
-        "length_um": surface + head_d / 2, "shaft_distance_um": surface,
+        "shaft_distance_um": surface,
         "relative_intensity": integ / shaft_per_um,
-        "neck_diameter_um": neck_d,
         "contrast": float(rz[zi, yi, xi]),
+        "_k": k, "_head": float(peak), "_neck": neck,
     }

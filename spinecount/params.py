@@ -56,7 +56,10 @@ class DetectionParams:
              "shaft (rejects bulges of the shaft itself)")
     min_spine_separation_um: float = _p(0.7, "two spine heads closer than this are one")
     min_score: float = _p(0.5, "spines with a lower confidence score are dropped")
-    psf_fwhm_um: float = _p(0.45, "lateral resolution (FWHM), removed from head diameters")
+    psf_fwhm_um: float = _p(
+        0.45, "lateral resolution (FWHM): the blur through which head and neck diameters are "
+              "measured")
+    psf_axial_fwhm_um: float = _p(2.0, "axial resolution (FWHM), likewise")
     length_smoothing_um: float = _p(2.0, "centre lines are smoothed this much before lengths")
 
     def to_dict(self) -> dict:

@@ -116,6 +116,21 @@ def test_mushrooms_and_thin_spines_are_told_apart():
     assert np.mean(got[true == "thin"] != "mushroom") >= 0.9
 
 
+def test_head_diameters_follow_the_true_heads():
+    # small (thin: 0.38-0.48 um) and large (mushroom: 0.7-1.1 um) heads, both near the blur
+    syn = make_stack(shape_um=(12, 40, 40), n_dendrites=2, voxel_size=(1.0, 0.12, 0.12),
+                     peak_photons=60, type_fractions={"mushroom": 0.5, "thin": 0.5}, seed=3)
+    det = spinecount.detect(syn.stack)
+    tp = evaluate(det.spines, syn.spines).matched.query("status == 'tp'")
+    got = det.spines["head_diameter_um"].to_numpy()[tp["pred_index"].to_numpy()]
+    true = syn.spines["head_diameter_um"].to_numpy()[tp["gt_index"].to_numpy()]
+    assert len(tp) >= 25
+    assert np.corrcoef(got, true)[0, 1] > 0.5
+    assert np.median(np.abs(got / true - 1)) < 0.25
+    big = true > 0.6
+    assert np.median(got[big]) - np.median(got[~big]) > 0.2
+
+
 def test_more_small_blobs_than_16_bit_labels_hold():
     """Tracing labels the mask in 16 bits where it can; with more pieces than that it falls
     back to 32 bits and still removes every piece too small to be a dendrite."""
