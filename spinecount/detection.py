@@ -69,6 +69,7 @@ from .tables import (BASE, POSITION, conform_spines, dendrite_table, empty_spine
 
 #: Axial / lateral elongation of the two-photon PSF, used to scale z in the shaft model.
 AXIAL_RATIO = 3.0
+#: full width at half maximum of a Gaussian, in standard deviations
 FWHM_PER_SIGMA = 2.3548
 #: lateral smoothing (um) of the image in which a dendrite's centre line brightness is read
 CENTRE_SMOOTHING_UM = (0.0, 0.3, 0.3)
@@ -426,12 +427,17 @@ class _ShaftModel:
         prof[:, :n_dz + 1] = np.maximum.accumulate(prof[:, :n_dz + 1], axis=1)
         self.profile = prof.ravel()
         inplane = prof.max(axis=1).mean(axis=1)  # in-plane profile, for the shaft radius
-        radii = {}
+        radii, self.half_max_radius = {}, {}
         for k in range(self.n_paths):
             g = np.unique(self.pts.group[self.pts.owner == k])
             pk_ = np.median(inplane[g], axis=0) if len(g) else np.zeros(self.n_lat)
             half = np.flatnonzero(pk_ < 0.5 * pk_[0])
             radii[k + 1] = float(half[0] * self.LAT_UM) if len(half) else self.reach
+            # where the profile crosses half its peak, between the centres of the bins around
+            # it: the radius of a filled shaft wider than the blur
+            i = half[0] if len(half) else self.n_lat - 1
+            frac = (pk_[i - 1] - 0.5 * pk_[0]) / max(pk_[i - 1] - pk_[i], 1e-9) if i else 0.0
+            self.half_max_radius[k + 1] = float((i - 0.5 + np.clip(frac, 0, 1)) * self.LAT_UM)
         return radii
 
 
@@ -738,7 +744,7 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
     yield "spines"
     spines = pd.DataFrame(rows)
     if len(spines):
-        _sizes(spines, radii, shaft_brightness, vs, p)
+        _sizes(spines, shaft.half_max_radius, shaft_brightness, vs, p)
         spines[POSITION] += offset
         spines[BASE] += offset
         # 0.5 at the detection threshold, rising towards 1 with the contrast above it
@@ -751,7 +757,7 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
         spines = conform_spines(spines)
     else:
         spines = empty_spines()
-    diam = {int(ids[k - 1]): 2 * max(r - 0.5 * p.psf_fwhm_um, 0.2) for k, r in radii.items()}
+    diam = {int(ids[k - 1]): 2 * r for k, r in shaft.half_max_radius.items()}
     dendrites = dendrite_table(centerlines, spines, diam, smooth_um=0)
     return Detection(spines, dendrites, centerlines, [q + offset for q in smooth_paths],
                      mask, timings)
@@ -794,9 +800,10 @@ def _sizes(spines: pd.DataFrame, radii, shaft_brightness, vs, p: DetectionParams
     """Head and neck diameters from brightness, and the lengths that need the head, in place.
 
     Each dendrite's dye concentration is its centre line brightness over the peak of a filled
-    cylinder of its radius; heads and necks are the filled sphere and cylinder whose peaks match
-    theirs (:mod:`spinecount.optics`), all blurred by the PSF, the working pixel and the
-    smoothing of the image each was read in.
+    cylinder of its radius (`radii`: half-maximum radius per dendrite, 1-based); heads and
+    necks are the filled sphere and cylinder whose peaks match theirs
+    (:mod:`spinecount.optics`), all blurred by the PSF, the working pixel and the smoothing of
+    the image each was read in.
     """
     psf = np.array([p.psf_axial_fwhm_um, p.psf_fwhm_um]) / FWHM_PER_SIGMA
     pixel2 = np.array([vs[0], vs[1]]) ** 2 / 12

@@ -106,10 +106,13 @@ def protrusion_sizes(head_peak, neck_peak, *, sigma_um, max_radius_um: float = 1
 
     Examples
     --------
+    A head of radius 0.4 um on a neck of radius 0.1 um:
+
     >>> sig = (0.8, 0.3)
-    >>> start = (0.4**2 - 0.1**2 / 2) ** 0.5
-    >>> head = sphere_peak([0.4], sig) + cylinder_peak([0.1], sig) * 0.5 * erfc(start / (0.3 * 2**0.5))
-    >>> [d.round(2).tolist() for d in protrusion_sizes(head, cylinder_peak([0.1], sig), sigma_um=sig)]
+    >>> neck = cylinder_peak([0.1], sig)
+    >>> start = (0.4**2 - 0.1**2 / 2) ** 0.5  # where the neck leaves the head
+    >>> head = sphere_peak([0.4], sig) + neck * 0.5 * erfc(start / (0.3 * 2**0.5))
+    >>> [d.round(2).tolist() for d in protrusion_sizes(head, neck, sigma_um=sig)]
     [[0.8], [0.2]]
     """
     grid = np.linspace(0.005, max_radius_um, 600)

@@ -24,6 +24,12 @@ def test_finds_the_dendrite_and_most_spines(syn):
     assert set(det.spines["dendrite_id"]) <= set(det.dendrites["dendrite_id"])
 
 
+def test_shaft_diameter(syn):
+    det = spinecount.detect(syn.stack)
+    main = det.dendrites.sort_values("length_um").iloc[-1]
+    assert main["diameter_um"] == pytest.approx(syn.dendrites["diameter_um"].iloc[0], rel=0.2)
+
+
 def test_user_traces_are_used(syn):
     det = spinecount.detect(syn.stack, traces=syn.centerlines)
     assert det.dendrites["dendrite_id"].tolist() == syn.dendrites["dendrite_id"].tolist()
