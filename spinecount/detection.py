@@ -406,9 +406,12 @@ class _ShaftModel:
         return region, key.astype(np.int32 if self.n_cells < 2**31 else np.int64), (line,
                                                                                    line_point)
 
-    def fit(self, packed: np.ndarray) -> dict:
+    def fit(self, packed: np.ndarray) -> tuple[dict, dict]:
         """Set the model from every cell's voxels (cell and value packed by :func:`_pack`;
-        sorted here in place); returns the shaft radius per dendrite (1-based, um)."""
+        sorted here in place). Returns two shaft radii per dendrite (1-based, um): the inner
+        edge of the first 0.2 um bin below half the peak (which places spine bases), and the
+        half-maximum crossing interpolated between bins (the radius of a filled shaft wider
+        than the blur: diameters and dye concentration)."""
         packed.sort()  # by cell, then by value: 8 bytes a voxel, where a groupby needs ~40
         start = np.searchsorted(packed, np.arange(self.n_cells + 1, dtype=np.uint64)
                                 << np.uint64(32))
@@ -427,7 +430,7 @@ class _ShaftModel:
         prof[:, :n_dz + 1] = np.maximum.accumulate(prof[:, :n_dz + 1], axis=1)
         self.profile = prof.ravel()
         inplane = prof.max(axis=1).mean(axis=1)  # in-plane profile, for the shaft radius
-        radii, self.half_max_radius = {}, {}
+        radii, half_max_radius = {}, {}
         for k in range(self.n_paths):
             g = np.unique(self.pts.group[self.pts.owner == k])
             pk_ = np.median(inplane[g], axis=0) if len(g) else np.zeros(self.n_lat)
@@ -437,8 +440,8 @@ class _ShaftModel:
             # it: the radius of a filled shaft wider than the blur
             i = half[0] if len(half) else self.n_lat - 1
             frac = (pk_[i - 1] - 0.5 * pk_[0]) / max(pk_[i - 1] - pk_[i], 1e-9) if i else 0.0
-            self.half_max_radius[k + 1] = float((i - 0.5 + np.clip(frac, 0, 1)) * self.LAT_UM)
-        return radii
+            half_max_radius[k + 1] = float((i - 0.5 + np.clip(frac, 0, 1)) * self.LAT_UM)
+        return radii, half_max_radius
 
 
 def detect(stack: Stack, *, params: DetectionParams | None = None, traces: pd.DataFrame | None
@@ -673,7 +676,7 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
         n = len(values[0])
         packed[at:at + n] = values.pop(0)
         at += n
-    radii = shaft.fit(packed)
+    radii, half_max_radius = shaft.fit(packed)
     del packed
     # median centre line brightness of each dendrite (noise units)
     shaft_brightness = [max(float(np.median(line_b[line_owner == k])), 1e-3)
@@ -744,7 +747,7 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
     yield "spines"
     spines = pd.DataFrame(rows)
     if len(spines):
-        _sizes(spines, shaft.half_max_radius, shaft_brightness, vs, p)
+        _sizes(spines, half_max_radius, shaft_brightness, vs, p)
         spines[POSITION] += offset
         spines[BASE] += offset
         # 0.5 at the detection threshold, rising towards 1 with the contrast above it
@@ -757,7 +760,7 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
         spines = conform_spines(spines)
     else:
         spines = empty_spines()
-    diam = {int(ids[k - 1]): 2 * r for k, r in shaft.half_max_radius.items()}
+    diam = {int(ids[k - 1]): 2 * r for k, r in half_max_radius.items()}
     dendrites = dendrite_table(centerlines, spines, diam, smooth_um=0)
     return Detection(spines, dendrites, centerlines, [q + offset for q in smooth_paths],
                      mask, timings)
