@@ -1,8 +1,9 @@
 """Benchmark the detector on synthetic stacks at several voxel sizes and noise levels.
 
 Prints per case: precision, recall, F1, total dendrite length against the truth, the fraction
-of matched spines whose type is right, and how measured head diameters of matched spines compare
-with the true ones (median relative error, correlation).
+of matched spines whose type is right, how measured head diameters of matched spines compare
+with the true ones (median relative error, correlation), and the median relative error of their
+total lengths.
 
     python benchmarks/detect_synthetic.py [--seeds 3]
 """
@@ -43,14 +44,15 @@ def main():
                 gt = syn.spines["type"].to_numpy()[tp["gt_index"].to_numpy()]
                 tacc.append(float(np.mean(pt == gt)))
                 heads.append(np.column_stack([
-                    det.spines["head_diameter_um"].to_numpy()[tp["pred_index"].to_numpy()],
-                    syn.spines["head_diameter_um"].to_numpy()[tp["gt_index"].to_numpy()]]))
-        h = np.vstack(heads)
+                    table[c].to_numpy()[tp[i].to_numpy()] for c in ("head_diameter_um", "length_um")
+                    for table, i in ((det.spines, "pred_index"), (syn.spines, "gt_index"))]))
+        h = np.vstack(heads)  # measured head, true head, measured length, true length
         print(f"voxel {vs} um, {photons} photons: precision {np.mean(p):.2f} recall "
-              f"{np.mean(r):.2f} F1 {np.mean(f1):.2f}; length error {np.mean(lerr):+.1%}; "
+              f"{np.mean(r):.2f} F1 {np.mean(f1):.2f}; dendrite length error {np.mean(lerr):+.1%}; "
               f"type right {np.mean(tacc):.0%}; head diameter error "
               f"{np.median(np.abs(h[:, 0] / h[:, 1] - 1)):.0%} (median), r = "
-              f"{np.corrcoef(h[:, 0], h[:, 1])[0, 1]:.2f}; {np.mean(secs):.1f} s/stack")
+              f"{np.corrcoef(h[:, 0], h[:, 1])[0, 1]:.2f}; spine length error "
+              f"{np.median(np.abs(h[:, 2] / h[:, 3] - 1)):.0%}; {np.mean(secs):.1f} s/stack")
 
 
 if __name__ == "__main__":

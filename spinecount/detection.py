@@ -29,18 +29,21 @@ The method, in order (all distances in micrometres, converted with the stack's v
    or below the centre line, are at least ``min_spine_separation_um`` apart, protrude (at least
    ``min_protrusion_fraction`` of the brightness at the head is in excess of the shaft model: a
    local bulge of the shaft is not a spine), and do not lie on the neck of a spine further out.
-   Each is attached to its nearest dendrite, its base placed on the shaft surface towards the
-   head, and measured: head and neck diameters from brightness (below), neck length, total
-   length, distance from the shaft surface, integrated intensity relative to the shaft per
-   micrometre, type (see :mod:`spinecount.morphology`) and a confidence ``score`` from its
-   contrast. Heads are about as small as the blur, so their widths in the image hardly vary
-   with their size, but their brightness does: each dendrite's dye concentration is its centre
-   line brightness over the peak of a filled cylinder of its radius (half-maximum radius of the
-   shaft model), and the head is the filled sphere, the neck the filled cylinder, whose peaks
-   through the same blur (``psf_fwhm_um``, ``psf_axial_fwhm_um``, the working pixel and the
-   smoothing) match the residual's peak and its median along the middle of the neck
-   (:mod:`spinecount.optics`). Where the neck's middle is at least ``NECK_RATIO`` (0.6) as
-   bright as the head, no neck narrower than the head is seen and the neck is as wide as it.
+   Each is attached to its nearest dendrite, its base placed on the shaft surface (at the
+   shaft model's half-maximum radius) towards the head, and measured: head and neck diameters
+   from brightness (below), total length from the surface to the tip (where the residual
+   beyond the peak falls to half of it), neck length (total less head), distance of the peak
+   from the surface, integrated intensity relative to the shaft per micrometre, type (see
+   :mod:`spinecount.morphology`) and a confidence ``score`` from its contrast. Heads are about
+   as small as the blur, so their widths in the image hardly vary with their size, but their
+   brightness does: each dendrite's dye concentration is its centre line brightness over the
+   peak of a filled cylinder of its radius, and the head is the filled sphere, the neck the
+   filled cylinder, whose peaks through the same blur (``psf_fwhm_um``, ``psf_axial_fwhm_um``,
+   the working pixel and the smoothing) match the residual's peak and its median along the
+   inner half of the neck (:mod:`spinecount.optics`). Where the neck is at least
+   ``NECK_RATIO`` (0.6) as bright as the head, no neck narrower than the head is seen and the
+   neck is as wide as it; such a protrusion at least ``TUBE_RATIO`` (1.5) times as long as its
+   head is a tube (a thin spine or filopodium), whose width is the cylinder of its peak.
 6. **Chunks.** Every step works in lateral chunks with a margin (:mod:`spinecount.chunks`), and
    what needs the whole stack (background and noise, Otsu's threshold, the shaft model's cell
    medians, the noise curve, close peaks) is gathered from all chunks first, so the result is
@@ -62,7 +65,7 @@ from .chunks import (AUTO_CHUNK_UM, AUTO_CHUNK_VOXELS, Tile, assemble_lattice, m
                      plan_tiles)
 from .io import Stack
 from .morphology import classify_spine
-from .optics import cylinder_peak, protrusion_sizes
+from .optics import cylinder_peak, cylinder_radius, protrusion_sizes
 from .params import DetectionParams
 from .tables import (BASE, POSITION, conform_spines, dendrite_table, empty_spines,
                      resample_polyline, smooth_polyline)
@@ -75,6 +78,8 @@ FWHM_PER_SIGMA = 2.3548
 CENTRE_SMOOTHING_UM = (0.0, 0.3, 0.3)
 #: a neck whose middle is at least this bright relative to the head peak is as wide as the head
 NECK_RATIO = 0.6
+#: such a protrusion at least this many times as long as its head is wide is a tube
+TUBE_RATIO = 1.5
 #: Stages of the detection, in order (yielded by :func:`detect_steps`, timed in ``timings``).
 STAGES = ("prepare", "dendrites", "shaft model", "spines")
 
@@ -323,6 +328,19 @@ class _Points:
     tan: np.ndarray
 
 
+@dataclass
+class _Shafts:
+    """Per dendrite (index into the paths): spine heads lie outside the `edge` (um from the
+    centre line: the inner edge of the shaft model's first bin below half its peak, less half
+    the PSF); its surface is at `radius` (half-maximum radius, um), from which spines are
+    measured; its centre line `brightness` (noise units) and its id in the tables."""
+
+    edge: np.ndarray
+    radius: np.ndarray
+    brightness: np.ndarray
+    ids: np.ndarray
+
+
 def _centre_points(paths, shape, vs, stretch_um: float) -> _Points:
     owners, arcs, xyz, tans, idxs = [], [], [], [], []
     for i, pts in enumerate(paths):
@@ -406,12 +424,12 @@ class _ShaftModel:
         return region, key.astype(np.int32 if self.n_cells < 2**31 else np.int64), (line,
                                                                                    line_point)
 
-    def fit(self, packed: np.ndarray) -> tuple[dict, dict]:
+    def fit(self, packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Set the model from every cell's voxels (cell and value packed by :func:`_pack`;
-        sorted here in place). Returns two shaft radii per dendrite (1-based, um): the inner
-        edge of the first 0.2 um bin below half the peak (which places spine bases), and the
+        sorted here in place). Returns two shaft radii per dendrite (um): the inner edge of
+        the first 0.2 um bin below half the peak (spine heads lie outside it), and the
         half-maximum crossing interpolated between bins (the radius of a filled shaft wider
-        than the blur: diameters and dye concentration)."""
+        than the blur: its surface, diameter and dye concentration)."""
         packed.sort()  # by cell, then by value: 8 bytes a voxel, where a groupby needs ~40
         start = np.searchsorted(packed, np.arange(self.n_cells + 1, dtype=np.uint64)
                                 << np.uint64(32))
@@ -430,17 +448,17 @@ class _ShaftModel:
         prof[:, :n_dz + 1] = np.maximum.accumulate(prof[:, :n_dz + 1], axis=1)
         self.profile = prof.ravel()
         inplane = prof.max(axis=1).mean(axis=1)  # in-plane profile, for the shaft radius
-        radii, half_max_radius = {}, {}
+        radii, half_max_radius = np.zeros(self.n_paths), np.zeros(self.n_paths)
         for k in range(self.n_paths):
             g = np.unique(self.pts.group[self.pts.owner == k])
             pk_ = np.median(inplane[g], axis=0) if len(g) else np.zeros(self.n_lat)
             half = np.flatnonzero(pk_ < 0.5 * pk_[0])
-            radii[k + 1] = float(half[0] * self.LAT_UM) if len(half) else self.reach
+            radii[k] = half[0] * self.LAT_UM if len(half) else self.reach
             # where the profile crosses half its peak, between the centres of the bins around
             # it: the radius of a filled shaft wider than the blur
             i = half[0] if len(half) else self.n_lat - 1
             frac = (pk_[i - 1] - 0.5 * pk_[0]) / max(pk_[i - 1] - pk_[i], 1e-9) if i else 0.0
-            half_max_radius[k + 1] = float((i - 0.5 + np.clip(frac, 0, 1)) * self.LAT_UM)
+            half_max_radius[k] = (i - 0.5 + np.clip(frac, 0, 1)) * self.LAT_UM
         return radii, half_max_radius
 
 
@@ -676,11 +694,14 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
         n = len(values[0])
         packed[at:at + n] = values.pop(0)
         at += n
-    radii, half_max_radius = shaft.fit(packed)
+    edge, radius = shaft.fit(packed)
     del packed
-    # median centre line brightness of each dendrite (noise units)
-    shaft_brightness = [max(float(np.median(line_b[line_owner == k])), 1e-3)
-                        if np.any(line_owner == k) else 1.0 for k in range(len(smooth_paths))]
+    shafts = _Shafts(
+        edge=np.maximum(edge - 0.5 * p.psf_fwhm_um, 0.2), radius=radius, ids=ids,
+        # median centre line brightness of each dendrite (noise units)
+        brightness=np.array([max(float(np.median(line_b[line_owner == k])), 1e-3)
+                             if np.any(line_owner == k) else 1.0
+                             for k in range(len(smooth_paths))]))
 
     def residual(tile):
         def make():
@@ -730,8 +751,8 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
         found = (rz == ndi.maximum_filter(rz, size=3)) & (rz > p.spine_threshold) & region
         local = np.argwhere(found[tile.inner]) + np.array([0, tile.inner[1].start,
                                                             tile.inner[2].start])
-        rows = [_measure(li, li + tile.origin, rz, rs, resid, ms, tree, pts, radii,
-                         shaft_brightness, ids, vs, p) for li in local]
+        rows = [_measure(li, li + tile.origin, rz, rs, resid, ms, tree, pts, shafts, vs, p)
+                for li in local]
         return local + tile.origin, rz[tuple(local.T)], rows
 
     parts = map_tiles(peaks, tiles, threads=n_threads)
@@ -745,9 +766,9 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
     del parts
     t = lap("spines", t)
     yield "spines"
-    spines = pd.DataFrame(rows)
+    spines = pd.DataFrame(rows).drop(columns="_inner", errors="ignore")
     if len(spines):
-        _sizes(spines, half_max_radius, shaft_brightness, vs, p)
+        _sizes(spines, shafts, vs, p)
         spines[POSITION] += offset
         spines[BASE] += offset
         # 0.5 at the detection threshold, rising towards 1 with the contrast above it
@@ -760,7 +781,7 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
         spines = conform_spines(spines)
     else:
         spines = empty_spines()
-    diam = {int(ids[k - 1]): 2 * r for k, r in half_max_radius.items()}
+    diam = {int(i): 2 * r for i, r in zip(ids, radius)}
     dendrites = dendrite_table(centerlines, spines, diam, smooth_um=0)
     return Detection(spines, dendrites, centerlines, [q + offset for q in smooth_paths],
                      mask, timings)
@@ -768,15 +789,16 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
 
 def _drop_necks(rows: list[dict], separation_um: float) -> list[dict]:
     """Leave out peaks that lie on the neck of a spine further from the shaft: closer than
-    `separation_um` (z scaled by the PSF elongation) to its base -> head line, short of the
-    head. A long spine's neck often leaves a second residual peak near the shaft."""
+    `separation_um` (z scaled by the PSF elongation) to its neck (from the shaft model's
+    inner edge to its head), short of the head. A long spine's neck often leaves a second residual
+    peak near the shaft."""
     from scipy.spatial import cKDTree
 
     if len(rows) < 2:
         return rows
     scale = np.array([1 / AXIAL_RATIO, 1.0, 1.0])
     head = np.array([[r["z_um"], r["y_um"], r["x_um"]] for r in rows]) * scale
-    base = np.array([[r["base_z_um"], r["base_y_um"], r["base_x_um"]] for r in rows]) * scale
+    base = np.array([r["_inner"] for r in rows]) * scale
     surface = np.array([r["shaft_distance_um"] for r in rows])
     seg = head - base
     length2 = np.maximum((seg**2).sum(axis=1), 1e-12)
@@ -799,14 +821,15 @@ def _head_sigma_um(p: DetectionParams, vs) -> tuple[float, float, float]:
     return (max(p.head_sigma_um, 0.5 * vs[0]), p.head_sigma_um, p.head_sigma_um)
 
 
-def _sizes(spines: pd.DataFrame, radii, shaft_brightness, vs, p: DetectionParams) -> None:
-    """Head and neck diameters from brightness, and the lengths that need the head, in place.
+def _sizes(spines: pd.DataFrame, shafts: _Shafts, vs, p: DetectionParams) -> None:
+    """Head and neck diameters from brightness, and the lengths, in place.
 
     Each dendrite's dye concentration is its centre line brightness over the peak of a filled
-    cylinder of its radius (`radii`: half-maximum radius per dendrite, 1-based); heads and
-    necks are the filled sphere and cylinder whose peaks match theirs
-    (:mod:`spinecount.optics`), all blurred by the PSF, the working pixel and the smoothing of
-    the image each was read in.
+    cylinder of its radius; heads and necks are the filled spheres and cylinders whose peaks
+    match theirs (:mod:`spinecount.optics`), all blurred by the PSF, the working pixel and the
+    smoothing of the image each was read in. A protrusion that does not narrow (its neck at
+    least ``NECK_RATIO`` as bright as its head) and is at least ``TUBE_RATIO`` times as long as
+    its head is wide is a tube, not a head on the shaft: its head is the cylinder of its peak.
     """
     psf = np.array([p.psf_axial_fwhm_um, p.psf_fwhm_um]) / FWHM_PER_SIGMA
     pixel2 = np.array([vs[0], vs[1]]) ** 2 / 12
@@ -814,34 +837,34 @@ def _sizes(spines: pd.DataFrame, radii, shaft_brightness, vs, p: DetectionParams
     def blur(smoothing_um):
         return tuple(np.sqrt(psf**2 + pixel2 + np.asarray(smoothing_um[:2]) ** 2))
 
-    radius = np.array([radii.get(k + 1, 0.5) for k in range(len(shaft_brightness))])
-    conc = np.asarray(shaft_brightness) / cylinder_peak(radius, blur(CENTRE_SMOOTHING_UM))
+    conc = shafts.brightness / cylinder_peak(shafts.radius, blur(CENTRE_SMOOTHING_UM))
     c = conc[spines.pop("_k").to_numpy()]
-    head_peak, neck_peak = spines.pop("_head").to_numpy(), spines.pop("_neck").to_numpy()
-    head, neck = protrusion_sizes(head_peak / c, neck_peak / c,
-                                  sigma_um=blur(_head_sigma_um(p, vs)))
+    head_peak, neck_peak = spines.pop("_head").to_numpy() / c, spines.pop("_neck").to_numpy() / c
+    sigma = blur(_head_sigma_um(p, vs))
+    head, neck = protrusion_sizes(head_peak, neck_peak, sigma_um=sigma)
+    length = spines["shaft_distance_um"] + spines.pop("_tip")
     # brightness that stays up along the protrusion: no neck narrower than the head is seen
-    neck = np.where(neck_peak >= NECK_RATIO * head_peak, head, neck)
-    surface = spines["shaft_distance_um"]
+    wide = neck_peak >= NECK_RATIO * head_peak
+    tube = wide & (length > TUBE_RATIO * head)
+    head = np.where(tube, 2 * cylinder_radius(head_peak, sigma), head)
     spines["head_diameter_um"] = head
-    spines["neck_diameter_um"] = neck
-    spines["neck_length_um"] = (surface - head / 2).clip(lower=0)
-    spines["length_um"] = surface + head / 2
+    spines["neck_diameter_um"] = np.where(wide, head, neck)
+    spines["length_um"] = length
+    spines["neck_length_um"] = (length - head).clip(lower=0)
 
 
-def _measure(li, gi, rz, rs, resid, ms, tree, pts: _Points, radii, shaft_brightness, ids, vs,
+def _measure(li, gi, rz, rs, resid, ms, tree, pts: _Points, shafts: _Shafts, vs,
              p: DetectionParams) -> dict | None:
     """One residual peak (`li`: index in the tile's arrays, `gi`: on the working grid) as a
-    spine row, or None where it is not a spine: not outside the shaft surface, too far from it
-    (or above or below it), or a bulge of the shaft itself rather than a protrusion."""
+    spine row, or None where it is not a spine: not outside the shaft, too far from it (or
+    above or below it), or a bulge of the shaft itself rather than a protrusion."""
     zi, yi, xi = li
     hp = gi * np.asarray(vs)
     # physical nearest centre line point (of those rasterised for the shaft model)
     dc, ni = tree.query(hp)
     k = int(pts.owner[ni])
-    r_shaft = max(radii.get(k + 1, 0.5) - 0.5 * p.psf_fwhm_um, 0.2)
-    surface = dc - r_shaft
-    if (surface < 0.1 or surface > p.max_spine_length_um
+    surface = dc - shafts.radius[k]
+    if (dc - shafts.edge[k] < 0.1 or dc - shafts.edge[k] > p.max_spine_length_um
             or abs(hp[0] - pts.xyz[ni, 0]) > p.max_axial_offset_um):
         return None
     peak = rs[zi, yi, xi]
@@ -849,30 +872,39 @@ def _measure(li, gi, rz, rs, resid, ms, tree, pts: _Points, radii, shaft_brightn
         return None  # a bulge of the shaft itself, not a protrusion from it
     cpt = pts.xyz[ni]
     direction = (hp - cpt) / max(dc, 1e-9)
-    base = cpt + r_shaft * direction
+    base = cpt + min(shafts.radius[k], dc) * direction
+    surface = max(surface, 0.0)
     origin = gi - li
+
+    def smoothed_at(points):
+        idx = np.clip(np.round(points / np.asarray(vs)).astype(int) - origin, 0,
+                      np.asarray(rs.shape) - 1)
+        return rs[tuple(idx.T)]
+
     # head and neck sizes come later from brightness (_sizes); here the brightness at the head
-    # and along the middle of the neck (20-70 % of the way out; the median: near the shaft
-    # surface the shaft model's subtraction and the noise pull the residual down)
-    n_s = max(int(surface / 0.1), 2)
-    t_along = np.linspace(0, 1, n_s)
-    line = base[None] + t_along[:, None] * (hp - base)[None]
-    idx = np.clip(np.round(line / np.asarray(vs)).astype(int) - origin, 0,
-                  np.asarray(rs.shape) - 1)
-    along = rs[tuple(idx.T)]
-    mid = along[(t_along >= 0.2) & (t_along <= 0.7)]
+    # and along the neck (5-55 % of the way from the shaft surface to the head; the median:
+    # near the surface the shaft model's subtraction and the noise pull the residual down)
+    t_along = np.linspace(0, 1, max(int(np.linalg.norm(hp - base) / 0.1), 2))
+    along = smoothed_at(base[None] + t_along[:, None] * (hp - base)[None])
+    mid = along[(t_along >= 0.05) & (t_along <= 0.55)]
     neck = float(np.clip(np.median(mid if len(mid) else along), 0, peak))
+    # the tip: where the brightness beyond the peak falls to half of it
+    out = np.arange(0.0, 2.0 + 1e-9, 0.05)
+    prof = smoothed_at(hp[None] + out[:, None] * direction[None])
+    j = int(np.argmax(prof < 0.5 * peak)) if np.any(prof < 0.5 * peak) else 0
+    tip = (out[j - 1] + 0.05 * (prof[j - 1] - 0.5 * peak) / max(prof[j - 1] - prof[j], 1e-9)
+           if j else out[-1])
     win = int(np.ceil(1.0 / vs[1]))
     y0, y1 = max(yi - win, 0), min(yi + win + 1, rs.shape[1])
     x0, x1 = max(xi - win, 0), min(xi + win + 1, rs.shape[2])
     integ = float(resid[max(zi - 1, 0):zi + 2, y0:y1, x0:x1].clip(0).sum())
-    shaft_per_um = shaft_brightness[k] * np.pi * (
-        r_shaft + 0.5 * p.psf_fwhm_um) ** 2 / (vs[1] * vs[2] * vs[0])
+    shaft_per_um = shafts.brightness[k] * np.pi * (
+        shafts.edge[k] + 0.5 * p.psf_fwhm_um) ** 2 / (vs[1] * vs[2] * vs[0])
     return {
-        "dendrite_id": int(ids[k]), "z_um": hp[0], "y_um": hp[1], "x_um": hp[2],
+        "dendrite_id": int(shafts.ids[k]), "z_um": hp[0], "y_um": hp[1], "x_um": hp[2],
         "base_z_um": base[0], "base_y_um": base[1], "base_x_um": base[2],
         "shaft_distance_um": surface,
         "relative_intensity": integ / shaft_per_um,
         "contrast": float(rz[zi, yi, xi]),
-        "_k": k, "_head": float(peak), "_neck": neck,
+        "_inner": cpt + shafts.edge[k] * direction, "_k": k, "_head": float(peak), "_neck": neck, "_tip": float(np.clip(tip, 0, 2.0)),
     }

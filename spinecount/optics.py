@@ -81,6 +81,27 @@ def cylinder_peak(radius_um, sigma_um) -> np.ndarray:
     return (w * inside).sum(axis=1)
 
 
+def cylinder_radius(peak, sigma_um, *, max_radius_um: float = 1.5) -> np.ndarray:
+    """Radius of the filled cylinder whose :func:`cylinder_peak` is `peak` (the inverse).
+
+    Parameters
+    ----------
+    peak : array_like
+        Brightness on the axis divided by the dye concentration.
+    sigma_um : (float, float)
+        Blur (axial, lateral), Gaussian standard deviations in um.
+    max_radius_um : float
+        Largest radius returned.
+
+    Examples
+    --------
+    >>> cylinder_radius(cylinder_peak([0.1, 0.5], (0.8, 0.2)), (0.8, 0.2)).round(2).tolist()
+    [0.1, 0.5]
+    """
+    grid = np.linspace(0.005, max_radius_um, 600)
+    return np.interp(np.atleast_1d(np.asarray(peak, float)), cylinder_peak(grid, sigma_um), grid)
+
+
 def protrusion_sizes(head_peak, neck_peak, *, sigma_um, max_radius_um: float = 1.5):
     """Head and neck diameters of spines from their peak brightness, relative to the dye
     concentration.
@@ -118,7 +139,7 @@ def protrusion_sizes(head_peak, neck_peak, *, sigma_um, max_radius_um: float = 1
     grid = np.linspace(0.005, max_radius_um, 600)
     cyl = cylinder_peak(grid, sigma_um)
     neck = np.clip(np.atleast_1d(np.asarray(neck_peak, float)), cyl[0], cyl[-1])
-    neck_r = np.interp(neck, cyl, grid)
+    neck_r = cylinder_radius(neck, sigma_um, max_radius_um=max_radius_um)
     head_peak = np.atleast_1d(np.asarray(head_peak, float))
     # head centre brightness for every head radius (columns), with each spine's neck (rows):
     # the sphere, and the neck beyond the sphere's surface (where it meets the neck's mean

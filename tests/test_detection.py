@@ -1,6 +1,7 @@
 """The detector on synthetic truth (first version; the accuracy goals are benchmarked)."""
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import spinecount
@@ -135,6 +136,23 @@ def test_head_diameters_follow_the_true_heads():
     assert np.median(np.abs(got / true - 1)) < 0.25
     big = true > 0.6
     assert np.median(got[big]) - np.median(got[~big]) > 0.2
+
+
+def test_tubes_are_measured_as_tubes():
+    # thin spines: protrusions as wide as their heads (0.38-0.48 um) and three times as long
+    got, true = [], []
+    for seed in (3, 4):
+        syn = make_stack(shape_um=(12, 40, 40), n_dendrites=2, voxel_size=(1.0, 0.12, 0.12),
+                         peak_photons=60, type_fractions={"thin": 1.0}, seed=seed)
+        det = spinecount.detect(syn.stack)
+        tp = evaluate(det.spines, syn.spines).matched.query("status == 'tp'")
+        got.append(det.spines.iloc[tp["pred_index"].to_numpy()])
+        true.append(syn.spines.iloc[tp["gt_index"].to_numpy()])
+    got, true = pd.concat(got), pd.concat(true)
+    assert len(got) >= 60
+    for col in ("head_diameter_um", "length_um"):
+        assert np.median(np.abs(got[col].to_numpy() / true[col].to_numpy() - 1)) < 0.2
+    assert np.mean(got["type"] == "thin") >= 0.65
 
 
 def test_more_small_blobs_than_16_bit_labels_hold():
