@@ -33,7 +33,8 @@ The method, in order (all distances in micrometres, converted with the stack's v
    shaft model's half-maximum radius) towards the head, and measured: head and neck diameters
    from brightness (below), total length from the surface to the tip (where the residual
    beyond the peak falls to half of it), neck length (total less head), distance of the peak
-   from the surface, integrated intensity relative to the shaft per micrometre, type (see
+   from the surface, integrated intensity relative to the shaft per micrometre (the volume of
+   head and neck over the shaft's cross-section, both from their brightness), type (see
    :mod:`spinecount.morphology`) and a confidence ``score`` from its contrast. Heads are about
    as small as the blur, so their widths in the image hardly vary with their size, but their
    brightness does: each dendrite's dye concentration is its centre line brightness over the
@@ -710,12 +711,11 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
             model[region] = shaft.profile[key]
             resid = np.where(region, signal(tile) - model, 0).astype(np.float32)
             # peaks of the residual smoothed at the head scale, against the smoothed model
-            return (resid, ndi.gaussian_filter(resid, head_sig),
-                    ndi.gaussian_filter(model, head_sig))
+            return ndi.gaussian_filter(resid, head_sig), ndi.gaussian_filter(model, head_sig)
         return kept("resid", tile, make)
 
     def spread_sample(tile):
-        _, rs, ms = residual(tile)
+        rs, ms = residual(tile)
         lat = tile.lattice(step)
         region = cells(tile)[0][lat]
         return ms[lat][region], rs[lat][region]
@@ -745,13 +745,13 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
     tree = cKDTree(pts.xyz)
 
     def peaks(tile):
-        resid, rs, ms = residual(tile)
+        rs, ms = residual(tile)
         region = cells(tile)[0]
         rz = rs / np.interp(ms, centres, spread).astype(np.float32)
         found = (rz == ndi.maximum_filter(rz, size=3)) & (rz > p.spine_threshold) & region
         local = np.argwhere(found[tile.inner]) + np.array([0, tile.inner[1].start,
                                                             tile.inner[2].start])
-        rows = [_measure(li, li + tile.origin, rz, rs, resid, ms, tree, pts, shafts, vs, p)
+        rows = [_measure(li, li + tile.origin, rz, rs, ms, tree, pts, shafts, vs, p)
                 for li in local]
         return local + tile.origin, rz[tuple(local.T)], rows
 
@@ -830,6 +830,8 @@ def _sizes(spines: pd.DataFrame, shafts: _Shafts, vs, p: DetectionParams) -> Non
     smoothing of the image each was read in. A protrusion that does not narrow (its neck at
     least ``NECK_RATIO`` as bright as its head) and is at least ``TUBE_RATIO`` times as long as
     its head is wide is a tube, not a head on the shaft: its head is the cylinder of its peak.
+    The integrated intensity relative to the shaft per um is the volume of head and neck over
+    the shaft's cross-section.
     """
     psf = np.array([p.psf_axial_fwhm_um, p.psf_fwhm_um]) / FWHM_PER_SIGMA
     pixel2 = np.array([vs[0], vs[1]]) ** 2 / 12
@@ -838,7 +840,8 @@ def _sizes(spines: pd.DataFrame, shafts: _Shafts, vs, p: DetectionParams) -> Non
         return tuple(np.sqrt(psf**2 + pixel2 + np.asarray(smoothing_um[:2]) ** 2))
 
     conc = shafts.brightness / cylinder_peak(shafts.radius, blur(CENTRE_SMOOTHING_UM))
-    c = conc[spines.pop("_k").to_numpy()]
+    k = spines.pop("_k").to_numpy()
+    c = conc[k]
     head_peak, neck_peak = spines.pop("_head").to_numpy() / c, spines.pop("_neck").to_numpy() / c
     sigma = blur(_head_sigma_um(p, vs))
     head, neck = protrusion_sizes(head_peak, neck_peak, sigma_um=sigma)
@@ -851,9 +854,13 @@ def _sizes(spines: pd.DataFrame, shafts: _Shafts, vs, p: DetectionParams) -> Non
     spines["neck_diameter_um"] = np.where(wide, head, neck)
     spines["length_um"] = length
     spines["neck_length_um"] = (length - head).clip(lower=0)
+    # the dye of head and neck over the shaft's per um, at the concentrations behind the sizes
+    volume = np.pi / 6 * head**3 + np.pi / 4 * spines["neck_diameter_um"] ** 2 * spines[
+        "neck_length_um"]
+    spines["relative_intensity"] = volume / (np.pi * shafts.radius[k] ** 2)
 
 
-def _measure(li, gi, rz, rs, resid, ms, tree, pts: _Points, shafts: _Shafts, vs,
+def _measure(li, gi, rz, rs, ms, tree, pts: _Points, shafts: _Shafts, vs,
              p: DetectionParams) -> dict | None:
     """One residual peak (`li`: index in the tile's arrays, `gi`: on the working grid) as a
     spine row, or None where it is not a spine: not outside the shaft, too far from it (or
@@ -894,17 +901,10 @@ def _measure(li, gi, rz, rs, resid, ms, tree, pts: _Points, shafts: _Shafts, vs,
     j = int(np.argmax(prof < 0.5 * peak)) if np.any(prof < 0.5 * peak) else 0
     tip = (out[j - 1] + 0.05 * (prof[j - 1] - 0.5 * peak) / max(prof[j - 1] - prof[j], 1e-9)
            if j else out[-1])
-    win = int(np.ceil(1.0 / vs[1]))
-    y0, y1 = max(yi - win, 0), min(yi + win + 1, rs.shape[1])
-    x0, x1 = max(xi - win, 0), min(xi + win + 1, rs.shape[2])
-    integ = float(resid[max(zi - 1, 0):zi + 2, y0:y1, x0:x1].clip(0).sum())
-    shaft_per_um = shafts.brightness[k] * np.pi * (
-        shafts.edge[k] + 0.5 * p.psf_fwhm_um) ** 2 / (vs[1] * vs[2] * vs[0])
     return {
         "dendrite_id": int(shafts.ids[k]), "z_um": hp[0], "y_um": hp[1], "x_um": hp[2],
         "base_z_um": base[0], "base_y_um": base[1], "base_x_um": base[2],
         "shaft_distance_um": surface,
-        "relative_intensity": integ / shaft_per_um,
         "contrast": float(rz[zi, yi, xi]),
         "_inner": cpt + shafts.edge[k] * direction, "_k": k, "_head": float(peak), "_neck": neck, "_tip": float(np.clip(tip, 0, 2.0)),
     }

@@ -155,6 +155,21 @@ def test_tubes_are_measured_as_tubes():
     assert np.mean(got["type"] == "thin") >= 0.65
 
 
+def test_relative_intensity_does_not_depend_on_the_voxel_size():
+    medians = []
+    for voxel_size in [(1.0, 0.12, 0.12), (0.3, 0.06, 0.06)]:
+        syn = make_stack(shape_um=(12, 40, 40), n_dendrites=2, voxel_size=voxel_size,
+                         peak_photons=60, seed=5)
+        det = spinecount.detect(syn.stack)
+        tp = evaluate(det.spines, syn.spines).matched.query("status == 'tp'")
+        assert len(tp) >= 20
+        got = det.spines["relative_intensity"].to_numpy()[tp["pred_index"].to_numpy()]
+        true = syn.spines["relative_intensity"].to_numpy()[tp["gt_index"].to_numpy()]
+        medians.append(np.median(got / true))
+    assert 0.6 < min(medians) and max(medians) < 1.4
+    assert max(medians) / min(medians) < 1.3
+
+
 def test_more_small_blobs_than_16_bit_labels_hold():
     """Tracing labels the mask in 16 bits where it can; with more pieces than that it falls
     back to 32 bits and still removes every piece too small to be a dendrite."""
