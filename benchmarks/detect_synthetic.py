@@ -44,11 +44,13 @@ def main():
                 gt = syn.spines["type"].to_numpy()[tp["gt_index"].to_numpy()]
                 tacc.append(float(np.mean(pt == gt)))
                 heads.append(np.column_stack([
-                    table[c].to_numpy()[tp[i].to_numpy()] for c in ("head_diameter_um", "length_um")
+                    table[c].to_numpy()[tp[i].to_numpy()]
+                    for c in ("head_diameter_um", "length_um")
                     for table, i in ((det.spines, "pred_index"), (syn.spines, "gt_index"))]))
         h = np.vstack(heads)  # measured head, true head, measured length, true length
         print(f"voxel {vs} um, {photons} photons: precision {np.mean(p):.2f} recall "
-              f"{np.mean(r):.2f} F1 {np.mean(f1):.2f}; dendrite length error {np.mean(lerr):+.1%}; "
+              f"{np.mean(r):.2f} F1 {np.mean(f1):.2f}; dendrite length error "
+              f"{np.mean(lerr):+.1%}; "
               f"type right {np.mean(tacc):.0%}; head diameter error "
               f"{np.median(np.abs(h[:, 0] / h[:, 1] - 1)):.0%} (median), r = "
               f"{np.corrcoef(h[:, 0], h[:, 1])[0, 1]:.2f}; spine length error "

@@ -790,8 +790,8 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
 def _drop_necks(rows: list[dict], separation_um: float) -> list[dict]:
     """Leave out peaks that lie on the neck of a spine further from the shaft: closer than
     `separation_um` (z scaled by the PSF elongation) to its neck (from the shaft model's
-    inner edge to its head), short of the head. A long spine's neck often leaves a second residual
-    peak near the shaft."""
+    inner edge to its head), short of the head. A long spine's neck often leaves a second
+    residual peak near the shaft."""
     from scipy.spatial import cKDTree
 
     if len(rows) < 2:
@@ -870,7 +870,6 @@ def _measure(li, gi, rz, rs, ms, tree, pts: _Points, shafts: _Shafts, vs,
     # physical nearest centre line point (of those rasterised for the shaft model)
     dc, ni = tree.query(hp)
     k = int(pts.owner[ni])
-    surface = dc - shafts.radius[k]
     if (dc - shafts.edge[k] < 0.1 or dc - shafts.edge[k] > p.max_spine_length_um
             or abs(hp[0] - pts.xyz[ni, 0]) > p.max_axial_offset_um):
         return None
@@ -880,7 +879,7 @@ def _measure(li, gi, rz, rs, ms, tree, pts: _Points, shafts: _Shafts, vs,
     cpt = pts.xyz[ni]
     direction = (hp - cpt) / max(dc, 1e-9)
     base = cpt + min(shafts.radius[k], dc) * direction
-    surface = max(surface, 0.0)
+    surface = max(dc - shafts.radius[k], 0.0)
     origin = gi - li
 
     def smoothed_at(points):
@@ -895,16 +894,21 @@ def _measure(li, gi, rz, rs, ms, tree, pts: _Points, shafts: _Shafts, vs,
     along = smoothed_at(base[None] + t_along[:, None] * (hp - base)[None])
     mid = along[(t_along >= 0.05) & (t_along <= 0.55)]
     neck = float(np.clip(np.median(mid if len(mid) else along), 0, peak))
-    # the tip: where the brightness beyond the peak falls to half of it
-    out = np.arange(0.0, 2.0 + 1e-9, 0.05)
+    # the tip: where the brightness beyond the peak (out[0]) first falls to half of it,
+    # interpolated; at most 2 um out
+    step = 0.05
+    out = np.arange(0.0, 2.0 + 1e-9, step)
     prof = smoothed_at(hp[None] + out[:, None] * direction[None])
-    j = int(np.argmax(prof < 0.5 * peak)) if np.any(prof < 0.5 * peak) else 0
-    tip = (out[j - 1] + 0.05 * (prof[j - 1] - 0.5 * peak) / max(prof[j - 1] - prof[j], 1e-9)
+    below = np.flatnonzero(prof < 0.5 * peak)
+    j = below[0] if len(below) else 0
+    tip = (out[j - 1] + step * (prof[j - 1] - 0.5 * peak) / max(prof[j - 1] - prof[j], 1e-9)
            if j else out[-1])
     return {
         "dendrite_id": int(shafts.ids[k]), "z_um": hp[0], "y_um": hp[1], "x_um": hp[2],
         "base_z_um": base[0], "base_y_um": base[1], "base_x_um": base[2],
         "shaft_distance_um": surface,
         "contrast": float(rz[zi, yi, xi]),
-        "_inner": cpt + shafts.edge[k] * direction, "_k": k, "_head": float(peak), "_neck": neck, "_tip": float(np.clip(tip, 0, 2.0)),
+        # for _drop_necks and _sizes, then dropped
+        "_inner": cpt + shafts.edge[k] * direction, "_k": k, "_head": float(peak),
+        "_neck": neck, "_tip": float(tip),
     }

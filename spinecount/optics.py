@@ -21,15 +21,18 @@ from scipy.special import erf, erfc
 _T = np.linspace(-1.0, 1.0, 161)  # quadrature nodes across the object, in units of its radius
 
 
-def _across(radius, sigma_axial):
-    """Quadrature over z across an object of `radius`: the z positions and their weights
-    (the axial Gaussian times the trapezoid rule)."""
+def _peak(radius, sigma_um, lateral) -> np.ndarray:
+    """Fraction of the blur at the centre of a round object of `radius` that falls inside it:
+    the axial Gaussian integrated over z across the object (trapezoid rule), times the
+    fraction ``lateral(c2, sigma_lateral)`` that falls inside its cross-section at height z,
+    whose half-width squared is ``c2``."""
+    sz, sl = sigma_um
     r = np.atleast_1d(np.asarray(radius, float))[:, None]
     z = _T[None] * r
-    w = np.exp(-z**2 / (2 * sigma_axial**2)) / (np.sqrt(2 * np.pi) * sigma_axial)
+    w = np.exp(-z**2 / (2 * sz**2)) / (np.sqrt(2 * np.pi) * sz)
     w = w * (_T[1] - _T[0]) * r
     w[:, [0, -1]] *= 0.5
-    return r, z, w
+    return (w * lateral(np.clip(r**2 - z**2, 0, None), sl)).sum(axis=1)
 
 
 def sphere_peak(radius_um, sigma_um) -> np.ndarray:
@@ -52,10 +55,8 @@ def sphere_peak(radius_um, sigma_um) -> np.ndarray:
     >>> sphere_peak([0.1, 0.3, 3.0], (0.8, 0.2)).round(3).tolist()
     [0.008, 0.147, 1.0]
     """
-    sz, sl = sigma_um
-    r, z, w = _across(radius_um, sz)
-    inside = 1 - np.exp(-np.clip(r**2 - z**2, 0, None) / (2 * sl**2))
-    return (w * inside).sum(axis=1)
+    # a disc of radius c: the lateral Gaussian inside it in 2D
+    return _peak(radius_um, sigma_um, lambda c2, sl: 1 - np.exp(-c2 / (2 * sl**2)))
 
 
 def cylinder_peak(radius_um, sigma_um) -> np.ndarray:
@@ -75,10 +76,8 @@ def cylinder_peak(radius_um, sigma_um) -> np.ndarray:
     >>> cylinder_peak([0.1, 0.5, 3.0], (0.8, 0.2)).round(3).tolist()
     [0.03, 0.426, 1.0]
     """
-    sz, sl = sigma_um
-    r, z, w = _across(radius_um, sz)
-    inside = erf(np.sqrt(np.clip(r**2 - z**2, 0, None)) / (np.sqrt(2) * sl))
-    return (w * inside).sum(axis=1)
+    # a band of half-width c: the lateral Gaussian inside it in 1D
+    return _peak(radius_um, sigma_um, lambda c2, sl: erf(np.sqrt(c2) / (np.sqrt(2) * sl)))
 
 
 def cylinder_radius(peak, sigma_um, *, max_radius_um: float = 1.5) -> np.ndarray:
