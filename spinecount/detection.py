@@ -139,8 +139,15 @@ def _warm_skan() -> None:
             threading.Thread(target=toy, name="spinecount-warm-skan", daemon=True).start()
 
 
-def _downsample(data: np.ndarray, f: int) -> np.ndarray:
-    """Block-mean by `f` in y and x (float32; the input is not converted as a whole)."""
+def downsample_xy(data: np.ndarray, f: int) -> np.ndarray:
+    """Block-mean a (z, y, x) stack by `f` in y and x, as float32 (the input is not converted
+    as a whole); rows and columns that do not fill a block are dropped.
+
+    Examples
+    --------
+    >>> downsample_xy(np.arange(18).reshape(1, 3, 6), 2).tolist()
+    [[[3.5, 5.5, 7.5]]]
+    """
     if f == 1:
         return data.astype(np.float32)
     z, y, x = data.shape
@@ -592,7 +599,7 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
 
     def image(tile):
         ys, xs = tile.ext
-        return kept("img", tile, lambda: _downsample(
+        return kept("img", tile, lambda: downsample_xy(
             raw[:, ys.start * f:ys.stop * f, xs.start * f:xs.stop * f], f))
 
     def smoothed(tile, img=None):

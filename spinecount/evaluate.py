@@ -252,10 +252,10 @@ def match_dendrites(centerlines: pd.DataFrame, traced: pd.DataFrame, *,
         cols = BASE if set(BASE) <= set(spines.columns) else POSITION
         where = spines[cols].to_numpy(float)
         spine_of = np.full(len(spines), -1)
-        for i, (sd, b) in enumerate(zip(spines["dendrite_id"].to_numpy(), where)):
-            own = np.flatnonzero(did == sd)
-            if len(own):
-                spine_of[i] = belongs[own[np.argmin(np.linalg.norm(pts[own] - b, axis=1))]]
+        sid = spines["dendrite_id"].to_numpy()
+        for d in np.intersect1d(sid, did):  # per dendrite: its point nearest to each base
+            own, these = np.flatnonzero(did == d), np.flatnonzero(sid == d)
+            spine_of[these] = belongs[own[cKDTree(pts[own]).query(where[these])[1]]]
     rows = []
     for t, g in traced.groupby("dendrite_id", sort=True):
         length = centerline_length(g[POSITION].to_numpy(float))

@@ -138,7 +138,7 @@ def register(reference, moving, *, block_um: float = 30.0, max_shift_um: float =
     >>> np.round(reg.shift_um, 1).tolist()  # moved + shift = reference
     [-1.0, -1.2, 1.8]
     """
-    from .detection import _downsample
+    from .detection import downsample_xy
 
     vz, vy, vx = reference.voxel_size
     if not np.allclose(moving.voxel_size[1:], (vy, vx), rtol=1e-3):
@@ -154,7 +154,7 @@ def register(reference, moving, *, block_um: float = 30.0, max_shift_um: float =
     # 2. axial offset of the laterally aligned stacks, binned to ~0.5 um pixels
     f = max(1, int(round(0.5 / vy)))
     Bs = ndi.shift(B.astype(np.float32), (0, *shift_yx), order=1)
-    a3, b3 = _downsample(A, f), _downsample(Bs, f)
+    a3, b3 = downsample_xy(A, f), downsample_xy(Bs, f)
     haze = (0, 2.0 / (f * vy), 2.0 / (f * vy))  # 2 um: what varies more slowly is haze
     a3, b3 = a3 - ndi.gaussian_filter(a3, haze), b3 - ndi.gaussian_filter(b3, haze)
     dz = _z_offset(a3, b3, int(np.ceil(max_z_shift_um / vz)))
