@@ -28,7 +28,7 @@ def main():
     ap.add_argument("--seeds", type=int, default=3)
     a = ap.parse_args()
     for vs, photons in CASES:
-        f1, p, r, lerr, tacc, secs, heads = [], [], [], [], [], [], []
+        f1, p, r, lerr, tacc, secs, sizes = [], [], [], [], [], [], []
         for seed in range(a.seeds):
             syn = make_stack(voxel_size=vs, peak_photons=photons, seed=seed)
             t = time.perf_counter()
@@ -43,11 +43,11 @@ def main():
                 pt = det.spines["type"].to_numpy()[tp["pred_index"].to_numpy()]
                 gt = syn.spines["type"].to_numpy()[tp["gt_index"].to_numpy()]
                 tacc.append(float(np.mean(pt == gt)))
-                heads.append(np.column_stack([
+                sizes.append(np.column_stack([
                     table[c].to_numpy()[tp[i].to_numpy()]
                     for c in ("head_diameter_um", "length_um")
                     for table, i in ((det.spines, "pred_index"), (syn.spines, "gt_index"))]))
-        h = np.vstack(heads)  # measured head, true head, measured length, true length
+        h = np.vstack(sizes)  # measured head, true head, measured length, true length
         print(f"voxel {vs} um, {photons} photons: precision {np.mean(p):.2f} recall "
               f"{np.mean(r):.2f} F1 {np.mean(f1):.2f}; dendrite length error "
               f"{np.mean(lerr):+.1%}; "

@@ -94,11 +94,11 @@ def track_fields(tasks: list[dict], outdir, *, progress: bool = False
 def _field_tracks(name: str, ts: list[dict], folder: Path) -> tuple[pd.DataFrame, dict]:
     """The tracks of a field that count (reviewed links where they exist) and where its spines
     and links came from (``spines_source``, ``links_source``)."""
+    from .aggregate import combined_source
     from .io import read_stack
     from .registration import Registration, register_sessions
     from .results import RUN_FILE
     from .review import load_result
-    from .aggregate import combined_source
     from .timelapse import link, prefer_reviewed, write_tracks
 
     results = [load_result(t["folder"]) for t in ts]
