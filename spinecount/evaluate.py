@@ -193,6 +193,78 @@ def _dense_with_directions(centerlines: pd.DataFrame, step: float):
     return ids, pts, dirs
 
 
+def _along(centerlines: pd.DataFrame, traced: pd.DataFrame, lateral_um: float,
+           axial_um: float, min_cos: float, step_um: float):
+    """Detected centre line points every `step_um` (dendrite ids, points) and the traced
+    dendrite each runs along (-1: none); see :func:`match_dendrites`."""
+    from scipy.spatial import cKDTree
+
+    did, pts, dirs = _dense_with_directions(centerlines, step_um)
+    tid, tpts, tdirs = _dense_with_directions(traced, step_um)
+    belongs = np.full(len(pts), -1)
+    if len(pts) and len(tpts):
+        scale = np.array([lateral_um / axial_um, 1.0, 1.0])
+        dist, k = cKDTree(tpts * scale).query(pts * scale,
+                                              distance_upper_bound=lateral_um * np.sqrt(2))
+        near = np.isfinite(dist)
+        k = np.where(near, k, 0)
+        d = pts - tpts[k]
+        near &= (np.hypot(d[:, 1], d[:, 2]) <= lateral_um) & (np.abs(d[:, 0]) <= axial_um)
+        near &= np.abs((dirs * tdirs[k]).sum(axis=1)) >= min_cos
+        belongs = np.where(near, tid[k], -1)
+    return did, pts, belongs
+
+
+def _spines_along(spines: pd.DataFrame, did, pts, belongs) -> np.ndarray:
+    from scipy.spatial import cKDTree
+
+    cols = BASE if set(BASE) <= set(spines.columns) else POSITION
+    where = spines[cols].to_numpy(float)
+    out = np.full(len(spines), -1)
+    sid = spines["dendrite_id"].to_numpy()
+    for d in np.intersect1d(sid, did):  # per dendrite: its point nearest to each base
+        own, these = np.flatnonzero(did == d), np.flatnonzero(sid == d)
+        out[these] = belongs[own[cKDTree(pts[own]).query(where[these])[1]]]
+    return out
+
+
+def spines_along(spines: pd.DataFrame, centerlines: pd.DataFrame, traced: pd.DataFrame, *,
+                 lateral_um: float = 1.5, axial_um: float = 3.0, min_cos: float = 0.7,
+                 step_um: float = 0.25) -> np.ndarray:
+    """The traced dendrite each detected spine belongs to, by its own dendrite (-1: none).
+
+    A spine belongs to a traced dendrite where the point of its own detected dendrite nearest
+    to its base runs along that traced dendrite (as in :func:`match_dendrites`). Spines of
+    dendrites that cross a traced one, or pass close by, belong to none: an annotation of the
+    traced dendrites says nothing about them.
+
+    Parameters
+    ----------
+    spines : DataFrame
+        Detected spines with ``dendrite_id`` and base columns (``base_z_um, ...``; the head
+        position where there are none).
+    centerlines, traced : DataFrame
+        Detected and traced centre lines (``dendrite_id, z_um, y_um, x_um``).
+
+    Returns
+    -------
+    ndarray of int, one per spine
+
+    Examples
+    --------
+    >>> line = lambda i, y0, x0, y1, x1: pd.DataFrame({"dendrite_id": i, "z_um": 0.0,
+    ...     "y_um": np.linspace(y0, y1, 50), "x_um": np.linspace(x0, x1, 50)})
+    >>> traced = line(1, 10, 0, 10, 20)
+    >>> found = pd.concat([line(7, 10.4, 0, 10.4, 20), line(8, 0, 10, 20, 10)])  # along, across
+    >>> spines = pd.DataFrame({"dendrite_id": [7, 8], "z_um": 0.0, "y_um": [11.5, 9.0],
+    ...                        "x_um": [5.0, 11.0]})
+    >>> spines_along(spines, found, traced).tolist()
+    [1, -1]
+    """
+    return _spines_along(spines, *_along(centerlines, traced, lateral_um, axial_um, min_cos,
+                                         step_um))
+
+
 def match_dendrites(centerlines: pd.DataFrame, traced: pd.DataFrame, *,
                     spines: pd.DataFrame | None = None, lateral_um: float = 1.5,
                     axial_um: float = 3.0, min_cos: float = 0.7,
@@ -203,8 +275,8 @@ def match_dendrites(centerlines: pd.DataFrame, traced: pd.DataFrame, *,
     (xy) and `axial_um` (z) of it and runs along it (the cosine of the angle between the two
     directions in the image plane at least `min_cos`), so dendrites that cross it or merely
     pass close by do not count. A spine belongs where the nearest point of its own dendrite to
-    its base belongs. This is the length and density a user would read off the detected
-    dendrites that match the traced one.
+    its base belongs (:func:`spines_along`). This is the length and density a user would read
+    off the detected dendrites that match the traced one.
 
     Parameters
     ----------
@@ -232,30 +304,8 @@ def match_dendrites(centerlines: pd.DataFrame, traced: pd.DataFrame, *,
     >>> round(float(m["matched_length_um"].iloc[0]))
     20
     """
-    from scipy.spatial import cKDTree
-
-    did, pts, dirs = _dense_with_directions(centerlines, step_um)
-    tid, tpts, tdirs = _dense_with_directions(traced, step_um)
-    belongs = np.full(len(pts), -1)
-    if len(pts) and len(tpts):
-        scale = np.array([lateral_um / axial_um, 1.0, 1.0])
-        dist, k = cKDTree(tpts * scale).query(pts * scale,
-                                              distance_upper_bound=lateral_um * np.sqrt(2))
-        near = np.isfinite(dist)
-        k = np.where(near, k, 0)
-        d = pts - tpts[k]
-        near &= (np.hypot(d[:, 1], d[:, 2]) <= lateral_um) & (np.abs(d[:, 0]) <= axial_um)
-        near &= np.abs((dirs * tdirs[k]).sum(axis=1)) >= min_cos
-        belongs = np.where(near, tid[k], -1)
-    spine_of = None
-    if spines is not None:
-        cols = BASE if set(BASE) <= set(spines.columns) else POSITION
-        where = spines[cols].to_numpy(float)
-        spine_of = np.full(len(spines), -1)
-        sid = spines["dendrite_id"].to_numpy()
-        for d in np.intersect1d(sid, did):  # per dendrite: its point nearest to each base
-            own, these = np.flatnonzero(did == d), np.flatnonzero(sid == d)
-            spine_of[these] = belongs[own[cKDTree(pts[own]).query(where[these])[1]]]
+    did, pts, belongs = _along(centerlines, traced, lateral_um, axial_um, min_cos, step_um)
+    spine_of = None if spines is None else _spines_along(spines, did, pts, belongs)
     rows = []
     for t, g in traced.groupby("dendrite_id", sort=True):
         length = centerline_length(g[POSITION].to_numpy(float))
