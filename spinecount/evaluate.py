@@ -252,10 +252,13 @@ def spines_along(spines: pd.DataFrame, centerlines: pd.DataFrame, traced: pd.Dat
 
     Examples
     --------
-    >>> line = lambda i, y0, x0, y1, x1: pd.DataFrame({"dendrite_id": i, "z_um": 0.0,
-    ...     "y_um": np.linspace(y0, y1, 50), "x_um": np.linspace(x0, x1, 50)})
-    >>> traced = line(1, 10, 0, 10, 20)
-    >>> found = pd.concat([line(7, 10.4, 0, 10.4, 20), line(8, 0, 10, 20, 10)])  # along, across
+    A detected dendrite 7 runs along traced dendrite 1 (y = 10 um); dendrite 8 crosses it.
+
+    >>> t = np.linspace(0, 20, 41)
+    >>> traced = pd.DataFrame({"dendrite_id": 1, "z_um": 0.0, "y_um": 10.0, "x_um": t})
+    >>> found = pd.DataFrame({"dendrite_id": np.repeat([7, 8], 41), "z_um": 0.0,
+    ...                       "y_um": np.r_[np.full(41, 10.4), t],
+    ...                       "x_um": np.r_[t, np.full(41, 10.0)]})
     >>> spines = pd.DataFrame({"dendrite_id": [7, 8], "z_um": 0.0, "y_um": [11.5, 9.0],
     ...                        "x_um": [5.0, 11.0]})
     >>> spines_along(spines, found, traced).tolist()
