@@ -47,7 +47,8 @@ def run_one(data: Path, session: int) -> dict:
                                 .drop(columns="length_um"), on="dendrite_id")
     seg["density_error"] = seg["density_per_um"] / seg["density_gt_per_um"] - 1
     seg["tube_density_error"] = seg["density_pred_per_um"] / seg["density_gt_per_um"] - 1
-    return {"session": session, "summary": ev.summary, "own": own, "segments": seg.round(3).to_dict("list"),
+    return {"session": session, "summary": ev.summary, "own": own,
+            "segments": seg.round(3).to_dict("list"),
             "timings_s": {"read": round(t_read, 2), **det.timings}, "wall_s": round(wall, 2),
             "n_dendrites": len(det.dendrites),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
