@@ -80,6 +80,12 @@ def cylinder_peak(radius_um, sigma_um) -> np.ndarray:
     return _peak(radius_um, sigma_um, lambda c2, sl: erf(np.sqrt(c2) / (np.sqrt(2) * sl)))
 
 
+def _cylinder_table(sigma_um, max_radius_um: float) -> tuple[np.ndarray, np.ndarray]:
+    """Radii from 0.005 um to `max_radius_um` and their :func:`cylinder_peak` (rising)."""
+    grid = np.linspace(0.005, max_radius_um, 600)
+    return grid, cylinder_peak(grid, sigma_um)
+
+
 def cylinder_radius(peak, sigma_um, *, max_radius_um: float = 1.5) -> np.ndarray:
     """Radius of the filled cylinder whose :func:`cylinder_peak` is `peak` (the inverse).
 
@@ -97,8 +103,8 @@ def cylinder_radius(peak, sigma_um, *, max_radius_um: float = 1.5) -> np.ndarray
     >>> cylinder_radius(cylinder_peak([0.1, 0.5], (0.8, 0.2)), (0.8, 0.2)).round(2).tolist()
     [0.1, 0.5]
     """
-    grid = np.linspace(0.005, max_radius_um, 600)
-    return np.interp(np.atleast_1d(np.asarray(peak, float)), cylinder_peak(grid, sigma_um), grid)
+    grid, cyl = _cylinder_table(sigma_um, max_radius_um)
+    return np.interp(np.atleast_1d(np.asarray(peak, float)), cyl, grid)
 
 
 def protrusion_sizes(head_peak, neck_peak, *, sigma_um, max_radius_um: float = 1.5):
@@ -135,10 +141,9 @@ def protrusion_sizes(head_peak, neck_peak, *, sigma_um, max_radius_um: float = 1
     >>> [d.round(2).tolist() for d in protrusion_sizes(head, neck, sigma_um=sig)]
     [[0.8], [0.2]]
     """
-    grid = np.linspace(0.005, max_radius_um, 600)
-    cyl = cylinder_peak(grid, sigma_um)
+    grid, cyl = _cylinder_table(sigma_um, max_radius_um)
     neck = np.clip(np.atleast_1d(np.asarray(neck_peak, float)), cyl[0], cyl[-1])
-    neck_r = cylinder_radius(neck, sigma_um, max_radius_um=max_radius_um)
+    neck_r = np.interp(neck, cyl, grid)  # cylinder_radius, on the same table
     head_peak = np.atleast_1d(np.asarray(head_peak, float))
     # head centre brightness for every head radius (columns), with each spine's neck (rows):
     # the sphere, and the neck beyond the sphere's surface (where it meets the neck's mean
