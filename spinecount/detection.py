@@ -81,6 +81,13 @@ CENTRE_SMOOTHING_UM = (0.0, 0.3, 0.3)
 NECK_RATIO = 0.6
 #: such a protrusion at least this many times as long as its head is wide is a tube
 TUBE_RATIO = 1.5
+#: the shaft model is fitted again without the voxels outside this many shaft radii where the
+#: residual (smoothed at the head scale) stands this many local noise SDs above it: spines
+SHAFT_CLIP_RADII, SHAFT_CLIP_SD = 1.25, 2.5
+#: a peak that fails the protrusion test is still a spine where the residual this far (um)
+#: either way along the dendrite is below this fraction of its peak: a compact bump (a stubby
+#: spine), not a widening of the shaft
+BULGE_UM, BULGE_FRACTION = 1.0, 0.2
 #: Stages of the detection, in order (yielded by :func:`detect_steps`, timed in ``timings``).
 STAGES = ("prepare", "dendrites", "shaft model", "spines")
 
@@ -405,8 +412,8 @@ class _ShaftModel:
         self.profile = None
 
     def cells(self, tile: Tile, shape_e):
-        """For a tile's extent: the voxels within reach (`region`), their cell, and the
-        centre line voxels (flat index into the extent, and the point drawn there)."""
+        """For a tile's extent: the voxels within reach (`region`), their cell, their offset
+        in z from the middle of its z bin (in bins), and the centre line voxels (flat index into the extent, and the point drawn there)."""
         pts, vs = self.pts, self.vs
         lab = np.zeros(shape_e, np.int32)
         local = pts.idx - tile.origin
@@ -424,20 +431,55 @@ class _ShaftModel:
         # position relative to the nearest centre line point, one axis at a time (memory)
         rel = [(w + o) * v - pts.xyz[point, a]
                for a, (w, o, v) in enumerate(zip(where, tile.origin, vs))]
-        dzb = np.clip(np.round(rel[0] / vs[0]).astype(int), -self.n_dz, self.n_dz) + self.n_dz
+        u = rel[0] / vs[0]
+        dzb = np.clip(np.round(u).astype(int), -self.n_dz, self.n_dz)
+        frac = np.where(np.abs(dzb) < self.n_dz, u - dzb, 0).astype(np.float32)
+        dzb += self.n_dz
         latb = np.minimum((np.hypot(rel[1], rel[2]) / self.LAT_UM).astype(int), self.n_lat - 1)
         side = (pts.tan[point, 1] * rel[2] - pts.tan[point, 2] * rel[1] > 0).astype(int)
         del rel
         key = ((pts.group[point] * (2 * self.n_dz + 1) + dzb) * 2 + side) * self.n_lat + latb
-        return region, key.astype(np.int32 if self.n_cells < 2**31 else np.int64), (line,
-                                                                                   line_point)
+        return (region, key.astype(np.int32 if self.n_cells < 2**31 else np.int64), frac,
+                (line, line_point))
 
-    def fit(self, packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def model(self, key: np.ndarray, frac: np.ndarray) -> np.ndarray:
+        """The shaft model at voxels of cells `key` that lie `frac` slices above the middle
+        of their z bin: interpolated linearly between the cell and its neighbour above or
+        below, each at the mean z offset of its voxels. A centre line that runs between two
+        slices would otherwise leave a ridge of residual above or below the shaft, whose noise
+        peaks are not spines."""
+        stride = 2 * self.n_lat
+        dzi = (key // stride) % (2 * self.n_dz + 1)
+        up = frac > self.offset[key]
+        near = np.where(up, np.where(dzi < 2 * self.n_dz, key + stride, key),
+                        np.where(dzi > 0, key - stride, key))
+        dx = self.offset[near] + np.where(up, 1, -1) - self.offset[key]
+        y0 = self.profile[key]
+        return (y0 + (self.profile[near] - y0) * (frac - self.offset[key])
+                / np.where(np.abs(dx) > 1e-3, dx, np.inf)).astype(np.float32)
+
+    def lateral(self, key: np.ndarray) -> np.ndarray:
+        """Lateral distance (um, inner edge of the bin) of cells from the centre line."""
+        return (key % self.n_lat) * self.LAT_UM
+
+    def owner(self, key: np.ndarray) -> np.ndarray:
+        """The dendrite (index into the paths) of cells."""
+        if not hasattr(self, "_group_owner"):
+            self._group_owner = np.zeros(self.pts.group.max() + 1, int)
+            self._group_owner[self.pts.group] = self.pts.owner
+        return self._group_owner[key // (self.n_lat * 2 * (2 * self.n_dz + 1))]
+
+    def fit(self, packed: np.ndarray, offsets) -> tuple[np.ndarray, np.ndarray]:
         """Set the model from every cell's voxels (cell and value packed by :func:`_pack`;
         sorted here in place). Returns two shaft radii per dendrite (um): the inner edge of
         the first 0.2 um bin below half the peak (spine heads lie outside it), and the
         half-maximum crossing interpolated between bins (the radius of a filled shaft wider
         than the blur: its surface, diameter and dye concentration)."""
+        total, count = np.zeros(self.n_cells), np.zeros(self.n_cells)
+        for cell, s, c in offsets:  # mean z offset of each cell's voxels
+            total[cell] += s
+            count[cell] += c
+        self.offset = np.where(count > 0, total / np.maximum(count, 1), 0).astype(np.float32)
         packed.sort()  # by cell, then by value: 8 bytes a voxel, where a groupby needs ~40
         start = np.searchsorted(packed, np.arange(self.n_cells + 1, dtype=np.uint64)
                                 << np.uint64(32))
@@ -681,41 +723,55 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
         shape_e = (shape[0],) + tuple(e.stop - e.start for e in tile.ext)
         return kept("cells", tile, lambda: shaft.cells(tile, shape_e))
 
-    def cell_values(tile):
-        region, key, (line, line_point) = cells(tile)
-        sig = signal(tile)
+    def cell_values(tile, clip=None):
+        region, key, frac, _ = cells(tile)
         in_core = np.zeros(region.shape, bool)
         in_core[tile.inner] = True
         core = in_core[region]
-        on = in_core.ravel()[line]
-        centre_b = ndi.gaussian_filter(sig, _sigma_vox(CENTRE_SMOOTHING_UM, vs)).ravel()[line[on]]
-        return _pack(key[core], sig[region][core]), pts.owner[line_point[on]], centre_b
+        if clip is not None:  # leave out the spines that stand out of the first model
+            curve, clip_radius = clip
+            rs, ms = residual(tile)
+            core &= ~((shaft.lateral(key) >= clip_radius[shaft.owner(key)])
+                      & ((rs / np.interp(ms, *curve).astype(np.float32))[region]
+                         > SHAFT_CLIP_SD))
+        cell, inv = np.unique(key[core], return_inverse=True)
+        offsets = (cell, np.bincount(inv, frac[core]), np.bincount(inv))
+        return _pack(key[core], signal(tile)[region][core]), offsets
 
-    parts = map_tiles(cell_values, tiles, threads=n_threads)
-    line_owner = np.concatenate([a[1] for a in parts])
-    line_b = np.concatenate([a[2] for a in parts])
-    values = [a[0] for a in parts]
-    del parts
-    packed = np.empty(sum(len(v) for v in values), np.uint64)
-    at = 0
-    while values:  # each tile's values freed as they are copied
-        n = len(values[0])
-        packed[at:at + n] = values.pop(0)
-        at += n
-    edge, radius = shaft.fit(packed)
-    del packed
-    shafts = _Shafts(
-        edge=np.maximum(edge - 0.5 * p.psf_fwhm_um, 0.2), radius=radius, ids=ids,
-        # median centre line brightness of each dendrite (noise units)
-        brightness=np.array([max(float(np.median(line_b[line_owner == k])), 1e-3)
-                             if np.any(line_owner == k) else 1.0
-                             for k in range(len(smooth_paths))]))
+    def fit(clip=None):
+        """Fit the shaft model; returns its two radii per dendrite (:meth:`_ShaftModel.fit`)."""
+        parts = map_tiles(lambda tl: cell_values(tl, clip), tiles, threads=n_threads)
+        offsets = [b for _, b in parts]
+        values = [a for a, _ in parts]
+        del parts
+        packed = np.empty(sum(len(v) for v in values), np.uint64)
+        at = 0
+        while values:  # each tile's values freed as they are copied
+            n = len(values[0])
+            packed[at:at + n] = values.pop(0)
+            at += n
+        radii = shaft.fit(packed, offsets)
+        del packed
+        for tl in tiles:  # the residual of the old model
+            cache.pop(("resid", id(tl)), None)
+        return radii
+
+    def centre_brightness(tile):
+        """Each dendrite's smoothed centre line brightness, as (dendrite, value) at the
+        tile's centre line voxels."""
+        region, _, _, (line, line_point) = cells(tile)
+        in_core = np.zeros(region.shape, bool)
+        in_core[tile.inner] = True
+        on = in_core.ravel()[line]
+        centre_b = ndi.gaussian_filter(signal(tile),
+                                       _sigma_vox(CENTRE_SMOOTHING_UM, vs)).ravel()[line[on]]
+        return pts.owner[line_point[on]], centre_b
 
     def residual(tile):
         def make():
-            region, key, _ = cells(tile)
+            region, key, frac, _ = cells(tile)
             model = np.zeros(region.shape, np.float32)
-            model[region] = shaft.profile[key]
+            model[region] = shaft.model(key, frac)
             resid = np.where(region, signal(tile) - model, 0).astype(np.float32)
             # peaks of the residual smoothed at the head scale, against the smoothed model
             return ndi.gaussian_filter(resid, head_sig), ndi.gaussian_filter(model, head_sig)
@@ -727,24 +783,39 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
         region = cells(tile)[0][lat]
         return ms[lat][region], rs[lat][region]
 
-    # Shot noise grows with brightness: measure the residual's spread as a function of the
-    # shaft model and express peaks in those local noise units.
-    parts = map_tiles(spread_sample, tiles, threads=n_threads)
-    mv = np.concatenate([a for a, _ in parts])
-    rv_ = np.concatenate([b for _, b in parts])
+    def noise_curve():
+        # Shot noise grows with brightness: measure the residual's spread as a function of the
+        # shaft model and express peaks in those local noise units.
+        parts = map_tiles(spread_sample, tiles, threads=n_threads)
+        mv = np.concatenate([a for a, _ in parts])
+        rv_ = np.concatenate([b for _, b in parts])
+        del parts
+        edges = np.unique(np.quantile(mv, np.linspace(0, 1, 13))) if len(mv) else np.zeros(1)
+        which = np.clip(np.searchsorted(edges, mv) - 1, 0, max(len(edges) - 2, 0))
+        centres, spread = [], []
+        for b in range(max(len(edges) - 1, 1)):
+            v = rv_[which == b]
+            if len(v) > 20:
+                centres.append(float(np.median(mv[which == b])))
+                spread.append(1.4826 * float(np.median(np.abs(v - np.median(v)))))
+        if not centres:
+            centres, spread = [0.0], [1.0]
+        # noise does not fall with signal
+        return centres, np.maximum.accumulate(np.maximum(spread, 1e-6))
+
+    parts = map_tiles(centre_brightness, tiles, threads=n_threads)
+    line_owner = np.concatenate([a[0] for a in parts])
+    line_b = np.concatenate([a[1] for a in parts])
     del parts
-    edges = np.unique(np.quantile(mv, np.linspace(0, 1, 13))) if len(mv) else np.zeros(1)
-    which = np.clip(np.searchsorted(edges, mv) - 1, 0, max(len(edges) - 2, 0))
-    centres, spread = [], []
-    for b in range(max(len(edges) - 1, 1)):
-        v = rv_[which == b]
-        if len(v) > 20:
-            centres.append(float(np.median(mv[which == b])))
-            spread.append(1.4826 * float(np.median(np.abs(v - np.median(v)))))
-    if not centres:
-        centres, spread = [0.0], [1.0]
-    spread = np.maximum.accumulate(np.maximum(spread, 1e-6))  # noise does not fall with signal
-    del mv, rv_, which
+    edge, _ = fit()
+    edge, radius = fit((noise_curve(), SHAFT_CLIP_RADII * edge))
+    shafts = _Shafts(
+        edge=np.maximum(edge - 0.5 * p.psf_fwhm_um, 0.2), radius=radius, ids=ids,
+        # median centre line brightness of each dendrite (noise units)
+        brightness=np.array([max(float(np.median(line_b[line_owner == k])), 1e-3)
+                             if np.any(line_owner == k) else 1.0
+                             for k in range(len(smooth_paths))]))
+    centres, spread = noise_curve()
     t = lap("shaft model", t)
     yield "shaft model"
 
@@ -881,9 +952,13 @@ def _measure(li, gi, rz, rs, ms, tree, pts: _Points, shafts: _Shafts, vs,
             or abs(hp[0] - pts.xyz[ni, 0]) > p.max_axial_offset_um):
         return None
     peak = rs[zi, yi, xi]
-    if peak < p.min_protrusion_fraction * (peak + ms[zi, yi, xi]):
-        return None  # a bulge of the shaft itself, not a protrusion from it
     cpt = pts.xyz[ni]
+    if peak < p.min_protrusion_fraction * (peak + ms[zi, yi, xi]):
+        # a bulge of the shaft itself, not a protrusion from it, unless compact along it
+        idx = np.round((hp[None] + np.outer([-BULGE_UM, BULGE_UM], pts.tan[ni]))
+                       / np.asarray(vs)).astype(int) - (gi - li)
+        if rs[tuple(np.clip(idx, 0, np.asarray(rs.shape) - 1).T)].max() > BULGE_FRACTION * peak:
+            return None
     direction = (hp - cpt) / max(dc, 1e-9)
     base = cpt + min(shafts.radius[k], dc) * direction
     surface = max(dc - shafts.radius[k], 0.0)
