@@ -21,14 +21,21 @@ The method, in order (all distances in micrometres, converted with the stack's v
 4. **Shaft model.** Every voxel near a dendrite is assigned to its nearest centre line point
    (z scaled by the PSF's axial elongation). Per 4 um stretch of dendrite, the median intensity
    by side, lateral distance (0.2 um bins) and z offset (slices) is the shaft, forced never to get
-   brighter further out. Subtracting it leaves the spines, including heads whose neck is too dim
-   to see.
+   brighter further out, and interpolated in z between the slices at each voxel's own offset
+   (a centre line between two slices would otherwise leave a ridge above or below the shaft).
+   The model is then fitted again without the voxels beyond ``SHAFT_CLIP_RADII`` shaft radii
+   where the first model's residual stands out by ``SHAFT_CLIP_SD`` local noise SDs: where
+   spines crowd one side of a stretch, they would otherwise raise its medians and be taken
+   into the shaft. Subtracting the model leaves the spines, including heads whose neck is too
+   dim to see.
 5. **Spines** are peaks of the residual, smoothed at the head scale ``head_sigma_um``, that rise
    ``spine_threshold`` local noise SDs above it (shot noise grows with the shaft model), lie
    within ``max_spine_length_um`` of the shaft surface and within ``max_axial_offset_um`` above
    or below the centre line, are at least ``min_spine_separation_um`` apart, protrude (at least
    ``min_protrusion_fraction`` of the brightness at the head is in excess of the shaft model: a
-   local bulge of the shaft is not a spine), and do not lie on the neck of a spine further out.
+   local bulge of the shaft is not a spine, unless it is compact along the dendrite, its
+   residual ``BULGE_UM`` either way along it below ``BULGE_FRACTION`` of its peak, as a stubby
+   spine is), and do not lie on the neck of a spine further out.
    Each is attached to its nearest dendrite, its base placed on the shaft surface (at the
    shaft model's half-maximum radius) towards the head, and measured: head and neck diameters
    from brightness (below), total length from the surface to the tip (where the residual
@@ -409,11 +416,14 @@ class _ShaftModel:
         self.n_paths = len(paths)
         self.pts = _centre_points(paths, shape, vs, self.STRETCH_UM)
         self.n_cells = (self.pts.group.max() + 1) * (2 * self.n_dz + 1) * 2 * self.n_lat
-        self.profile = None
+        self.profile = self.offset = None
+        self._group_owner = np.zeros(self.pts.group.max() + 1, int)
+        self._group_owner[self.pts.group] = self.pts.owner
 
     def cells(self, tile: Tile, shape_e):
-        """For a tile's extent: the voxels within reach (`region`), their cell, their offset
-        in z from the middle of its z bin (in bins), and the centre line voxels (flat index into the extent, and the point drawn there)."""
+        """For a tile's extent: the voxels within reach (`region`), their cell, their z offset
+        from the middle of its z bin (slices), and the centre line voxels (flat index into the
+        extent, and the point drawn there)."""
         pts, vs = self.pts, self.vs
         lab = np.zeros(shape_e, np.int32)
         local = pts.idx - tile.origin
@@ -464,9 +474,6 @@ class _ShaftModel:
 
     def owner(self, key: np.ndarray) -> np.ndarray:
         """The dendrite (index into the paths) of cells."""
-        if not hasattr(self, "_group_owner"):
-            self._group_owner = np.zeros(self.pts.group.max() + 1, int)
-            self._group_owner[self.pts.group] = self.pts.owner
         return self._group_owner[key // (self.n_lat * 2 * (2 * self.n_dz + 1))]
 
     def fit(self, packed: np.ndarray, offsets) -> tuple[np.ndarray, np.ndarray]:
@@ -475,10 +482,7 @@ class _ShaftModel:
         the first 0.2 um bin below half the peak (spine heads lie outside it), and the
         half-maximum crossing interpolated between bins (the radius of a filled shaft wider
         than the blur: its surface, diameter and dye concentration)."""
-        total, count = np.zeros(self.n_cells), np.zeros(self.n_cells)
-        for cell, s, c in offsets:  # mean z offset of each cell's voxels
-            total[cell] += s
-            count[cell] += c
+        total, count = (sum(o[i] for o in offsets) for i in (0, 1))
         self.offset = np.where(count > 0, total / np.maximum(count, 1), 0).astype(np.float32)
         packed.sort()  # by cell, then by value: 8 bytes a voxel, where a groupby needs ~40
         start = np.searchsorted(packed, np.arange(self.n_cells + 1, dtype=np.uint64)
@@ -723,20 +727,25 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
         shape_e = (shape[0],) + tuple(e.stop - e.start for e in tile.ext)
         return kept("cells", tile, lambda: shaft.cells(tile, shape_e))
 
+    def in_core(tile, region):
+        inside = np.zeros(region.shape, bool)
+        inside[tile.inner] = True
+        return inside
+
     def cell_values(tile, clip=None):
+        """The tile's core voxels as packed (cell, value), and the sum and count of their z
+        offsets per cell; with `clip` (noise curve, radius per dendrite), without the spines."""
         region, key, frac, _ = cells(tile)
-        in_core = np.zeros(region.shape, bool)
-        in_core[tile.inner] = True
-        core = in_core[region]
+        core = in_core(tile, region)[region]
         if clip is not None:  # leave out the spines that stand out of the first model
             curve, clip_radius = clip
-            rs, ms = residual(tile)
+            rs, ms = (a[region] for a in residual(tile))
             core &= ~((shaft.lateral(key) >= clip_radius[shaft.owner(key)])
-                      & ((rs / np.interp(ms, *curve).astype(np.float32))[region]
-                         > SHAFT_CLIP_SD))
-        cell, inv = np.unique(key[core], return_inverse=True)
-        offsets = (cell, np.bincount(inv, frac[core]), np.bincount(inv))
-        return _pack(key[core], signal(tile)[region][core]), offsets
+                      & (rs > SHAFT_CLIP_SD * np.interp(ms, *curve)))
+        key = key[core]
+        offsets = (np.bincount(key, frac[core], minlength=shaft.n_cells),
+                   np.bincount(key, minlength=shaft.n_cells))
+        return _pack(key, signal(tile)[region][core]), offsets
 
     def fit(clip=None):
         """Fit the shaft model; returns its two radii per dendrite (:meth:`_ShaftModel.fit`)."""
@@ -760,9 +769,7 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
         """Each dendrite's smoothed centre line brightness, as (dendrite, value) at the
         tile's centre line voxels."""
         region, _, _, (line, line_point) = cells(tile)
-        in_core = np.zeros(region.shape, bool)
-        in_core[tile.inner] = True
-        on = in_core.ravel()[line]
+        on = in_core(tile, region).ravel()[line]
         centre_b = ndi.gaussian_filter(signal(tile),
                                        _sigma_vox(CENTRE_SMOOTHING_UM, vs)).ravel()[line[on]]
         return pts.owner[line_point[on]], centre_b
@@ -784,8 +791,8 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
         return ms[lat][region], rs[lat][region]
 
     def noise_curve():
-        # Shot noise grows with brightness: measure the residual's spread as a function of the
-        # shaft model and express peaks in those local noise units.
+        """Shot noise grows with brightness: the residual's spread as a function of the shaft
+        model (brightness, spread), in which peaks are expressed as local noise units."""
         parts = map_tiles(spread_sample, tiles, threads=n_threads)
         mv = np.concatenate([a for a, _ in parts])
         rv_ = np.concatenate([b for _, b in parts])
