@@ -478,11 +478,14 @@ class _ShaftModel:
 
     def fit(self, packed: np.ndarray, offsets) -> tuple[np.ndarray, np.ndarray]:
         """Set the model from every cell's voxels (cell and value packed by :func:`_pack`;
-        sorted here in place). Returns two shaft radii per dendrite (um): the inner edge of
+        sorted here in place) and their z offsets (per tile: cells, sum, count). Returns two shaft radii per dendrite (um): the inner edge of
         the first 0.2 um bin below half the peak (spine heads lie outside it), and the
         half-maximum crossing interpolated between bins (the radius of a filled shaft wider
         than the blur: its surface, diameter and dye concentration)."""
-        total, count = (sum(o[i] for o in offsets) for i in (0, 1))
+        total, count = np.zeros(self.n_cells), np.zeros(self.n_cells, np.int64)
+        for cell, s, c in offsets:  # each tile's cells, with the sum and count of z offsets
+            total[cell] += s
+            count[cell] += c
         self.offset = np.where(count > 0, total / np.maximum(count, 1), 0).astype(np.float32)
         packed.sort()  # by cell, then by value: 8 bytes a voxel, where a groupby needs ~40
         start = np.searchsorted(packed, np.arange(self.n_cells + 1, dtype=np.uint64)
@@ -733,8 +736,8 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
         return inside
 
     def cell_values(tile, clip=None):
-        """The tile's core voxels as packed (cell, value), and the sum and count of their z
-        offsets per cell; with `clip` (noise curve, radius per dendrite), without the spines."""
+        """The tile's core voxels as packed (cell, value), and their cells with the sum and
+        count of their z offsets; with `clip` (noise curve, radius per dendrite), without the spines."""
         region, key, frac, _ = cells(tile)
         core = in_core(tile, region)[region]
         if clip is not None:  # leave out the spines that stand out of the first model
@@ -743,8 +746,10 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
             core &= ~((shaft.lateral(key) >= clip_radius[shaft.owner(key)])
                       & (rs > SHAFT_CLIP_SD * np.interp(ms, *curve)))
         key = key[core]
-        offsets = (np.bincount(key, frac[core], minlength=shaft.n_cells),
-                   np.bincount(key, minlength=shaft.n_cells))
+        count = np.bincount(key, minlength=shaft.n_cells)
+        cell = np.flatnonzero(count)  # kept per tile until the fit: only the tile's cells
+        offsets = (cell, np.bincount(key, frac[core], minlength=shaft.n_cells)[cell],
+                   count[cell])
         return _pack(key, signal(tile)[region][core]), offsets
 
     def fit(clip=None):
@@ -958,23 +963,23 @@ def _measure(li, gi, rz, rs, ms, tree, pts: _Points, shafts: _Shafts, vs,
     if (dc - shafts.edge[k] < 0.1 or dc - shafts.edge[k] > p.max_spine_length_um
             or abs(hp[0] - pts.xyz[ni, 0]) > p.max_axial_offset_um):
         return None
-    peak = rs[zi, yi, xi]
-    cpt = pts.xyz[ni]
-    if peak < p.min_protrusion_fraction * (peak + ms[zi, yi, xi]):
-        # a bulge of the shaft itself, not a protrusion from it, unless compact along it
-        idx = np.round((hp[None] + np.outer([-BULGE_UM, BULGE_UM], pts.tan[ni]))
-                       / np.asarray(vs)).astype(int) - (gi - li)
-        if rs[tuple(np.clip(idx, 0, np.asarray(rs.shape) - 1).T)].max() > BULGE_FRACTION * peak:
-            return None
-    direction = (hp - cpt) / max(dc, 1e-9)
-    base = cpt + min(shafts.radius[k], dc) * direction
-    surface = max(dc - shafts.radius[k], 0.0)
     origin = gi - li
 
     def smoothed_at(points):
         idx = np.clip(np.round(points / np.asarray(vs)).astype(int) - origin, 0,
                       np.asarray(rs.shape) - 1)
         return rs[tuple(idx.T)]
+
+    peak = rs[zi, yi, xi]
+    cpt = pts.xyz[ni]
+    if peak < p.min_protrusion_fraction * (peak + ms[zi, yi, xi]):
+        # a bulge of the shaft itself, not a protrusion from it, unless compact along it
+        along = smoothed_at(hp[None] + np.outer([-BULGE_UM, BULGE_UM], pts.tan[ni]))
+        if along.max() > BULGE_FRACTION * peak:
+            return None
+    direction = (hp - cpt) / max(dc, 1e-9)
+    base = cpt + min(shafts.radius[k], dc) * direction
+    surface = max(dc - shafts.radius[k], 0.0)
 
     # head and neck sizes come later from brightness (_sizes); here the brightness at the head
     # and along the neck (5-55 % of the way from the shaft surface to the head; the median:
