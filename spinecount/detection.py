@@ -194,9 +194,12 @@ def _branch_ends(summ):
 def _nearest_zero(a: np.ndarray, sampling) -> tuple[np.ndarray, np.ndarray]:
     """Index (int32, shape (3, ...)) of the nearest zero of `a` for every voxel, and the
     distance to it (um, float32). The distances are computed a slice at a time: scipy's own
-    step holds about 40 bytes per voxel at once."""
+    step holds about 40 bytes per voxel at once. Where `a` has no zero (a chunk that no
+    centre line or mask edge crosses), every distance is infinite."""
     from scipy import ndimage as ndi
 
+    if a.all():  # scipy would return indices of -1
+        return np.zeros((3, *a.shape), np.int32), np.full(a.shape, np.inf, np.float32)
     near = np.empty((3, *a.shape), np.int32)
     ndi.distance_transform_edt(a, sampling=sampling, return_distances=False,
                                return_indices=True, indices=near)

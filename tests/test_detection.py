@@ -99,6 +99,19 @@ def test_chunked_equals_whole(voxel_size, chunk_um):
     pd.testing.assert_frame_equal(chunked_t.spines, whole_t.spines)
 
 
+def test_chunks_that_no_dendrite_reaches():
+    """A sparse field: one dendrite, chunks far from it. They hold no dendrite and add
+    nothing; the tables are those of one piece (this raised IndexError before)."""
+    import pandas as pd
+
+    syn = make_stack(shape_um=(10, 30, 60), n_dendrites=1, branch_probability=0, seed=0)
+    whole = spinecount.detect(syn.stack)
+    assert len(whole.spines) > 5
+    chunked = spinecount.detect(syn.stack, chunk_um=10, threads=2)
+    for name in ("spines", "dendrites", "centerlines"):
+        pd.testing.assert_frame_equal(getattr(chunked, name), getattr(whole, name))
+
+
 def test_tiles_cover_the_grid_once():
     from spinecount.chunks import plan_tiles
 
