@@ -686,14 +686,28 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
     else:
         tile_px = int((chunk_um or AUTO_CHUNK_UM) / vs[1])
     tiles = plan_tiles(shape, tile_px=tile_px, halo_px=_halo_px(vs, p))
-    cache: dict = {}  # (array, tile) -> array, when the stack fits in memory
+    # id(tile) -> {name: array}: for the whole detection when the stack fits in memory, else
+    # while a task on the tile runs (a chunk's cells are otherwise computed twice in a task)
+    cache: dict = {}
 
     def kept(name, tile, make):
-        if not keep:
-            return make()
-        if (name, id(tile)) not in cache:
-            cache[name, id(tile)] = make()
-        return cache[name, id(tile)]
+        arrays = cache.setdefault(id(tile), {})
+        if name not in arrays:
+            arrays[name] = make()
+        return arrays[name]
+
+    def forget(name, tile):
+        cache.get(id(tile), {}).pop(name, None)
+
+    def over_tiles(func):
+        """``func`` on every tile (:func:`map_tiles`); a chunk's arrays are dropped after."""
+        def task(tile):
+            try:
+                return func(tile)
+            finally:
+                if not keep:
+                    cache.pop(id(tile), None)
+        return map_tiles(task, tiles, threads=n_threads)
 
     def image(tile):
         ys, xs = tile.ext
@@ -711,7 +725,7 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
         img = image(tile)  # copies, not views: a view would keep the tile's array alive
         return img[tile.lattice(step)].copy(), smoothed(tile, img)[tile.lattice(step)].copy()
 
-    samples = map_tiles(lattice_samples, tiles, threads=n_threads)
+    samples = over_tiles(lattice_samples)
     lat_img = assemble_lattice([a for a, _ in samples], shape, step, tiles)
     lat_sm = assemble_lattice([b for _, b in samples], shape, step, tiles)
     del samples
@@ -725,10 +739,10 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
     # 1. dendrites
     mask = None
     if traces is None or return_mask:
-        parts = map_tiles(lambda tl: _tile_mask((smoothed(tl) - bg_s) / noise_s, tl, shape, vs,
-                                                threshold, p), tiles, threads=n_threads)
+        parts = over_tiles(lambda tl: _tile_mask((smoothed(tl) - bg_s) / noise_s, tl, shape, vs,
+                                                 threshold, p))
         for tl in tiles:
-            cache.pop(("sm", id(tl)), None)
+            forget("sm", tl)
         mask = np.zeros(shape, bool)
         for tl, (core, _, _) in zip(tiles, parts):
             mask[(slice(None),) + tl.core] = core
@@ -771,7 +785,7 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
     def signal(tile):
         def make():
             sig = (image(tile) - bg) / noise
-            cache.pop(("img", id(tile)), None)  # not needed any more
+            forget("img", tile)  # not needed any more
             return sig
         return kept("sig", tile, make)
 
@@ -803,7 +817,7 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
 
     def fit(clip=None):
         """Fit the shaft model; returns its two radii per dendrite (:meth:`_ShaftModel.fit`)."""
-        parts = map_tiles(lambda tl: cell_values(tl, clip), tiles, threads=n_threads)
+        parts = over_tiles(lambda tl: cell_values(tl, clip))
         offsets = [b for _, b in parts]
         values = [a for a, _ in parts]
         del parts
@@ -816,7 +830,7 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
         radii = shaft.fit(packed, offsets)
         del packed
         for tl in tiles:  # the residual of the old model
-            cache.pop(("resid", id(tl)), None)
+            forget("resid", tl)
         return radii
 
     def centre_brightness(tile):
@@ -847,7 +861,7 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
     def noise_curve():
         """Shot noise grows with brightness: the residual's spread as a function of the shaft
         model (brightness, spread), in which peaks are expressed as local noise units."""
-        parts = map_tiles(spread_sample, tiles, threads=n_threads)
+        parts = over_tiles(spread_sample)
         mv = np.concatenate([a for a, _ in parts])
         rv_ = np.concatenate([b for _, b in parts])
         del parts
@@ -864,7 +878,7 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
         # noise does not fall with signal
         return centres, np.maximum.accumulate(np.maximum(spread, 1e-6))
 
-    parts = map_tiles(centre_brightness, tiles, threads=n_threads)
+    parts = over_tiles(centre_brightness)
     line_owner = np.concatenate([a[0] for a in parts])
     line_b = np.concatenate([a[1] for a in parts])
     del parts
@@ -894,7 +908,7 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
                 for li in local]
         return local + tile.origin, rz[tuple(local.T)], rows
 
-    parts = map_tiles(peaks, tiles, threads=n_threads)
+    parts = over_tiles(peaks)
     cache.clear()
     pk = np.vstack([a[0] for a in parts])
     rows_all = [r for a in parts for r in a[2]]
