@@ -516,10 +516,11 @@ class _ShaftModel:
 
     def fit(self, packed: np.ndarray, offsets) -> tuple[np.ndarray, np.ndarray]:
         """Set the model from every cell's voxels (cell and value packed by :func:`_pack`;
-        sorted here in place) and their z offsets (per tile: cells, sum, count). Returns two shaft radii per dendrite (um): the inner edge of
-        the first 0.2 um bin below half the peak (spine heads lie outside it), and the
-        half-maximum crossing interpolated between bins (the radius of a filled shaft wider
-        than the blur: its surface, diameter and dye concentration)."""
+        sorted here in place) and their z offsets (per tile: cells, sum, count). Returns two
+        shaft radii per dendrite (um): the inner edge of the first 0.2 um bin below half the
+        peak (spine heads lie outside it), and the half-maximum crossing interpolated between
+        bins (the radius of a filled shaft wider than the blur: its surface, diameter and dye
+        concentration)."""
         total, count = np.zeros(self.n_cells), np.zeros(self.n_cells, np.int64)
         for cell, s, c in offsets:  # each tile's cells, with the sum and count of z offsets
             total[cell] += s
@@ -800,7 +801,8 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
 
     def cell_values(tile, clip=None):
         """The tile's core voxels as packed (cell, value), and their cells with the sum and
-        count of their z offsets; with `clip` (noise curve, radius per dendrite), without the spines."""
+        count of their z offsets; with `clip` (noise curve, radius per dendrite), without the
+        spines."""
         region, key, frac, _ = cells(tile)
         core = in_core(tile, region)[region]
         if clip is not None:  # leave out the spines that stand out of the first model
