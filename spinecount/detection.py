@@ -128,10 +128,10 @@ _warm_lock = threading.Lock()
 _warm_started = False
 
 
-def _warm_skan() -> None:
-    """Start compiling skan's numba code in a background thread, once per process: about 3 s
-    that otherwise fall on the first stack, and that overlap the first stages (which run in C
-    code, outside Python's lock)."""
+def _warm_skan(*, wait: bool = False) -> None:
+    """Compile skan's numba code once per process, in a background thread unless `wait`: about
+    3 s that otherwise fall on the first stack, and that overlap the first stages (which run in
+    C code, outside Python's lock)."""
     global _warm_started
 
     def toy():
@@ -148,8 +148,12 @@ def _warm_skan() -> None:
             pass
 
     with _warm_lock:
-        if not _warm_started:
-            _warm_started = True
+        if _warm_started:
+            return
+        _warm_started = True
+        if wait:
+            toy()
+        else:
             threading.Thread(target=toy, name="spinecount-warm-skan", daemon=True).start()
 
 
