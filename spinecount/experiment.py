@@ -145,21 +145,36 @@ def _tasks(df: pd.DataFrame, outdir: Path, params: DetectionParams) -> list[dict
     return tasks
 
 
+def _local_cluster_settings() -> dict:
+    """dask settings for the local cluster that :func:`run_experiment` starts."""
+    # dask sets MALLOC_TRIM_THRESHOLD_=65536 in its workers so that freed memory goes back to
+    # the system at once; with the large arrays of detection that makes every stack about 1.5
+    # times slower, and the arrays are returned anyway (mmap).
+    settings = {TRIM_SETTING: None}
+    if "forkserver" in multiprocessing.get_all_start_methods():  # not on Windows
+        settings[START_METHOD_SETTING] = "forkserver"
+    return settings
+
+
 def _start_forkserver() -> None:
     """Start the process that the local cluster's workers are forked from, with spinecount
     imported and skan's code compiled (:mod:`spinecount._preload`), so that the workers start
-    warm and that work is done once, not once per worker. It warms up while this process
-    starts the scheduler. Call inside ``dask.config.set`` with the forkserver start method."""
+    warm and that work (about 3 s) is done once, not once per worker. It warms up while this
+    process starts the scheduler. Nothing where there is no forkserver; once per process."""
     import multiprocessing.forkserver
 
     import dask
     from distributed.utils import get_mp_context
 
-    # the environment the workers would get when spawned (OMP_NUM_THREADS=1 ...): it has to
-    # be there when the forkserver imports numpy; dask's nanny sets it here as well
-    env = dask.config.get("distributed.nanny.pre-spawn-environ")
-    os.environ.update({k: os.environ.get(k, str(v)) for k, v in env.items() if v is not None})
-    get_mp_context().set_forkserver_preload(["distributed", "spinecount._preload"])
+    with dask.config.set(_local_cluster_settings()):
+        if dask.config.get(START_METHOD_SETTING) != "forkserver":
+            return
+        # the environment the workers would get when spawned (OMP_NUM_THREADS=1 ...) has to
+        # be there when the forkserver imports numpy; dask's nanny sets it here as well
+        env = dask.config.get("distributed.nanny.pre-spawn-environ")
+        os.environ.update({k: os.environ.get(k, str(v)) for k, v in env.items()
+                           if v is not None})
+        get_mp_context().set_forkserver_preload(["distributed", "spinecount._preload"])
     multiprocessing.forkserver.ensure_running()
 
 
@@ -193,15 +208,8 @@ def _execute(tasks: list[dict], *, workers: int, scheduler: str | None, progress
         if scheduler is None:
             import dask
 
-            # dask sets MALLOC_TRIM_THRESHOLD_=65536 in its workers so that freed memory goes
-            # back to the system at once; with the large arrays of detection that makes every
-            # stack about 1.5 times slower, and the arrays are returned anyway (mmap).
-            settings = {TRIM_SETTING: None}
-            if "forkserver" in multiprocessing.get_all_start_methods():
-                settings[START_METHOD_SETTING] = "forkserver"
-            with dask.config.set(settings):
-                if START_METHOD_SETTING in settings:
-                    _start_forkserver()
+            _start_forkserver()
+            with dask.config.set(_local_cluster_settings()):
                 cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                        dashboard_address=None, silence_logs=logging.ERROR)
         client = Client(cluster if cluster is not None else scheduler)
