@@ -22,7 +22,9 @@ The method, in order (all distances in micrometres, converted with the stack's v
    (z scaled by the PSF's axial elongation). Per 4 um stretch of dendrite, the median intensity
    by side, lateral distance (0.2 um bins) and z offset (slices) is the shaft, forced never to get
    brighter further out, and interpolated in z between the slices at each voxel's own offset
-   (a centre line between two slices would otherwise leave a ridge above or below the shaft).
+   (a centre line between two slices would otherwise leave a ridge above or below the shaft)
+   and laterally between the middles of the bins (the steep edge of the shaft would otherwise
+   leave a step of residual at every bin).
    The model is then fitted again without the voxels beyond ``SHAFT_CLIP_RADII`` shaft radii
    where the first model's residual stands out by ``SHAFT_CLIP_SD`` local noise SDs: where
    spines crowd one side of a stretch, they would otherwise raise its medians and be taken
@@ -86,6 +88,9 @@ FWHM_PER_SIGMA = 2.3548
 CENTRE_SMOOTHING_UM = (0.0, 0.3, 0.3)
 #: a neck whose middle is at least this bright relative to the head peak is as wide as the head
 NECK_RATIO = 0.6
+#: the neck's brightness is the median of the residual this far (fractions) from the shaft
+#: surface to the head
+NECK_WINDOW = (0.05, 0.55)
 #: such a protrusion at least this many times as long as its head is wide is a tube
 TUBE_RATIO = 1.5
 #: the shaft model is fitted again without the voxels outside this many shaft radii where the
@@ -487,27 +492,44 @@ class _ShaftModel:
         dzb = np.clip(np.round(u).astype(int), -self.n_dz, self.n_dz)
         frac = np.where(np.abs(dzb) < self.n_dz, u - dzb, 0).astype(np.float32)
         dzb += self.n_dz
-        latb = np.minimum((np.hypot(rel[1], rel[2]) / self.LAT_UM).astype(int), self.n_lat - 1)
+        lat = (np.hypot(rel[1], rel[2]) / self.LAT_UM).astype(np.float32)
+        latb = np.minimum(lat.astype(int), self.n_lat - 1)
+        # lateral position from the middle of the bin (bins), for the lateral interpolation
+        lat -= latb + np.float32(0.5)
         side = (pts.tan[point, 1] * rel[2] - pts.tan[point, 2] * rel[1] > 0).astype(int)
         del rel
         key = ((pts.group[point] * (2 * self.n_dz + 1) + dzb) * 2 + side) * self.n_lat + latb
-        return (region, key.astype(np.int32 if self.n_cells < 2**31 else np.int64), frac,
-                (line, line_point))
+        return (region, key.astype(np.int32 if self.n_cells < 2**31 else np.int64),
+                (frac, lat), (line, line_point))
 
-    def model(self, key: np.ndarray, frac: np.ndarray) -> np.ndarray:
-        """The shaft model at voxels of cells `key` that lie `frac` slices above the middle
-        of their z bin: interpolated linearly between the cell and its neighbour above or
-        below, each at the mean z offset of its voxels. A centre line that runs between two
-        slices would otherwise leave a ridge of residual above or below the shaft, whose noise
-        peaks are not spines."""
+    def model(self, key: np.ndarray, frac) -> np.ndarray:
+        """The shaft model at voxels of cells `key` that lie ``frac = (dz, lat)`` slices above
+        the middle of their z bin and lateral bins outside the middle of their lateral bin:
+        interpolated linearly in z between the cell and its neighbour above or below, each at
+        the mean z offset of its voxels, and laterally between the cell and its neighbour
+        further out or further in, each at the middle of its bin. A centre line that runs
+        between two slices would otherwise leave a ridge of residual above or below the shaft,
+        whose noise peaks are not spines, and the steep edge of the shaft a step of residual
+        at every lateral bin (about 2 noise SDs at 100 photons)."""
+        dz, lat = frac
+        latb = key % self.n_lat
+        out = lat > 0
+        near = np.where(out, np.where(latb < self.n_lat - 1, key + 1, key),
+                        np.where(latb > 0, key - 1, key))
+        y0 = self._model_z(key, dz)
+        w = np.where(near != key, np.abs(lat), 0).astype(np.float32)
+        return y0 + (self._model_z(near, dz) - y0) * w
+
+    def _model_z(self, key: np.ndarray, dz: np.ndarray) -> np.ndarray:
+        """The model of cells `key` interpolated in z at `dz` (see :meth:`model`)."""
         stride = 2 * self.n_lat
         dzi = (key // stride) % (2 * self.n_dz + 1)
-        up = frac > self.offset[key]
+        up = dz > self.offset[key]
         near = np.where(up, np.where(dzi < 2 * self.n_dz, key + stride, key),
                         np.where(dzi > 0, key - stride, key))
         dx = self.offset[near] + np.where(up, 1, -1) - self.offset[key]
         y0 = self.profile[key]
-        return (y0 + (self.profile[near] - y0) * (frac - self.offset[key])
+        return (y0 + (self.profile[near] - y0) * (dz - self.offset[key])
                 / np.where(np.abs(dx) > 1e-3, dx, np.inf)).astype(np.float32)
 
     def lateral(self, key: np.ndarray) -> np.ndarray:
@@ -817,7 +839,7 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
         key = key[core]
         count = np.bincount(key, minlength=shaft.n_cells)
         cell = np.flatnonzero(count)  # kept per tile until the fit: only the tile's cells
-        offsets = (cell, np.bincount(key, frac[core], minlength=shaft.n_cells)[cell],
+        offsets = (cell, np.bincount(key, frac[0][core], minlength=shaft.n_cells)[cell],
                    count[cell])
         return _pack(key, signal(tile)[region][core]), offsets
 
@@ -1055,7 +1077,7 @@ def _measure(li, gi, rz, rs, ms, tree, pts: _Points, shafts: _Shafts, vs,
     # near the surface the shaft model's subtraction and the noise pull the residual down)
     t_along = np.linspace(0, 1, max(int(np.linalg.norm(hp - base) / 0.1), 2))
     along = smoothed_at(base[None] + t_along[:, None] * (hp - base)[None])
-    mid = along[(t_along >= 0.05) & (t_along <= 0.55)]
+    mid = along[(t_along >= NECK_WINDOW[0]) & (t_along <= NECK_WINDOW[1])]
     neck = float(np.clip(np.median(mid if len(mid) else along), 0, peak))
     # the tip: where the brightness beyond the peak (out[0]) first falls to half of it,
     # interpolated; at most 2 um out

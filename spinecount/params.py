@@ -52,7 +52,7 @@ class DetectionParams:
     spine_threshold: float = _p(
         4.5, "spine candidates: blob filter peak above local background, in noise SDs")
     min_protrusion_fraction: float = _p(
-        0.45, "at a spine head at least this fraction of the brightness must be in excess of the "
+        0.4, "at a spine head at least this fraction of the brightness must be in excess of the "
              "shaft (rejects bulges of the shaft itself)")
     min_spine_separation_um: float = _p(0.7, "two spine heads closer than this are one")
     min_score: float = _p(0.5, "spines with a lower confidence score are dropped")
