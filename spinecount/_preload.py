@@ -2,7 +2,10 @@
 ``spinecount.experiment``): every worker then starts with spinecount imported and skan's numba
 code compiled, which would otherwise cost each worker about 3 s before its first stack."""
 
-from . import experiment, plots, results  # noqa: F401  (what process_stack imports)
+import importlib
+
 from .detection import _warm_skan
 
+for _name in ("experiment", "plots", "results"):  # what process_stack imports
+    importlib.import_module(f"{__package__}.{_name}")
 _warm_skan(wait=True)
