@@ -442,6 +442,14 @@ def _unpack(packed: np.ndarray) -> np.ndarray:
     return np.where(bits >> 31, bits & np.uint32(0x7FFFFFFF), ~bits).view(np.float32)
 
 
+def _neighbour(key: np.ndarray, up: np.ndarray, *, stride: int, n: int) -> np.ndarray:
+    """The cells next to cells `key` along an axis of `n` bins that is `stride` apart in the
+    key: the next one where `up`, else the one before; the cell itself at either end."""
+    i = (key // stride) % n
+    return np.where(up, np.where(i < n - 1, key + stride, key),
+                    np.where(i > 0, key - stride, key))
+
+
 class _ShaftModel:
     """The shaft alone, in cells: stretch of dendrite (4 um) x z offset (slices) x side x
     lateral distance from the centre line (0.2 um bins).
@@ -512,21 +520,15 @@ class _ShaftModel:
         whose noise peaks are not spines, and the steep edge of the shaft a step of residual
         at every lateral bin (about 2 noise SDs at 100 photons)."""
         dz, lat = frac
-        latb = key % self.n_lat
-        out = lat > 0
-        near = np.where(out, np.where(latb < self.n_lat - 1, key + 1, key),
-                        np.where(latb > 0, key - 1, key))
+        near = _neighbour(key, lat > 0, stride=1, n=self.n_lat)
         y0 = self._model_z(key, dz)
-        w = np.where(near != key, np.abs(lat), 0).astype(np.float32)
-        return y0 + (self._model_z(near, dz) - y0) * w
+        # at the first and last bin `near` is the cell itself, and the difference 0
+        return y0 + (self._model_z(near, dz) - y0) * np.abs(lat)
 
     def _model_z(self, key: np.ndarray, dz: np.ndarray) -> np.ndarray:
         """The model of cells `key` interpolated in z at `dz` (see :meth:`model`)."""
-        stride = 2 * self.n_lat
-        dzi = (key // stride) % (2 * self.n_dz + 1)
         up = dz > self.offset[key]
-        near = np.where(up, np.where(dzi < 2 * self.n_dz, key + stride, key),
-                        np.where(dzi > 0, key - stride, key))
+        near = _neighbour(key, up, stride=2 * self.n_lat, n=2 * self.n_dz + 1)
         dx = self.offset[near] + np.where(up, 1, -1) - self.offset[key]
         y0 = self.profile[key]
         return (y0 + (self.profile[near] - y0) * (dz - self.offset[key])
@@ -1073,7 +1075,7 @@ def _measure(li, gi, rz, rs, ms, tree, pts: _Points, shafts: _Shafts, vs,
     surface = max(dc - shafts.radius[k], 0.0)
 
     # head and neck sizes come later from brightness (_sizes); here the brightness at the head
-    # and along the neck (5-55 % of the way from the shaft surface to the head; the median:
+    # and along the neck (NECK_WINDOW of the way from the shaft surface to the head; the median:
     # near the surface the shaft model's subtraction and the noise pull the residual down)
     t_along = np.linspace(0, 1, max(int(np.linalg.norm(hp - base) / 0.1), 2))
     along = smoothed_at(base[None] + t_along[:, None] * (hp - base)[None])

@@ -160,21 +160,20 @@ def _start_forkserver() -> None:
     """Start the process that the local cluster's workers are forked from, with spinecount
     imported and skan's code compiled (:mod:`spinecount._preload`), so that the workers start
     warm and that work (about 3 s) is done once, not once per worker. It warms up while this
-    process starts the scheduler. Nothing where there is no forkserver; once per process."""
+    process starts the scheduler. Call inside ``dask.config.set(_local_cluster_settings())``;
+    nothing where there is no forkserver; once per process."""
     import multiprocessing.forkserver
 
     import dask
     from distributed.utils import get_mp_context
 
-    with dask.config.set(_local_cluster_settings()):
-        if dask.config.get(START_METHOD_SETTING) != "forkserver":
-            return
-        # the environment the workers would get when spawned (OMP_NUM_THREADS=1 ...) has to
-        # be there when the forkserver imports numpy; dask's nanny sets it here as well
-        env = dask.config.get("distributed.nanny.pre-spawn-environ")
-        os.environ.update({k: os.environ.get(k, str(v)) for k, v in env.items()
-                           if v is not None})
-        get_mp_context().set_forkserver_preload(["distributed", "spinecount._preload"])
+    if dask.config.get(START_METHOD_SETTING) != "forkserver":
+        return
+    # the environment the workers would get when spawned (OMP_NUM_THREADS=1 ...) has to be
+    # there when the forkserver imports numpy; dask's nanny sets it here as well
+    env = dask.config.get("distributed.nanny.pre-spawn-environ")
+    os.environ.update({k: os.environ.get(k, str(v)) for k, v in env.items() if v is not None})
+    get_mp_context().set_forkserver_preload(["distributed", "spinecount._preload"])
     multiprocessing.forkserver.ensure_running()
 
 
@@ -208,8 +207,8 @@ def _execute(tasks: list[dict], *, workers: int, scheduler: str | None, progress
         if scheduler is None:
             import dask
 
-            _start_forkserver()
             with dask.config.set(_local_cluster_settings()):
+                _start_forkserver()
                 cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                        dashboard_address=None, silence_logs=logging.ERROR)
         client = Client(cluster if cluster is not None else scheduler)
