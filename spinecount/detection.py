@@ -91,6 +91,11 @@ NECK_RATIO = 0.6
 #: the neck's brightness is the median of the residual this far (fractions) from the shaft
 #: surface to the head
 NECK_WINDOW = (0.05, 0.55)
+#: a head's brightness is read at the residual's peak, the brightest of many noisy values:
+#: on average this many local noise SDs above the head's true brightness, which is taken off
+#: before sizes are read from it (dim heads would otherwise come out too big and their necks
+#: too narrow)
+PEAK_BIAS_SD = 1.0
 #: such a protrusion at least this many times as long as its head is wide is a tube
 TUBE_RATIO = 1.5
 #: the shaft model is fitted again without the voxels outside this many shaft radii where the
@@ -1025,7 +1030,9 @@ def _sizes(spines: pd.DataFrame, shafts: _Shafts, vs, p: DetectionParams) -> Non
     conc = shafts.brightness / cylinder_peak(shafts.radius, blur(CENTRE_SMOOTHING_UM))
     k = spines.pop("_k").to_numpy()
     c = conc[k]
-    head_peak, neck_peak = spines.pop("_head").to_numpy() / c, spines.pop("_neck").to_numpy() / c
+    peak = spines.pop("_head").to_numpy()
+    head_peak = peak * (1 - PEAK_BIAS_SD / np.maximum(spines["contrast"].to_numpy(), 1e-9)) / c
+    neck_peak = np.minimum(spines.pop("_neck").to_numpy() / c, head_peak)
     sigma = blur(_head_sigma_um(p, vs))
     head, neck = protrusion_sizes(head_peak, neck_peak, sigma_um=sigma)
     length = spines["shaft_distance_um"] + spines.pop("_tip")
