@@ -1,8 +1,11 @@
 """Benchmark the detector on the real annotated sessions in ../shared/data/rr30a.
 
 Prints per session: precision, recall and F1 inside a tube around the annotated backbones (4 um
-laterally, 5 um axially; one-to-one matching within 1.0 um laterally and 2.0 um axially), and
-the same counting only the spines of detected dendrites that run along the traced ones
+laterally, 5 um axially; one-to-one matching within 1.0 um laterally and 2.0 um axially), with
+each detected spine compared at the edge of its head furthest from the dendrite (``spinecount
+evaluate --pred-point distal-edge``: the annotator clicked near the distal edge of each head,
+see the data's README) and, for comparison, at its head centre; the same counting only the
+spines of detected dendrites that run along the traced ones
 (``spines_along``: spines of dendrites crossing the tube were never annotated); per
 traced segment, the length of the detected dendrites that run along it against its traced length
 and the density of their spines against the annotated density (``match_dendrites``; the density
@@ -36,18 +39,19 @@ def run_one(data: Path, session: int) -> dict:
     wall = time.perf_counter() - t0
     gt = read_spines(data / f"rr30a_s{session}_spines.csv")
     cl = read_centerlines(data / f"rr30a_s{session}_backbone.csv")
-    ev = evaluate(det.spines, gt, centerlines=cl)
+    ev = evaluate(det.spines, gt, centerlines=cl, pred_point="distal_edge")
+    centre = evaluate(det.spines, gt, centerlines=cl).summary
     # the same, counting only spines of detected dendrites that run along the traced ones:
     # spines of dendrites that cross the tube were never annotated
     own = evaluate(det.spines[spines_along(det.spines, det.centerlines, cl) >= 0], gt,
-                   centerlines=cl).summary
+                   centerlines=cl, pred_point="distal_edge").summary
     # per traced segment: the detected dendrites that run along it (crossing ones left out),
     # their length and the density of the spines attached to them
     seg = ev.per_dendrite.merge(match_dendrites(det.centerlines, cl, spines=det.spines)
                                 .drop(columns="length_um"), on="dendrite_id")
     seg["density_error"] = seg["density_per_um"] / seg["density_gt_per_um"] - 1
     seg["tube_density_error"] = seg["density_pred_per_um"] / seg["density_gt_per_um"] - 1
-    return {"session": session, "summary": ev.summary, "own": own,
+    return {"session": session, "summary": ev.summary, "centre": centre, "own": own,
             "segments": seg.round(3).to_dict("list"),
             "timings_s": {"read": round(t_read, 2), **det.timings}, "wall_s": round(wall, 2),
             "n_dendrites": len(det.dendrites),
@@ -74,6 +78,9 @@ def main():
         print(f"session {s}: precision {m['precision']:.3f}  recall {m['recall']:.3f}  "
               f"F1 {m['f1']:.3f}  (matched {m['true_positives']}, detected {m['n_pred']}, "
               f"annotated {m['n_gt']}); {r['n_dendrites']} dendrites detected in the field")
+        c = r["centre"]
+        print(f"  compared at the head centre instead of the distal edge: precision "
+              f"{c['precision']:.3f}  recall {c['recall']:.3f}  F1 {c['f1']:.3f}")
         o = r["own"]
         print(f"  only spines of the detected dendrites along the traced ones: precision "
               f"{o['precision']:.3f}  recall {o['recall']:.3f}  F1 {o['f1']:.3f}")

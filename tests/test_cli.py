@@ -50,8 +50,12 @@ def test_synth_detect_evaluate(tmp_path, capsys):
     assert main(["evaluate", str(out / "spines.csv"), str(tmp_path / "syn_spines.csv"),
                  "-o", str(ev), "--json"]) == 0
     summary = json.loads((ev / "evaluation.json").read_text())
-    assert 0 < summary["f1"] <= 1
+    assert 0 < summary["f1"] <= 1 and summary["pred_point"] == "head"
     assert (ev / "matched.csv").exists()
+    assert main(["evaluate", str(out / "spines.csv"), str(tmp_path / "syn_spines.csv"),
+                 "-o", str(tmp_path / "ev2"), "--pred-point", "distal-edge"]) == 0
+    edge = json.loads((tmp_path / "ev2" / "evaluation.json").read_text())
+    assert edge["pred_point"] == "distal_edge" and edge["n_pred"] == summary["n_pred"]
     # in chunks the same spines come out
     chunked = tmp_path / "chunked"
     assert main(["detect", str(tif), "-o", str(chunked), "-q", "--chunk-um", "12"]) == 0

@@ -99,3 +99,24 @@ def test_reads_annotation_csv_format(tmp_path):
     df = read_spines(path)
     assert df["dendrite_id"].tolist() == [0, 2] and df["spine_id"].tolist() == [66, 67]
     assert df["note"].iloc[1] == "Spine?"
+
+
+def test_compared_at_the_distal_edge_of_the_head():
+    # heads 1.3 um short of the clicks, along their spines; the heads are 0.8 um wide, so their
+    # distal edges lie 0.9 um from the clicks (inside the 1.0 um tolerance). The second spine
+    # rises in z and points along -x: the edge moves in the image plane only. The third has
+    # no measured head (a hand-added spine): compared at its centre.
+    pred = pd.DataFrame({"z_um": [5.0, 5.0, 5.0], "y_um": [10.0, 20.0, 30.0],
+                         "x_um": [10.0, 10.0, 10.0], "base_z_um": [5.0, 3.0, 5.0],
+                         "base_y_um": [9.0, 20.0, 29.0], "base_x_um": [10.0, 11.0, 10.0],
+                         "head_diameter_um": [0.8, 0.8, np.nan]})
+    gt = pts([[5.0, 11.3, 10.0], [5.0, 20.0, 8.7], [5.0, 31.3, 10.0]])
+    assert evaluate(pred, gt).summary["true_positives"] == 0
+    ev = evaluate(pred, gt, pred_point="distal_edge")
+    assert ev.summary["true_positives"] == 2 and ev.summary["pred_point"] == "distal_edge"
+    tp = ev.matched.query("status == 'tp'").sort_values("pred_index")
+    assert tp["pred_index"].tolist() == [0, 1]
+    np.testing.assert_allclose(tp[["pred_z_um", "pred_y_um", "pred_x_um"]].to_numpy(),
+                               [[5.0, 10.4, 10.0], [5.0, 20.0, 9.6]])
+    with pytest.raises(ValueError, match="pred_point"):
+        evaluate(pred, gt, pred_point="tip")
