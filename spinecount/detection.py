@@ -31,9 +31,10 @@ The method, in order (all distances in micrometres, converted with the stack's v
    into the shaft. Subtracting the model leaves the spines, including heads whose neck is too
    dim to see.
 5. **Spines** are peaks of the residual, smoothed at the head scale ``head_sigma_um``, that rise
-   ``spine_threshold`` local noise SDs above it (shot noise grows with the shaft model), lie
-   within ``max_spine_length_um`` of the shaft surface and within ``max_axial_offset_um`` above
-   or below the centre line, are at least ``min_spine_separation_um`` apart, protrude (at least
+   ``spine_threshold`` local noise SDs above it (shot noise grows with the shaft model; heads
+   more than ``far_spine_um`` from the shaft surface need ``far_contrast_per_um`` more SDs per
+   um beyond it), lie within ``max_spine_length_um`` of the shaft surface and within
+   ``max_axial_offset_um`` above or below the centre line, are at least ``min_spine_separation_um`` apart, protrude (at least
    ``min_protrusion_fraction`` of the brightness at the head is in excess of the shaft model: a
    local bulge of the shaft is not a spine, unless it is compact along the dendrite, its
    residual ``BULGE_UM`` either way along it below ``BULGE_FRACTION`` of its peak, as a stubby
@@ -44,7 +45,9 @@ The method, in order (all distances in micrometres, converted with the stack's v
    beyond the peak falls to half of it), neck length (total less head), distance of the peak
    from the surface, integrated intensity relative to the shaft per micrometre (the volume of
    head and neck over the shaft's cross-section, both from their brightness), type (see
-   :mod:`spinecount.morphology`) and a confidence ``score`` from its contrast. Heads are about
+   :mod:`spinecount.morphology`) and a confidence ``score`` from its contrast above its
+   threshold. The head's peak is the brightest of noisy values, so ``PEAK_BIAS_SD`` noise SDs
+   are taken off it before sizes are read from it. Heads are about
    as small as the blur, so their widths in the image hardly vary with their size, but their
    brightness does: each dendrite's dye concentration is its centre line brightness over the
    peak of a filled cylinder of its radius, and the head is the filled sphere, the neck the
@@ -959,9 +962,9 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
         _sizes(spines, shafts, vs, p)
         spines[POSITION] += offset
         spines[BASE] += offset
-        # 0.5 at the detection threshold, rising towards 1 with the contrast above it
-        spines["score"] = (0.5 + 0.5 * (1 - np.exp(-(spines["contrast"] - p.spine_threshold)
-                                                   / p.spine_threshold))).clip(0, 1)
+        # 0.5 at the spine's detection threshold, rising towards 1 with the contrast above it
+        above = spines["contrast"] - spines.pop("_threshold")
+        spines["score"] = (0.5 + 0.5 * (1 - np.exp(-above / p.spine_threshold))).clip(0, 1)
         spines = spines[spines["score"] >= p.min_score].reset_index(drop=True)
         spines["type"] = classify_spine(spines["head_diameter_um"], spines["neck_diameter_um"],
                                         spines["length_um"])
@@ -1080,6 +1083,10 @@ def _measure(li, gi, rz, rs, ms, tree, pts: _Points, shafts: _Shafts, vs,
     direction = (hp - cpt) / max(dc, 1e-9)
     base = cpt + min(shafts.radius[k], dc) * direction
     surface = max(dc - shafts.radius[k], 0.0)
+    # heads far out need more contrast: most peaks there are not spines
+    threshold = p.spine_threshold + p.far_contrast_per_um * max(surface - p.far_spine_um, 0.0)
+    if rz[zi, yi, xi] < threshold:
+        return None
 
     # head and neck sizes come later from brightness (_sizes); here the brightness at the head
     # and along the neck (NECK_WINDOW of the way from the shaft surface to the head; the median:
@@ -1101,7 +1108,7 @@ def _measure(li, gi, rz, rs, ms, tree, pts: _Points, shafts: _Shafts, vs,
         "dendrite_id": int(shafts.ids[k]), "z_um": hp[0], "y_um": hp[1], "x_um": hp[2],
         "base_z_um": base[0], "base_y_um": base[1], "base_x_um": base[2],
         "shaft_distance_um": surface,
-        "contrast": float(rz[zi, yi, xi]),
+        "contrast": float(rz[zi, yi, xi]), "_threshold": threshold,
         # for _drop_necks and _sizes, then dropped
         "_inner": cpt + shafts.edge[k] * direction, "_k": k, "_head": float(peak),
         "_neck": neck, "_tip": float(tip),

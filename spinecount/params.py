@@ -51,6 +51,12 @@ class DetectionParams:
     head_sigma_um: float = _p(0.25, "spatial scale of spine heads for the blob filter")
     spine_threshold: float = _p(
         4.5, "spine candidates: blob filter peak above local background, in noise SDs")
+    far_spine_um: float = _p(
+        2.0, "spine heads further than this from the shaft surface need more contrast (see "
+             "far_contrast_per_um): most spines are shorter, and most peaks further out are "
+             "other structures")
+    far_contrast_per_um: float = _p(
+        4.0, "extra contrast (noise SDs) a spine head needs per um beyond far_spine_um")
     min_protrusion_fraction: float = _p(
         0.4, "at a spine head at least this fraction of the brightness must be in excess of the "
              "shaft (rejects bulges of the shaft itself)")

@@ -225,3 +225,21 @@ def test_more_small_blobs_than_16_bit_labels_hold():
     assert len(paths) == 1 and not cleaned[1].any() and cleaned[3].sum() == 500
     length = np.linalg.norm(np.diff(paths[0], axis=0), axis=1).sum()
     assert length == pytest.approx(500 * 0.24, abs=1.0)
+
+
+def test_heads_far_from_the_shaft_need_more_contrast(syn):
+    p = spinecount.DetectionParams()
+    det = spinecount.detect(syn.stack)
+    s = det.spines
+    far = s["shaft_distance_um"] > p.far_spine_um
+    needed = p.spine_threshold + p.far_contrast_per_um * (s["shaft_distance_um"] - p.far_spine_um)
+    assert (s.loc[far, "contrast"] >= needed[far]).all()
+    assert (s["score"] >= p.min_score).all()
+    # beyond 1 um, no peak is contrasted enough: only the nearer spines are left, all of them
+    near = spinecount.detect(syn.stack, params=spinecount.DetectionParams(
+        far_spine_um=1.0, far_contrast_per_um=1000.0)).spines
+    assert len(near) and (near["shaft_distance_um"] <= 1.0 + 1e-9).all()
+    assert (s["shaft_distance_um"] > 1.0).any()
+    key = ["z_um", "y_um", "x_um"]
+    kept = s.loc[s["shaft_distance_um"] <= 1.0, key].merge(near[key], how="left", indicator=True)
+    assert (kept["_merge"] == "both").all()
