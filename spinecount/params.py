@@ -56,7 +56,8 @@ class DetectionParams:
              "far_contrast_per_um): most spines are shorter, and most peaks further out are "
              "other structures")
     far_contrast_per_um: float = _p(
-        4.0, "extra contrast (noise SDs) a spine head needs per um beyond far_spine_um")
+        4.0, "extra contrast (noise SDs) a spine head needs per um beyond far_spine_um (0: "
+             "long spines and filopodia count as readily as short ones)")
     min_protrusion_fraction: float = _p(
         0.4, "at a spine head at least this fraction of the brightness must be in excess of the "
              "shaft (rejects bulges of the shaft itself)")
