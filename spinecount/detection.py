@@ -34,8 +34,8 @@ The method, in order (all distances in micrometres, converted with the stack's v
    ``spine_threshold`` local noise SDs above it (shot noise grows with the shaft model; heads
    more than ``far_spine_um`` from the shaft surface need ``far_contrast_per_um`` more SDs per
    um beyond it), lie within ``max_spine_length_um`` of the shaft surface and within
-   ``max_axial_offset_um`` above or below the centre line, are at least ``min_spine_separation_um`` apart, protrude (at least
-   ``min_protrusion_fraction`` of the brightness at the head is in excess of the shaft model: a
+   ``max_axial_offset_um`` above or below the centre line, are at least
+   ``min_spine_separation_um`` apart, protrude (at least ``min_protrusion_fraction`` of the brightness at the head is in excess of the shaft model: a
    local bulge of the shaft is not a spine, unless it is compact along the dendrite, its
    residual ``BULGE_UM`` either way along it below ``BULGE_FRACTION`` of its peak, as a stubby
    spine is), and do not lie on the neck of a spine further out.
@@ -1066,6 +1066,11 @@ def _measure(li, gi, rz, rs, ms, tree, pts: _Points, shafts: _Shafts, vs,
     if (dc - shafts.edge[k] < 0.1 or dc - shafts.edge[k] > p.max_spine_length_um
             or abs(hp[0] - pts.xyz[ni, 0]) > p.max_axial_offset_um):
         return None
+    surface = max(dc - shafts.radius[k], 0.0)
+    # heads far out need more contrast: most peaks there are not spines
+    threshold = p.spine_threshold + p.far_contrast_per_um * max(surface - p.far_spine_um, 0.0)
+    if rz[zi, yi, xi] < threshold:
+        return None
     origin = gi - li
 
     def smoothed_at(points):
@@ -1082,11 +1087,6 @@ def _measure(li, gi, rz, rs, ms, tree, pts: _Points, shafts: _Shafts, vs,
             return None
     direction = (hp - cpt) / max(dc, 1e-9)
     base = cpt + min(shafts.radius[k], dc) * direction
-    surface = max(dc - shafts.radius[k], 0.0)
-    # heads far out need more contrast: most peaks there are not spines
-    threshold = p.spine_threshold + p.far_contrast_per_um * max(surface - p.far_spine_um, 0.0)
-    if rz[zi, yi, xi] < threshold:
-        return None
 
     # head and neck sizes come later from brightness (_sizes); here the brightness at the head
     # and along the neck (NECK_WINDOW of the way from the shaft surface to the head; the median:
@@ -1094,7 +1094,7 @@ def _measure(li, gi, rz, rs, ms, tree, pts: _Points, shafts: _Shafts, vs,
     t_along = np.linspace(0, 1, max(int(np.linalg.norm(hp - base) / 0.1), 2))
     along = smoothed_at(base[None] + t_along[:, None] * (hp - base)[None])
     mid = along[(t_along >= NECK_WINDOW[0]) & (t_along <= NECK_WINDOW[1])]
-    neck = float(np.clip(np.median(mid if len(mid) else along), 0, peak))
+    neck = max(float(np.median(mid if len(mid) else along)), 0.0)  # at most the head: _sizes
     # the tip: where the brightness beyond the peak (out[0]) first falls to half of it,
     # interpolated; at most 2 um out
     step = 0.05
