@@ -176,21 +176,26 @@ def _nearest(points, dense: np.ndarray):
     return dense[k, 0].astype(int), dense[k, 1:], dist
 
 
-def _dense_with_directions(centerlines: pd.DataFrame, step: float):
-    """Dendrite ids, points every `step` um and unit in-plane (xy) directions along the
-    centre lines, smoothed over about 1 um (traced lines step in whole z slices)."""
+def _dense_with_directions(centerlines: pd.DataFrame, step: float, z_weight: float):
+    """Dendrite ids, points every `step` um, unit directions along the centre lines with z
+    weighted by `z_weight` (smoothed over about 2 um: traced lines step in whole z slices),
+    pointing out of the line at its first point, and whether each point ends its line."""
     from scipy.ndimage import gaussian_filter1d
 
     dense = _dense_centerlines(centerlines, step)
     ids, pts = dense[:, 0], dense[:, 1:]
     dirs = np.zeros_like(pts)
+    end = np.zeros(len(pts), bool)
     starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
     for a, b in zip(starts, np.r_[starts[1:], len(ids)]):
+        end[[a, b - 1]] = True
         if b - a > 1:
-            dirs[a:b, 1:] = gaussian_filter1d(np.gradient(pts[a:b, 1:], axis=0), 1.0 / step,
-                                              axis=0, mode="nearest")
+            dirs[a:b] = gaussian_filter1d(np.gradient(pts[a:b], axis=0), 2.0 / step, axis=0,
+                                          mode="nearest")
+            dirs[a] *= -1
+    dirs[:, 0] *= z_weight
     dirs /= np.maximum(np.linalg.norm(dirs, axis=1, keepdims=True), 1e-9)
-    return ids, pts, dirs
+    return ids, pts, dirs, end
 
 
 def _along(centerlines: pd.DataFrame, traced: pd.DataFrame, lateral_um: float,
@@ -199,11 +204,11 @@ def _along(centerlines: pd.DataFrame, traced: pd.DataFrame, lateral_um: float,
     dendrite each runs along (-1: none); see :func:`match_dendrites`."""
     from scipy.spatial import cKDTree
 
-    did, pts, dirs = _dense_with_directions(centerlines, step_um)
-    tid, tpts, tdirs = _dense_with_directions(traced, step_um)
+    scale = np.array([lateral_um / axial_um, 1.0, 1.0])  # z counts as much as its tolerance
+    did, pts, dirs, _ = _dense_with_directions(centerlines, step_um, scale[0])
+    tid, tpts, tdirs, tend = _dense_with_directions(traced, step_um, scale[0])
     belongs = np.full(len(pts), -1)
     if len(pts) and len(tpts):
-        scale = np.array([lateral_um / axial_um, 1.0, 1.0])
         dist, k = cKDTree(tpts * scale).query(pts * scale,
                                               distance_upper_bound=lateral_um * np.sqrt(2))
         near = np.isfinite(dist)
@@ -211,7 +216,15 @@ def _along(centerlines: pd.DataFrame, traced: pd.DataFrame, lateral_um: float,
         d = pts - tpts[k]
         near &= (np.hypot(d[:, 1], d[:, 2]) <= lateral_um) & (np.abs(d[:, 0]) <= axial_um)
         near &= np.abs((dirs * tdirs[k]).sum(axis=1)) >= min_cos
+        near &= ~tend[k] | ((d * scale * tdirs[k]).sum(axis=1) <= step_um)  # not past an end
         belongs = np.where(near, tid[k], -1)
+        # A detected dendrite that only touches the traced one (a side branch leaving it at a
+        # junction) is not part of it: at least half of it or 2 * lateral_um must run along it.
+        n_own = dict(zip(*np.unique(did, return_counts=True)))
+        pairs, n_along = np.unique(np.c_[did, belongs][near], axis=0, return_counts=True)
+        for (i, t), n in zip(pairs, n_along):
+            if n * step_um < 2 * lateral_um and n < n_own[i] / 2:
+                belongs[(did == i) & (belongs == t)] = -1
     return did, pts, belongs
 
 
@@ -275,9 +288,12 @@ def match_dendrites(centerlines: pd.DataFrame, traced: pd.DataFrame, *,
     """Detected dendrite length and spine density along each traced dendrite.
 
     A detected centre line point belongs to a traced dendrite when it lies within `lateral_um`
-    (xy) and `axial_um` (z) of it and runs along it (the cosine of the angle between the two
-    directions in the image plane at least `min_cos`), so dendrites that cross it or merely
-    pass close by do not count. A spine belongs where the nearest point of its own dendrite to
+    (xy) and `axial_um` (z) of it, runs along it (the cosine of the angle between the two
+    directions at least `min_cos`, with z weighted by ``lateral_um / axial_um``) and lies not
+    beyond its ends; a detected dendrite counts only where at least half of it, or
+    ``2 * lateral_um``, runs along. So dendrites that cross it, pass close by, dive through it
+    in z, branch off it at a junction or go on past the traced stretch do not count. A spine
+    belongs where the nearest point of its own dendrite to
     its base belongs (:func:`spines_along`). This is the length and density a user would read
     off the detected dendrites that match the traced one.
 

@@ -62,13 +62,13 @@ def test_tube_restricts_scoring_and_density_per_dendrite():
     assert inside.tolist() == [True] * 8 + [False]
 
 
-def test_matched_dendrites_leave_out_crossing_ones():
-    def line(did, start, end, n=161):
-        t = np.linspace(0, 1, n)[:, None]
-        p = np.asarray(start, float) + t * (np.asarray(end, float) - np.asarray(start, float))
-        return pd.DataFrame({"dendrite_id": did, "z_um": p[:, 0], "y_um": p[:, 1],
-                             "x_um": p[:, 2]})
+def line(did, start, end, n=161):
+    t = np.linspace(0, 1, n)[:, None]
+    p = np.asarray(start, float) + t * (np.asarray(end, float) - np.asarray(start, float))
+    return pd.DataFrame({"dendrite_id": did, "z_um": p[:, 0], "y_um": p[:, 1], "x_um": p[:, 2]})
 
+
+def test_matched_dendrites_leave_out_crossing_ones():
     traced = pd.concat([line(0, (5, 10, 0), (5, 10, 30)), line(1, (5, 40, 0), (5, 40, 30))])
     # detected: dendrite 0 found 0.5 um off and 1 um deeper, only from x = 5 to 25; a
     # dendrite crossing it at x = 15; nothing along dendrite 1
@@ -82,6 +82,21 @@ def test_matched_dendrites_leave_out_crossing_ones():
     assert m.loc[0, "n_spines"] == 6  # the crossing dendrite's spines belong to it, not here
     assert m.loc[0, "density_per_um"] == pytest.approx(6 / 20, rel=0.03)
     assert m.loc[1, "matched_length_um"] == 0 and m.loc[1, "n_spines"] == 0
+
+
+def test_matched_length_leaves_out_branches_dives_and_what_goes_past_the_ends():
+    traced = line(0, (5, 10, 10), (5, 10, 30))
+    found = pd.concat([
+        line(1, (5, 10.3, 0), (5, 10.3, 20)),  # along from x = 10 to 20, then past the start
+        line(2, (5, 10.3, 20), (5, 10.3, 30)),  # along from x = 20 to 30
+        line(3, (5, 10.3, 20), (5, 14, 25)),  # a side branch leaving at a shallow angle
+        line(4, (5, 10.3, 20), (5, 3, 22)),  # one leaving at a steep angle
+        line(5, (5, 10.3, 25), (15, 10.8, 25.5)),  # a dendrite diving away in z at x = 25
+    ])
+    m = match_dendrites(found, traced)
+    assert m["matched_length_um"].iloc[0] == pytest.approx(20, abs=1)
+    whole = match_dendrites(line(1, (5, 10.3, 10), (5, 10.3, 30)), traced)
+    assert whole["matched_length_um"].iloc[0] == pytest.approx(20, abs=1)
 
 
 def test_matched_table_written(tmp_path):
