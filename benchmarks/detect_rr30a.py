@@ -12,7 +12,10 @@ and the density of their spines against the annotated density (``match_dendrites
 of all detected spines in the segment's tube, crossing dendrites' included, in brackets); time
 per stage and peak memory.
 
-    python benchmarks/detect_rr30a.py [--data ../shared/data/rr30a] [--sessions 0 1]
+    python benchmarks/detect_rr30a.py [--data ../shared/data/rr30a] [--sessions 0 1 ...]
+
+By default every annotated session in the data folder (``rr30a_sN.tif`` with
+``rr30a_sN_spines.csv`` and ``rr30a_sN_backbone.csv``).
 """
 
 import argparse
@@ -61,7 +64,8 @@ def run_one(data: Path, session: int) -> dict:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=str(HERE.parent.parent / "shared/data/rr30a"))
-    ap.add_argument("--sessions", nargs="+", type=int, default=[0, 1])
+    ap.add_argument("--sessions", nargs="+", type=int,
+                    help="session numbers N (default: every annotated session in --data)")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
     a = ap.parse_args()
     data = Path(a.data)
@@ -70,7 +74,12 @@ def main():
         return
     if not data.exists():
         sys.exit(f"data folder {data} not found; pass --data")
-    for s in a.sessions:  # each session in its own process, so peak memory is its own
+    from rr30a_data import annotated_sessions
+
+    sessions = a.sessions or annotated_sessions(data)
+    if not sessions:
+        sys.exit(f"no annotated sessions (rr30a_sN.tif, _spines.csv, _backbone.csv) in {data}")
+    for s in sessions:  # each session in its own process, so peak memory is its own
         out = subprocess.run([sys.executable, __file__, "--data", str(data), "--one", str(s)],
                              capture_output=True, text=True, check=True).stdout
         r = json.loads(out.strip().splitlines()[-1])

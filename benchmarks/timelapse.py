@@ -12,7 +12,11 @@ Prints:
 3. Synthetic time-lapses (3 sessions, planted formation and elimination) linked from their true
    positions (goal: rates within 3 percentage points) and from the detector's spines.
 
-    python benchmarks/timelapse.py [--data ../shared/data/rr30a] [--out /tmp/spinecount-tl]
+    python benchmarks/timelapse.py [--data ../shared/data/rr30a] [--sessions 0 1 ...]
+                                   [--out /tmp/spinecount-tl]
+
+The real sessions are, by default, every annotated session in the data folder, linked in order
+and reported per interval.
 """
 
 import argparse
@@ -25,59 +29,54 @@ import pandas as pd
 HERE = Path(__file__).resolve().parent
 
 
-def rates(tracks, mask=None):
-    """Formation and elimination of the whole field, session 0 -> 1."""
-    from spinecount.timelapse import turnover
-
-    t = tracks if mask is None else tracks[mask]
-    row = turnover(t).query("dendrite == 'all'").iloc[0]
-    return float(row["formation"]), float(row["elimination"]), int(row["n_from"])
-
-
-def annotated(data: Path, stacks, regs):
-    from spinecount.tables import read_spines
+def annotated(data: Path, sessions, regs):
+    """Link the annotated spines of all sessions; per interval, print how the links compare with
+    the annotator's spine_id and return the true (formation, elimination)."""
+    from spinecount.tables import POSITION, read_spines
     from spinecount.timelapse import link
 
-    a, b = (read_spines(data / f"rr30a_s{s}_spines.csv") for s in (0, 1))
-    tr = link([a, b], registrations=regs)
-    t0, t1 = tr[tr.session == 0], tr[tr.session == 1]
-    own0 = dict(zip(t0.track_id, t0.spine_id))
-    linked = {(own0[t], s) for t, s in zip(t1.track_id, t1.spine_id) if t in own0}
-    persistent = set(a.spine_id) & set(b.spine_id)
-    right = sum(x == y for x, y in linked)
-    lost_true, new_true = len(set(a.spine_id) - persistent), len(set(b.spine_id) - persistent)
-    lost = (t0.fate == "eliminated").sum()
-    new = (t1.fate == "formed").sum()
-    called_lost_wrong = sum(1 for s, f in zip(t0.spine_id, t0.fate)
-                            if f == "eliminated" and s in persistent)
-    called_new_wrong = sum(1 for s, f in zip(t1.spine_id, t1.fate)
-                           if f == "formed" and s in persistent)
-    # registration residual of persistent spines
-    m = a.merge(b, on="spine_id", suffixes=("_a", "_b"))
-    P = ["z_um", "y_um", "x_um"]
-    res = m[[p + "_a" for p in P]].to_numpy() - regs[1].transform(m[[p + "_b" for p in P]])
-    lat = np.hypot(res[:, 1], res[:, 2])
-    print("1. rr30a annotated spines, session 0 -> 1")
-    print(f"   registration: shift {np.round(regs[1].shift_um, 2).tolist()} um; persistent "
-          f"spines land within 1 um laterally: {np.mean(lat < 1):.0%} (median "
-          f"{np.median(lat):.2f} um), within 2 um in z: {np.mean(np.abs(res[:, 0]) < 2):.0%}")
-    print(f"   persistent pairs linked correctly: {right}/{len(persistent)} = "
-          f"{right / len(persistent):.1%} (goal >= 95%); wrong links: {len(linked) - right}")
-    print(f"   called lost: {lost} (true {lost_true}; {called_lost_wrong} of them persist), "
-          f"called formed: {new} (true {new_true}; {called_new_wrong} of them persist)")
-    return lost_true / len(a), new_true / len(a)
+    tables = [read_spines(data / f"rr30a_s{s}_spines.csv") for s in sessions]
+    tr = link(tables, registrations=regs)
+    print(f"1. rr30a annotated spines, sessions {' -> '.join(map(str, sessions))}")
+    true_rates = []
+    for i in range(len(sessions) - 1):
+        a, b = tables[i], tables[i + 1]
+        ta, tb = tr[tr.session == i], tr[tr.session == i + 1]
+        own = dict(zip(ta.track_id, ta.spine_id))
+        linked = {(own[t], s) for t, s in zip(tb.track_id, tb.spine_id) if t in own}
+        persistent = set(a.spine_id) & set(b.spine_id)
+        right = sum(x == y for x, y in linked)
+        lost = ta.loc[~ta.track_id.isin(tb.track_id), "spine_id"]
+        new = tb.loc[~tb.track_id.isin(ta.track_id), "spine_id"]
+        lost_true, new_true = len(set(a.spine_id) - persistent), len(set(b.spine_id) - persistent)
+        # registration residual of persistent spines
+        m = a.merge(b, on="spine_id", suffixes=("_a", "_b"))
+        res = (regs[i].transform(m[[p + "_a" for p in POSITION]].to_numpy())
+               - regs[i + 1].transform(m[[p + "_b" for p in POSITION]].to_numpy()))
+        lat = np.hypot(res[:, 1], res[:, 2])
+        print(f"   session {sessions[i]} -> {sessions[i + 1]}: registration: shift "
+              f"{np.round(regs[i + 1].shift_um, 2).tolist()} um to the first; persistent "
+              f"spines land within 1 um laterally: {np.mean(lat < 1):.0%} (median "
+              f"{np.median(lat):.2f} um), within 2 um in z: {np.mean(np.abs(res[:, 0]) < 2):.0%}")
+        print(f"   persistent pairs linked correctly: {right}/{len(persistent)} = "
+              f"{right / len(persistent):.1%} (goal >= 95%); wrong links: {len(linked) - right}")
+        print(f"   called lost: {len(lost)} (true {lost_true}; {lost.isin(persistent).sum()} of "
+              f"them persist), called formed: {len(new)} (true {new_true}; "
+              f"{new.isin(persistent).sum()} of them persist)")
+        true_rates.append((new_true / len(a), lost_true / len(a)))
+    return true_rates
 
 
-def detected(data: Path, stacks, regs, out: Path, true_rates):
+def detected(data: Path, sessions, stacks, regs, out: Path, true_rates):
     from spinecount.detection import detect
     from spinecount.evaluate import in_tube
     from spinecount.results import write_result
     from spinecount.review import load_result
     from spinecount.tables import POSITION, read_centerlines
-    from spinecount.timelapse import link
+    from spinecount.timelapse import link, turnover
 
     tables, cls, tubes = [], [], []
-    for s, stack in enumerate(stacks):
+    for s, stack in zip(sessions, stacks):
         folder = out / f"rr30a_s{s}"  # written for inspection, detected afresh every run
         t = time.perf_counter()
         write_result(folder, detect(stack), {})
@@ -88,18 +87,20 @@ def detected(data: Path, stacks, regs, out: Path, true_rates):
         tubes.append(read_centerlines(data / f"rr30a_s{s}_backbone.csv"))
     tr = link(tables, registrations=regs, centerlines=cls)
     inside = np.zeros(len(tr), bool)
-    for s in (0, 1):
-        m = (tr.session == s).to_numpy()
-        inside[m] = in_tube(tr.loc[m, POSITION].to_numpy(float), tubes[s], lateral_radius=4.0,
+    for i, tube in enumerate(tubes):
+        m = (tr.session == i).to_numpy()
+        inside[m] = in_tube(tr.loc[m, POSITION].to_numpy(float), tube, lateral_radius=4.0,
                             axial_radius=5.0)
     # a track counts when it is inside the tube in the session(s) it was seen in
     keep = pd.Series(inside).groupby(tr["track_id"]).transform("all").to_numpy()
-    f, e, n = rates(tr, keep)
-    el, fo = true_rates
-    print("2. rr30a detector's spines inside the annotated tube, session 0 -> 1")
-    print(f"   formation {f:.1%} (annotated {fo:.1%}, error {100 * (f - fo):+.1f} pp), "
-          f"elimination {e:.1%} (annotated {el:.1%}, error {100 * (e - el):+.1f} pp); "
-          f"{n} detected spines at session 0 (goal: within 5 pp)")
+    rows = turnover(tr[keep]).query("dendrite == 'all'").reset_index(drop=True)
+    print("2. rr30a detector's spines inside the annotated tube (goal: within 5 pp)")
+    for (fo, el), (_, r) in zip(true_rates, rows.iterrows()):
+        f, e = r["formation"], r["elimination"]
+        print(f"   session {sessions[r['session_from']]} -> {sessions[r['session_to']]}: "
+              f"formation {f:.1%} (annotated {fo:.1%}, error {100 * (f - fo):+.1f} pp), "
+              f"elimination {e:.1%} (annotated {el:.1%}, error {100 * (e - el):+.1f} pp); "
+              f"{r['n_from']} detected spines at the earlier session")
 
 
 def synthetic(seeds=(0, 1, 2)):
@@ -136,19 +137,26 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=str(HERE.parent.parent / "shared/data/rr30a"))
     ap.add_argument("--out", default="/tmp/spinecount-tl", help="where the detections go")
+    ap.add_argument("--sessions", nargs="+", type=int,
+                    help="session numbers N, in order (default: every annotated session in "
+                         "--data)")
     ap.add_argument("--no-real", action="store_true")
     a = ap.parse_args()
     data = Path(a.data)
     if not a.no_real:
+        from rr30a_data import annotated_sessions
         from spinecount.io import read_stack
         from spinecount.registration import register_sessions
 
-        stacks = [read_stack(data / f"rr30a_s{s}.tif") for s in (0, 1)]
+        sessions = a.sessions or annotated_sessions(data)
+        if len(sessions) < 2:
+            raise SystemExit(f"need at least two annotated sessions in {data} (or --no-real)")
+        stacks = [read_stack(data / f"rr30a_s{s}.tif") for s in sessions]
         t = time.perf_counter()
         regs = register_sessions(stacks)
         print(f"(registration {time.perf_counter() - t:.1f} s)")
-        true_rates = annotated(data, stacks, regs)
-        detected(data, stacks, regs, Path(a.out), true_rates)
+        true_rates = annotated(data, sessions, regs)
+        detected(data, sessions, stacks, regs, Path(a.out), true_rates)
     synthetic()
 
 
