@@ -31,7 +31,7 @@ HERE = Path(__file__).resolve().parent
 
 def run_one(data: Path, session: int) -> dict:
     from spinecount.detection import detect
-    from spinecount.evaluate import evaluate, match_dendrites, spines_along
+    from spinecount.evaluate import evaluate, spines_along
     from spinecount.io import read_stack
     from spinecount.tables import read_centerlines, read_spines
 
@@ -42,18 +42,16 @@ def run_one(data: Path, session: int) -> dict:
     wall = time.perf_counter() - t0
     gt = read_spines(data / f"rr30a_s{session}_spines.csv")
     cl = read_centerlines(data / f"rr30a_s{session}_backbone.csv")
-    ev = evaluate(det.spines, gt, centerlines=cl, pred_point="distal_edge")
+    # per traced segment also the detected dendrites that run along it (crossing ones left
+    # out), their length and the density of the spines attached to them
+    ev = evaluate(det.spines, gt, centerlines=cl, pred_point="distal_edge",
+                  pred_centerlines=det.centerlines)
     centre = evaluate(det.spines, gt, centerlines=cl).summary
     # the same, counting only spines of detected dendrites that run along the traced ones:
     # spines of dendrites that cross the tube were never annotated
     own = evaluate(det.spines[spines_along(det.spines, det.centerlines, cl) >= 0], gt,
                    centerlines=cl, pred_point="distal_edge").summary
-    # per traced segment: the detected dendrites that run along it (crossing ones left out),
-    # their length and the density of the spines attached to them
-    seg = ev.per_dendrite.merge(match_dendrites(det.centerlines, cl, spines=det.spines)
-                                .drop(columns="length_um"), on="dendrite_id")
-    seg["density_error"] = seg["density_per_um"] / seg["density_gt_per_um"] - 1
-    seg["tube_density_error"] = seg["density_pred_per_um"] / seg["density_gt_per_um"] - 1
+    seg = ev.per_dendrite
     return {"session": session, "summary": ev.summary, "centre": centre, "own": own,
             "segments": seg.round(3).to_dict("list"),
             "timings_s": {"read": round(t_read, 2), **det.timings}, "wall_s": round(wall, 2),
@@ -95,9 +93,10 @@ def main():
               f"{o['precision']:.3f}  recall {o['recall']:.3f}  F1 {o['f1']:.3f}")
         seg = r["segments"]
         for i, d in enumerate(seg["dendrite_id"]):
-            print(f"  segment {d}: density {seg['density_per_um'][i]:.3f} vs annotated "
-                  f"{seg['density_gt_per_um'][i]:.3f} /um (error {seg['density_error'][i]:+.0%}; "
-                  f"all spines in the tube: {seg['tube_density_error'][i]:+.0%}); length "
+            print(f"  segment {d}: density {seg['density_along_per_um'][i]:.3f} vs annotated "
+                  f"{seg['density_gt_per_um'][i]:.3f} /um (error "
+                  f"{seg['density_along_error'][i]:+.0%}; all spines in the tube: "
+                  f"{seg['density_error'][i]:+.0%}); length "
                   f"{seg['matched_length_um'][i]:.1f} vs traced {seg['length_um'][i]:.1f} um "
                   f"(error {seg['length_error'][i]:+.0%})")
         print(f"  time {r['wall_s']:.1f} s {r['timings_s']}; peak memory {r['peak_rss_mb']:.0f} MB")

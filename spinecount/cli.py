@@ -112,9 +112,15 @@ def _cmd_evaluate(args) -> int:
 
     pred, gt = read_spines(args.pred), read_spines(args.gt)
     cl = read_centerlines(args.centerlines) if args.centerlines else None
+    found = args.detected_centerlines
+    if found is None and cl is not None and "dendrite_id" in pred:  # a result folder's own
+        found = Path(args.pred).with_name("centerlines.csv")
+        found = found if found.exists() else None
     ev = evaluate(pred, gt, lateral_tol=args.lateral_tol, axial_tol=args.axial_tol,
                   centerlines=cl, tube_lateral_um=args.tube_lateral,
-                  tube_axial_um=args.tube_axial, pred_point=args.pred_point.replace("-", "_"))
+                  tube_axial_um=args.tube_axial, pred_point=args.pred_point.replace("-", "_"),
+                  pred_centerlines=None if found is None or cl is None
+                  else read_centerlines(found))
     s = ev.summary
     print(f"precision {s['precision']:.3f}  recall {s['recall']:.3f}  F1 {s['f1']:.3f}  "
           f"(matched {s['true_positives']}, predicted {s['n_pred']}, annotated {s['n_gt']})")
@@ -308,6 +314,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pred", help="detected spines CSV")
     p.add_argument("gt", help="annotated (or synthetic truth) spines CSV")
     p.add_argument("--centerlines", help="score only near these centre lines (CSV in um)")
+    p.add_argument("--detected-centerlines",
+                   help="the detected dendrites' centre lines (default: centerlines.csv beside "
+                        "PRED, if there is one): with --centerlines, also the length of the "
+                        "detected dendrites along each annotated one and their spine density")
     p.add_argument("--lateral-tol", type=float, default=1.0, help="xy tolerance (um)")
     p.add_argument("--axial-tol", type=float, default=2.0, help="z tolerance (um)")
     p.add_argument("--tube-lateral", type=float, default=4.0, help="tube radius in xy (um)")

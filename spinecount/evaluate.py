@@ -35,7 +35,10 @@ class Evaluation:
         and the lateral and axial distances of each match.
     per_dendrite : DataFrame
         Per annotated dendrite (when centre lines are given): length, annotated and predicted
-        spine counts and densities, and the relative density error.
+        spine counts and densities, and the relative density error; with the detected centre
+        lines also the length of the detected dendrites along it and the density of their
+        spines (:func:`match_dendrites`: ``matched_length_um, length_error, n_along,
+        density_along_per_um, density_along_error``).
     """
 
     summary: dict
@@ -372,7 +375,8 @@ def distal_edge(spines: pd.DataFrame) -> np.ndarray:
 def evaluate(pred: pd.DataFrame, gt: pd.DataFrame, *, lateral_tol: float = LATERAL_TOL_UM,
              axial_tol: float = AXIAL_TOL_UM, centerlines: pd.DataFrame | None = None,
              tube_lateral_um: float = 4.0, tube_axial_um: float = 5.0,
-             pred_point: str = "head") -> Evaluation:
+             pred_point: str = "head", pred_centerlines: pd.DataFrame | None = None
+             ) -> Evaluation:
     """Match predicted spines to annotated spines and report precision, recall and F1.
 
     Parameters
@@ -393,6 +397,11 @@ def evaluate(pred: pd.DataFrame, gt: pd.DataFrame, *, lateral_tol: float = LATER
         (``z_um, y_um, x_um``), or the edge of its head furthest from the dendrite in the image
         plane (:func:`distal_edge`), for annotations clicked there. Positions in ``matched``
         are the points compared.
+    pred_centerlines : DataFrame, optional
+        The detected dendrites' centre lines (with `centerlines`): ``per_dendrite`` then also
+        gives, per annotated dendrite, the length of the detected dendrites that run along it
+        and the density of their spines (:func:`match_dendrites`; `pred` then needs
+        ``dendrite_id``).
 
     Returns
     -------
@@ -459,6 +468,13 @@ def evaluate(pred: pd.DataFrame, gt: pd.DataFrame, *, lateral_tol: float = LATER
                          "density_pred_per_um": npred / length,
                          "density_error": (npred - ng) / ng if ng else np.nan})
         per_dendrite = pd.DataFrame(recs)
+        if pred_centerlines is not None:
+            along = match_dendrites(pred_centerlines, centerlines, spines=pred).rename(
+                columns={"n_spines": "n_along", "density_per_um": "density_along_per_um"})
+            per_dendrite = per_dendrite.merge(along.drop(columns="length_um"), on="dendrite_id")
+            per_dendrite["density_along_error"] = (per_dendrite["density_along_per_um"]
+                                                   / per_dendrite["density_gt_per_um"]
+                                                   .replace(0, np.nan) - 1)
 
     summary = {
         "precision": precision, "recall": recall, "f1": f1, "n_pred": n_pred, "n_gt": n_gt,

@@ -56,6 +56,15 @@ def test_synth_detect_evaluate(tmp_path, capsys):
                  "-o", str(tmp_path / "ev2"), "--pred-point", "distal-edge"]) == 0
     edge = json.loads((tmp_path / "ev2" / "evaluation.json").read_text())
     assert edge["pred_point"] == "distal_edge" and edge["n_pred"] == summary["n_pred"]
+    # along the true centre lines: the detected dendrites' length (centerlines.csv of the
+    # result folder) against the true length, and their spines' density
+    assert main(["evaluate", str(out / "spines.csv"), str(tmp_path / "syn_spines.csv"),
+                 "--centerlines", str(tmp_path / "syn_centerlines.csv"),
+                 "-o", str(tmp_path / "ev3")]) == 0
+    seg = pd.read_csv(tmp_path / "ev3" / "per_dendrite.csv")
+    assert len(seg) == pd.read_csv(tmp_path / "syn_centerlines.csv")["dendrite_id"].nunique()
+    assert seg["length_error"].abs().max() < 0.1
+    assert seg["n_along"].sum() > 0.8 * len(spines)
     # in chunks the same spines come out
     chunked = tmp_path / "chunked"
     assert main(["detect", str(tif), "-o", str(chunked), "-q", "--chunk-um", "12"]) == 0
