@@ -81,7 +81,7 @@ from .morphology import classify_spine
 from .optics import cylinder_peak, cylinder_radius, protrusion_sizes
 from .params import DetectionParams
 from .tables import (BASE, POSITION, conform_spines, dendrite_table, empty_spines,
-                     resample_polyline, smooth_polyline)
+                     polyline_length, resample_polyline, smooth_polyline)
 
 #: Axial / lateral elongation of the two-photon PSF, used to scale z in the shaft model.
 AXIAL_RATIO = 3.0
@@ -284,7 +284,7 @@ def _trace_dendrites(mask: np.ndarray, edt_at, vs, p: DetectionParams):
     skel = skeletonize(mask)
     paths = []
     if not skel.any():
-        return paths, mask
+        return paths, mask, []
     sk = skan.Skeleton(skel, spacing=vs)
     for _ in range(6):
         summ = skan.summarize(sk, separator="_")
@@ -304,16 +304,19 @@ def _trace_dendrites(mask: np.ndarray, edt_at, vs, p: DetectionParams):
             break
         sk = sk.prune_paths(np.flatnonzero(tips))
         if sk.n_paths == 0:
-            return paths, mask
+            return paths, mask, []
     summ = skan.summarize(sk, separator="_")
     # whole skeletons shorter than a dendrite (puncta, noise, clusters of blobs) are not dendrites
     total = summ.groupby("skeleton_id")["branch_distance"].transform("sum").to_numpy()
     src, dst, deg = _branch_ends(summ)
+    lengths = summ["branch_distance"].to_numpy()
+    keep = [i for i in range(sk.n_paths)
+            if total[i] >= p.min_dendrite_length_um and lengths[i] >= 2 * vs[1]]
+    chains = _junction_chains([sk.path_coordinates(i) * np.asarray(vs) for i in keep],
+                              [(src[i], dst[i]) for i in keep], lengths[keep], deg,
+                              edt_at(np.round(sk.coordinates).astype(int)))
     top = (np.asarray(mask.shape) - 1) * np.asarray(vs)
-    for i in range(sk.n_paths):
-        length = summ["branch_distance"].iloc[i]
-        if total[i] < p.min_dendrite_length_um or length < 2 * vs[1]:
-            continue
+    for i in keep:
         pts = sk.path_coordinates(i) * np.asarray(vs)
         # A skeleton stops about one radius short of a free end: extend tips by their radius.
         for end, node in ((0, src[i]), (-1, dst[i])):
@@ -325,7 +328,62 @@ def _trace_dendrites(mask: np.ndarray, edt_at, vs, p: DetectionParams):
                 new = np.clip(tip + d / max(np.linalg.norm(d), 1e-9) * r, 0, top)
                 pts = np.vstack([new[None], pts]) if end == 0 else np.vstack([pts, new[None]])
         paths.append(pts)
-    return paths, mask
+    return paths, mask, chains
+
+
+def _junction_chains(pts: list, ends: list, lengths, deg, radius) -> list:
+    """Which branches make up each dendrite. A branch between two junctions closer than the sum
+    of the dendrite's diameters there (where dendrites cross or meet, the skeleton splits one
+    junction into several, with a branch of a few voxels between them) is part of the
+    neighbouring branch it continues best, or of another branch between the same junctions;
+    every other branch is a dendrite of its own.
+
+    `pts` and `ends` give each branch's points (um) and its (first, last) node ids;
+    `radius` the mask's radius (um) at every node. Returns one ``(drawn, members)`` per
+    dendrite: the branches along its centre line in order as (index, reversed), and all of
+    its branches."""
+    chains = {i: ([(i, False)], [i], tuple(e)) for i, e in enumerate(ends)}
+
+    def inwards(c, node):  # direction of chain c from its end at node inwards
+        drawn, _, (first, _) = chains[c]
+        k, rev = drawn[0] if first == node else drawn[-1]
+        q = pts[k][::-1] if rev != (first != node) else pts[k]
+        return q[min(4, len(q) - 1)] - q[0]
+
+    def flipped(drawn):
+        return [(k, not rev) for k, rev in drawn[::-1]]
+
+    for i in sorted(range(len(ends)), key=lambda i: lengths[i]):
+        a, b = ends[i]
+        if deg[a] < 2 or deg[b] < 2 or lengths[i] >= 2 * (radius[a] + radius[b]):
+            continue
+        drawn, members, _ = chains[i]
+        twins = [c for c in chains if c != i and set(chains[c][2]) == {a, b}]
+        if twins:  # another branch joins the same junctions: this one adds no line
+            c_drawn, c_members, c_ends = chains[twins[0]]
+            chains[twins[0]] = (c_drawn, c_members + members, c_ends)
+            del chains[i]
+            continue
+        best, best_cos = None, -2.0
+        for node in (a, b):
+            u = inwards(i, node)
+            for c in chains:
+                if c != i and node in chains[c][2]:
+                    v = inwards(c, node)
+                    cos = -float(u @ v) / max(np.linalg.norm(u) * np.linalg.norm(v), 1e-12)
+                    if cos > best_cos:
+                        best, best_cos, at = c, cos, node
+        if best is None:
+            continue
+        far = b if at == a else a
+        out = drawn if a == at else flipped(drawn)  # from the shared node outwards
+        c_drawn, c_members, (first, last) = chains[best]
+        if last == at:
+            chains[best] = (c_drawn + out, c_members + members, (first, far))
+        else:
+            chains[best] = (flipped(out) + c_drawn, members + c_members, (far, last))
+        del chains[i]
+    return [chains[c][:2] for c in sorted(chains)]
 
 
 def _lookup(flat: np.ndarray, values: np.ndarray, shape):
@@ -788,11 +846,12 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
         edt_at = _lookup(flat[order], np.concatenate([e for _, _, e in parts])[order], shape)
         del parts, flat, order
     if traces is None:
-        paths, mask = _trace_dendrites(mask, edt_at, vs, p)
+        paths, mask, chains = _trace_dendrites(mask, edt_at, vs, p)
         del edt_at  # a whole-field array the later stages do not need
     else:
         paths = [g[POSITION].to_numpy(float) - offset
                  for _, g in traces.groupby("dendrite_id", sort=True)]
+        chains = [([(k, False)], [k]) for k in range(len(paths))]
     if not return_mask:
         mask = None  # nor this one
     smooth_paths = [smooth_polyline(q, p.length_smoothing_um) for q in paths]
@@ -803,12 +862,9 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
         ids = np.arange(len(smooth_paths))
     else:
         ids = np.array(sorted(traces["dendrite_id"].unique()))
-    centerlines = pd.concat(
-        [pd.DataFrame({"dendrite_id": int(i), "z_um": q[:, 0], "y_um": q[:, 1], "x_um": q[:, 2]})
-         for i, q in zip(ids, (q + offset for q in smooth_paths))], ignore_index=True
-    ) if smooth_paths else pd.DataFrame(columns=["dendrite_id", *POSITION])
     if not smooth_paths:
         spines = empty_spines()
+        centerlines = _centerline_table([], [], offset)
         dendrites = dendrite_table(centerlines, spines, smooth_um=0)
         for stage in STAGES[2:]:
             yield stage
@@ -972,10 +1028,30 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
         spines = conform_spines(spines)
     else:
         spines = empty_spines()
-    diam = {int(i): 2 * r for i, r in zip(ids, radius)}
+    # the branches of one dendrite (pieces at junctions) joined: spines as they were found
+    lines, out_ids, owner, diam = [], [], np.zeros(len(ids), int), {}
+    for c, (drawn, members) in enumerate(chains):
+        line = np.vstack([smooth_paths[k][::-1] if rev else smooth_paths[k] for k, rev in drawn])
+        lines.append(line)
+        out_ids.append(int(ids[c]) if traces is not None else c)
+        owner[members] = out_ids[-1]
+        length = [polyline_length(smooth_paths[k]) for k, _ in drawn]
+        diam[out_ids[-1]] = 2 * float(np.average(radius[[k for k, _ in drawn]],
+                                                 weights=np.maximum(length, 1e-9)))
+    if traces is None and len(spines):
+        spines["dendrite_id"] = owner[spines["dendrite_id"].to_numpy()]
+    centerlines = _centerline_table(out_ids, lines, offset)
     dendrites = dendrite_table(centerlines, spines, diam, smooth_um=0)
-    return Detection(spines, dendrites, centerlines, [q + offset for q in smooth_paths],
-                     mask, timings)
+    return Detection(spines, dendrites, centerlines, [q + offset for q in lines], mask, timings)
+
+
+def _centerline_table(ids, lines, offset) -> pd.DataFrame:
+    if not lines:
+        return pd.DataFrame(columns=["dendrite_id", *POSITION])
+    return pd.concat(
+        [pd.DataFrame({"dendrite_id": int(i), "z_um": q[:, 0] + offset[0],
+                       "y_um": q[:, 1] + offset[1], "x_um": q[:, 2] + offset[2]})
+         for i, q in zip(ids, lines)], ignore_index=True)
 
 
 def _drop_necks(rows: list[dict], separation_um: float) -> list[dict]:

@@ -220,7 +220,7 @@ def test_more_small_blobs_than_16_bit_labels_hold():
     mask = np.zeros((5, 600, 600), bool)
     mask[1, ::2, ::2] = True  # 90,000 single-voxel specks
     mask[3, 300, 50:550] = True  # one dendrite, 120 um long
-    paths, cleaned = _trace_dendrites(mask, lambda idx: np.full(len(idx), 0.3), vs,
+    paths, cleaned, _ = _trace_dendrites(mask, lambda idx: np.full(len(idx), 0.3), vs,
                                       DetectionParams())
     assert len(paths) == 1 and not cleaned[1].any() and cleaned[3].sum() == 500
     length = np.linalg.norm(np.diff(paths[0], axis=0), axis=1).sum()
@@ -243,3 +243,36 @@ def test_heads_far_from_the_shaft_need_more_contrast(syn):
     key = ["z_um", "y_um", "x_um"]
     kept = s.loc[s["shaft_distance_um"] <= 1.0, key].merge(near[key], how="left", indicator=True)
     assert (kept["_merge"] == "both").all()
+
+
+def test_pieces_between_split_junctions_join_a_neighbouring_dendrite():
+    """Where two dendrites cross, the skeleton splits the crossing into two junctions with a
+    short branch between them: that branch is part of the dendrite it continues, not a
+    dendrite of its own; a second branch between the same junctions adds no line."""
+    from spinecount.detection import _junction_chains
+
+    def line(a, b, n=20):
+        return np.linspace(a, b, n)
+
+    j1, j2 = (0.0, 0.0, -0.5), (0.0, 0.0, 0.5)  # junction nodes 0 and 1
+    pts = [line((0, 0, -10), j1), line((0, -10, -0.5), j1), line(j1, j2, 5),
+           line(j2, (0, 0, 10)), line(j2, (0, 10, 0.5)), line(j1, (0, 0.1, 0.5), 5)]
+    ends = [(2, 0), (3, 0), (0, 1), (1, 4), (1, 5), (0, 1)]
+    lengths = np.array([9.5, 10, 1, 9.5, 9.5, 1.1])
+    deg = np.array([4, 4, 1, 1, 1, 1])
+    for flip in (False, True):  # branches stored in either direction
+        if flip:
+            pts[0], ends[0] = pts[0][::-1], ends[0][::-1]
+            pts[2], ends[2] = pts[2][::-1], ends[2][::-1]
+        chains = _junction_chains(pts, ends, lengths, deg, np.full(6, 0.5))
+        assert len(chains) == 4
+        assert sorted(k for _, members in chains for k in members) == list(range(6))
+        drawn, members = next(c for c in chains if 0 in c[1])
+        # the short branches continue dendrite 0 straight on: one of them draws its line
+        assert sorted(members) == [0, 2, 5] and len(drawn) == 2
+        line_a = np.vstack([pts[k][::-1] if rev else pts[k] for k, rev in drawn])
+        assert {tuple(line_a[0]), tuple(line_a[-1])} >= {(0, 0, -10)}
+        assert np.linalg.norm(np.diff(line_a, axis=0), axis=1).max() < 1  # no jump
+    # a long branch between two junctions stays a dendrite of its own
+    lengths[2] = lengths[5] = 3.0
+    assert len(_junction_chains(pts, ends, lengths, deg, np.full(6, 0.5))) == 6
