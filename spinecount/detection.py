@@ -15,8 +15,10 @@ The method, in order (all distances in micrometres, converted with the stack's v
    in 3D and turned into a graph with skan; tip branches shorter than ``max_spine_length_um``
    (spines) are pruned repeatedly and isolated pieces shorter than ``min_dendrite_length_um``
    dropped. Each remaining
-   branch between junctions and tips is one dendrite; its length is measured along its centre
-   line smoothed over ``length_smoothing_um``, with the true voxel size in each axis.
+   branch between junctions and tips is one dendrite (a branch between two junctions closer
+   than the sum of the dendrite's diameters there, where the skeleton splits a crossing into
+   several junctions, is part of the dendrite it continues best); its length is measured along
+   its centre line smoothed over ``length_smoothing_um``, with the true voxel size in each axis.
    Alternatively the caller gives the centre lines (``traces``).
 4. **Shaft model.** Every voxel near a dendrite is assigned to its nearest centre line point
    (z scaled by the PSF's axial elongation). Per 4 um stretch of dendrite, the median intensity
