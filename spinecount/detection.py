@@ -1048,6 +1048,7 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
 
 
 def _centerline_table(ids, lines, offset) -> pd.DataFrame:
+    """The centre lines table (``dendrite_id, z_um, y_um, x_um``) of `lines`, moved by `offset`."""
     if not lines:
         return pd.DataFrame(columns=["dendrite_id", *POSITION])
     return pd.concat(
