@@ -262,9 +262,13 @@ def _tile_mask(zs: np.ndarray, tile: Tile, shape, vs, threshold: float, p: Detec
     return core, flat, edt[tile.inner][where].astype(np.float32)
 
 
-def _trace_dendrites(mask: np.ndarray, edt_at, vs, p: DetectionParams):
-    """Centre lines (list of (n,3) um arrays) and the mask without small pieces, from the
-    dendrite mask; ``edt_at(index)`` gives the distance to the mask's edge at voxels (n, 3)."""
+def _trace_dendrites(mask: np.ndarray, edt_at, vs, p: DetectionParams, brightness=None,
+                     min_bridge: float = np.inf):
+    """Centre lines (list of (n,3) um arrays), the mask without small pieces and which centre
+    lines make up each dendrite (:func:`_junction_chains`), from the dendrite mask;
+    ``edt_at(index)`` gives the distance to the mask's edge at voxels (n, 3), and
+    ``brightness(ys, xs)`` the smoothed image in noise SDs in a box of rows and columns (all
+    slices), where gaps are bridged by paths at least `min_bridge` bright (:func:`_bridge_gaps`)."""
     from scipy import ndimage as ndi
     from skimage.morphology import skeletonize
     import skan
@@ -312,16 +316,18 @@ def _trace_dendrites(mask: np.ndarray, edt_at, vs, p: DetectionParams):
     total = summ.groupby("skeleton_id")["branch_distance"].transform("sum").to_numpy()
     src, dst, deg = _branch_ends(summ)
     lengths = summ["branch_distance"].to_numpy()
-    keep = [i for i in range(sk.n_paths)
-            if total[i] >= p.min_dendrite_length_um and lengths[i] >= 2 * vs[1]]
-    chains = _junction_chains([sk.path_coordinates(i) * np.asarray(vs) for i in keep],
-                              [(src[i], dst[i]) for i in keep], lengths[keep], deg,
+    branches = [(sk.path_coordinates(i) * np.asarray(vs), (src[i], dst[i]), lengths[i])
+                for i in range(sk.n_paths)
+                if total[i] >= p.min_dendrite_length_um and lengths[i] >= 2 * vs[1]]
+    if brightness is not None and p.max_gap_um > 0:
+        branches = _bridge_gaps(branches, deg, brightness, vs, p.max_gap_um, min_bridge)
+    chains = _junction_chains([b[0] for b in branches], [b[1] for b in branches],
+                              np.array([b[2] for b in branches]), deg,
                               edt_at(np.round(sk.coordinates).astype(int)))
     top = (np.asarray(mask.shape) - 1) * np.asarray(vs)
-    for i in keep:
-        pts = sk.path_coordinates(i) * np.asarray(vs)
+    for pts, (first, last), _ in branches:
         # A skeleton stops about one radius short of a free end: extend tips by their radius.
-        for end, node in ((0, src[i]), (-1, dst[i])):
+        for end, node in ((0, first), (-1, last)):
             if deg[node] == 1 and len(pts) > 2:
                 tip = pts[end]
                 inner = pts[min(4, len(pts) - 1)] if end == 0 else pts[max(-5, -len(pts))]
@@ -331,6 +337,77 @@ def _trace_dendrites(mask: np.ndarray, edt_at, vs, p: DetectionParams):
                 pts = np.vstack([new[None], pts]) if end == 0 else np.vstack([pts, new[None]])
         paths.append(pts)
     return paths, mask, chains
+
+
+def _bridge_gaps(branches: list, deg, brightness, vs, max_gap_um: float,
+                 min_bright: float) -> list:
+    """Join branches whose free ends face each other across a gap of at most `max_gap_um`
+    where the brightest path between the ends (:class:`skimage.graph.MCP_Geometric` through
+    ``brightness``, noise SDs) is nowhere dimmer than `min_bright`: a dendrite that runs dimmer
+    than the mask's threshold for a stretch. Ends face each other where both turn less than
+    about 45° towards the other (z counted at a third, for the PSF's elongation).
+
+    `branches` and the result are lists of (points in um, (first, last) node ids, length)."""
+    from skimage.graph import MCP_Geometric
+
+    vs = np.asarray(vs, float)
+    weight = np.array([1 / AXIAL_RATIO, 1.0, 1.0])
+
+    def tip(pts, at_start):  # the end point and its outward direction over about 2 um
+        q = pts if at_start else pts[::-1]
+        along = np.r_[0, np.cumsum(np.linalg.norm(np.diff(q, axis=0), axis=1))]
+        return q[0], q[0] - q[min(np.searchsorted(along, 2.0), len(q) - 1)]
+
+    branches = list(branches)
+    free = [(b, k == 0) for b, (_, ends, _) in enumerate(branches) for k, node in enumerate(ends)
+            if deg[node] == 1]
+    pairs = []
+    for m, (a, a_start) in enumerate(free):
+        pa, da = tip(branches[a][0], a_start)
+        for b, b_start in free[m + 1:]:
+            pb, db = tip(branches[b][0], b_start)
+            gap = pb - pa
+            dist = float(np.linalg.norm(gap))
+            if b == a or not 0 < dist <= max_gap_um:
+                continue
+            g, u, v = gap * weight, da * weight, db * weight
+            if (u @ g >= 0.7 * np.linalg.norm(u) * np.linalg.norm(g)
+                    and -(v @ g) >= 0.7 * np.linalg.norm(v) * np.linalg.norm(g)):
+                pairs.append((dist, (a, a_start), (b, b_start)))
+    where = {(b, s): (b, s) for b, s in free}  # a free end -> (branch now holding it, at start)
+    for _, end_a, end_b in sorted(pairs):
+        (a, a_start), (b, b_start) = where.get(end_a), where.get(end_b)
+        if a is None or b is None or a == b:
+            continue
+        pa, pb = tip(branches[a][0], a_start)[0], tip(branches[b][0], b_start)[0]
+        # the brightest route between the two ends, in a box 2 um wider than the gap
+        ia, ib = np.round(pa / vs).astype(int), np.round(pb / vs).astype(int)
+        margin = int(np.ceil(2.0 / vs[1]))
+        lo = np.r_[0, np.maximum(np.minimum(ia, ib)[1:] - margin, 0)]
+        img = brightness(*(slice(lo[k], max(ia[k], ib[k]) + margin + 1) for k in (1, 2)))
+        ia, ib = (tuple(np.clip(i - lo, 0, np.asarray(img.shape) - 1)) for i in (ia, ib))
+        mcp = MCP_Geometric(1 / (1 + np.clip(img, 0, None)), sampling=tuple(vs))
+        mcp.find_costs([ia], [ib])
+        route = np.asarray(mcp.traceback(ib))
+        if img[tuple(route.T)].min() < min_bright:
+            continue
+        pts_a, (a0, a1), len_a = branches[a]
+        pts_b, (b0, b1), len_b = branches[b]
+        head = pts_a[::-1] if a_start else pts_a  # ending at the gap
+        tail = pts_b if b_start else pts_b[::-1]  # starting at the gap
+        bridge = (route + lo) * vs
+        joined = np.vstack([head, bridge[1:-1], tail])
+        first, last = (a1 if a_start else a0), (b1 if b_start else b0)
+        keep_end = {(a, not a_start): True, (b, not b_start): False}  # far ends: at start?
+        branches[a] = (joined, (first, last), len_a + len_b + np.linalg.norm(
+            np.diff(bridge, axis=0), axis=1).sum())
+        branches[b] = None
+        for (c, s), holder in list(where.items()):
+            if holder in keep_end:
+                where[(c, s)] = (a, keep_end[holder])
+            elif holder is not None and holder[0] in (a, b):
+                where[(c, s)] = None
+    return [b for b in branches if b is not None]
 
 
 def _junction_chains(pts: list, ends: list, lengths, deg, radius) -> list:
@@ -847,8 +924,16 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
         order = np.argsort(flat)
         edt_at = _lookup(flat[order], np.concatenate([e for _, _, e in parts])[order], shape)
         del parts, flat, order
+    def brightness(ys, xs):
+        """The smoothed image in noise SDs, all slices, in working rows `ys` and columns `xs`."""
+        m = int(np.ceil(3 * p.dendrite_smoothing_um / vs[1]))
+        y0, x0 = max(ys.start - m, 0), max(xs.start - m, 0)
+        img = downsample_xy(raw[:, y0 * f:(ys.stop + m) * f, x0 * f:(xs.stop + m) * f], f)
+        sm = ndi.gaussian_filter(img, _sigma_vox(p.dendrite_smoothing_um, vs))
+        return ((sm - bg_s) / noise_s)[:, ys.start - y0:ys.stop - y0, xs.start - x0:xs.stop - x0]
+
     if traces is None:
-        paths, mask, chains = _trace_dendrites(mask, edt_at, vs, p)
+        paths, mask, chains = _trace_dendrites(mask, edt_at, vs, p, brightness, 0.5 * threshold)
         del edt_at  # a whole-field array the later stages do not need
     else:
         paths = [g[POSITION].to_numpy(float) - offset

@@ -41,6 +41,10 @@ class DetectionParams:
              "smoothed stack, which separates dendrites from dim neuropil (0 turns it off)")
     dendrite_smoothing_um: float = _p(0.4, "Gaussian smoothing before the dendrite mask")
     min_dendrite_length_um: float = _p(6.0, "shorter isolated skeletons are not dendrites")
+    max_gap_um: float = _p(
+        10.0, "two dendrite ends that face each other across a gap up to this long are joined "
+              "where a path at least half as bright as the dendrite mask's threshold runs "
+              "between them (a dendrite dimmer for a stretch; 0 turns it off)")
     max_spine_length_um: float = _p(
         3.5, "longest spine, shaft surface to head tip; also prunes skeleton side branches")
     max_dendrite_radius_um: float = _p(

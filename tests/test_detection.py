@@ -276,3 +276,39 @@ def test_pieces_between_split_junctions_join_a_neighbouring_dendrite():
     # a long branch between two junctions stays a dendrite of its own
     lengths[2] = lengths[5] = 3.0
     assert len(_junction_chains(pts, ends, lengths, deg, np.full(6, 0.5))) == 6
+
+
+def test_ends_facing_each_other_across_a_dim_stretch_are_joined():
+    """A dendrite that runs dimmer than the mask's threshold for a few micrometres is traced as
+    two pieces; they are one dendrite again where a bright enough path joins their ends."""
+    from spinecount.detection import _bridge_gaps
+
+    vs = (1.0, 0.25, 0.25)
+    field = np.zeros((5, 40, 200), np.float32)  # noise SDs: a dendrite along row 20, slice 2
+
+    def brightness(ys, xs):
+        return field[:, ys, xs]
+
+    def piece(x0, x1):
+        x = np.arange(x0, x1 + 1) * vs[2]
+        return np.column_stack([np.full(len(x), 2.0), np.full(len(x), 20 * vs[1]), x])
+
+    left, right = piece(10, 80), piece(100, 190)  # a gap of 20 voxels, 5 um
+    branches = [(left, (0, 1), 17.5), (right, (2, 3), 22.5)]
+    deg = np.ones(4, int)
+    field[2, 20, 10:191] = 30.0
+    field[2, 20, 81:100] = 12.0  # the dim stretch: above half of a threshold of 20
+    joined = _bridge_gaps(branches, deg, brightness, vs, 10.0, 10.0)
+    assert len(joined) == 1
+    pts, ends, _ = joined[0]
+    assert set(ends) == {0, 3}
+    assert np.linalg.norm(np.diff(pts, axis=0), axis=1).max() < 1  # continuous
+    assert pts[:, 2].min() == pytest.approx(10 * vs[2]) and pts[:, 2].max() == pytest.approx(
+        190 * vs[2])
+    # a gap that is too dim, too long, or ends that do not face each other: left alone
+    assert len(_bridge_gaps(branches, deg, brightness, vs, 10.0, 15.0)) == 2
+    assert len(_bridge_gaps(branches, deg, brightness, vs, 4.0, 10.0)) == 2
+    up = np.column_stack([np.full(40, 2.0), np.arange(40) * vs[1] * -1 + 19 * vs[1],
+                          np.full(40, 100 * vs[2])])  # starts at the gap, runs off sideways
+    assert len(_bridge_gaps([branches[0], (up, (2, 3), 10.0)], deg, brightness, vs, 10.0,
+                            10.0)) == 2
