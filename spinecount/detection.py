@@ -17,7 +17,9 @@ The method, in order (all distances in micrometres, converted with the stack's v
    dropped. Each remaining
    branch between junctions and tips is one dendrite (a branch between two junctions closer
    than the sum of the dendrite's diameters there, where the skeleton splits a crossing into
-   several junctions, is part of the dendrite it continues best); its length is measured along
+   several junctions, is part of the dendrite it continues best, and two ends that face each
+   other across a gap of up to ``max_gap_um`` are joined along the brightest route between them
+   where it is nowhere dimmer than half the mask's threshold); its length is measured along
    its centre line smoothed over ``length_smoothing_um``, with the true voxel size in each axis.
    Alternatively the caller gives the centre lines (``traces``).
 4. **Shaft model.** Every voxel near a dendrite is assigned to its nearest centre line point

@@ -62,7 +62,7 @@ TRACK_COLUMNS = ["session", "row", "spine_id", "track_id", "fate", "dendrite", *
 AUTOMATIC_TURNOVER_CAVEAT = (
     "formation and elimination from automatic detections come out too high: a spine found in "
     "one session and missed or wrongly found in the other counts as formed or lost (on the "
-    "real benchmark sessions 33 and 27 %, against 12 and 16 % from a human's annotation); "
+    "real benchmark sessions 32 and 26 %, against 12 and 16 % from a human's annotation); "
     "review the spines of every session (napari plugin) before reporting turnover")
 #: Default gate (um): registered heads further apart than this are different spines.
 GATE_UM = 2.0
