@@ -269,8 +269,7 @@ def _trace_dendrites(mask: np.ndarray, edt_at, vs, p: DetectionParams, brightnes
     """Centre lines (list of (n,3) um arrays), the mask without small pieces and which centre
     lines make up each dendrite (:func:`_junction_chains`), from the dendrite mask;
     ``edt_at(index)`` gives the distance to the mask's edge at voxels (n, 3), and
-    ``brightness(ys, xs)`` the smoothed image in noise SDs in a box of rows and columns (all
-    slices), where gaps are bridged by paths at least `min_bridge` bright (:func:`_bridge_gaps`)."""
+    ``brightness(box)`` the smoothed image in noise SDs in a box (slices), where gaps are bridged by paths at least `min_bridge` bright (:func:`_bridge_gaps`)."""
     from scipy import ndimage as ndi
     from skimage.morphology import skeletonize
     import skan
@@ -323,9 +322,10 @@ def _trace_dendrites(mask: np.ndarray, edt_at, vs, p: DetectionParams, brightnes
                 if total[i] >= p.min_dendrite_length_um and lengths[i] >= 2 * vs[1]]
     if brightness is not None and p.max_gap_um > 0:
         branches = _bridge_gaps(branches, deg, brightness, vs, p.max_gap_um, min_bridge)
+    nodes = np.unique([b[1] for b in branches]) if branches else np.zeros(0, int)
+    radius = dict(zip(nodes, edt_at(np.round(sk.coordinates[nodes]).astype(int))))
     chains = _junction_chains([b[0] for b in branches], [b[1] for b in branches],
-                              np.array([b[2] for b in branches]), deg,
-                              edt_at(np.round(sk.coordinates).astype(int)))
+                              np.array([b[2] for b in branches]), deg, radius)
     top = (np.asarray(mask.shape) - 1) * np.asarray(vs)
     for pts, (first, last), _ in branches:
         # A skeleton stops about one radius short of a free end: extend tips by their radius.
@@ -350,6 +350,7 @@ def _bridge_gaps(branches: list, deg, brightness, vs, max_gap_um: float,
     about 45° towards the other (z counted at a third, for the PSF's elongation).
 
     `branches` and the result are lists of (points in um, (first, last) node ids, length)."""
+    from scipy.spatial import cKDTree
     from skimage.graph import MCP_Geometric
 
     vs = np.asarray(vs, float)
@@ -363,30 +364,30 @@ def _bridge_gaps(branches: list, deg, brightness, vs, max_gap_um: float,
     branches = list(branches)
     free = [(b, k == 0) for b, (_, ends, _) in enumerate(branches) for k, node in enumerate(ends)
             if deg[node] == 1]
+    tips = [tip(branches[b][0], s) for b, s in free]
     pairs = []
-    for m, (a, a_start) in enumerate(free):
-        pa, da = tip(branches[a][0], a_start)
-        for b, b_start in free[m + 1:]:
-            pb, db = tip(branches[b][0], b_start)
-            gap = pb - pa
-            dist = float(np.linalg.norm(gap))
-            if b == a or not 0 < dist <= max_gap_um:
-                continue
-            g, u, v = gap * weight, da * weight, db * weight
-            if (u @ g >= 0.7 * np.linalg.norm(u) * np.linalg.norm(g)
-                    and -(v @ g) >= 0.7 * np.linalg.norm(v) * np.linalg.norm(g)):
-                pairs.append((dist, (a, a_start), (b, b_start)))
+    near = cKDTree(np.array([t[0] for t in tips]).reshape(-1, 3)).query_pairs(max_gap_um)
+    for m, n in sorted(near):
+        (pa, da), (pb, db) = tips[m], tips[n]
+        gap = pb - pa
+        dist = float(np.linalg.norm(gap))
+        if free[m][0] == free[n][0] or dist == 0:
+            continue
+        g, u, v = gap * weight, da * weight, db * weight
+        if (u @ g >= 0.7 * np.linalg.norm(u) * np.linalg.norm(g)
+                and -(v @ g) >= 0.7 * np.linalg.norm(v) * np.linalg.norm(g)):
+            pairs.append((dist, free[m], free[n]))
     where = {(b, s): (b, s) for b, s in free}  # a free end -> (branch now holding it, at start)
     for _, end_a, end_b in sorted(pairs):
         (a, a_start), (b, b_start) = where.get(end_a), where.get(end_b)
         if a is None or b is None or a == b:
             continue
         pa, pb = tip(branches[a][0], a_start)[0], tip(branches[b][0], b_start)[0]
-        # the brightest route between the two ends, in a box 2 um wider than the gap
+        # the brightest route between the two ends, in a box 2 um (z: 3 um) wider than the gap
         ia, ib = np.round(pa / vs).astype(int), np.round(pb / vs).astype(int)
-        margin = int(np.ceil(2.0 / vs[1]))
-        lo = np.r_[0, np.maximum(np.minimum(ia, ib)[1:] - margin, 0)]
-        img = brightness(*(slice(lo[k], max(ia[k], ib[k]) + margin + 1) for k in (1, 2)))
+        margin = np.ceil(np.array([3.0, 2.0, 2.0]) / vs).astype(int)
+        lo = np.maximum(np.minimum(ia, ib) - margin, 0)
+        img = brightness(tuple(slice(lo[k], max(ia[k], ib[k]) + margin[k] + 1) for k in range(3)))
         ia, ib = (tuple(np.clip(i - lo, 0, np.asarray(img.shape) - 1)) for i in (ia, ib))
         mcp = MCP_Geometric(1 / (1 + np.clip(img, 0, None)), sampling=tuple(vs))
         mcp.find_costs([ia], [ib])
@@ -926,13 +927,15 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
         order = np.argsort(flat)
         edt_at = _lookup(flat[order], np.concatenate([e for _, _, e in parts])[order], shape)
         del parts, flat, order
-    def brightness(ys, xs):
-        """The smoothed image in noise SDs, all slices, in working rows `ys` and columns `xs`."""
-        m = int(np.ceil(3 * p.dendrite_smoothing_um / vs[1]))
-        y0, x0 = max(ys.start - m, 0), max(xs.start - m, 0)
-        img = downsample_xy(raw[:, y0 * f:(ys.stop + m) * f, x0 * f:(xs.stop + m) * f], f)
+    def brightness(box):
+        """The smoothed image in noise SDs in a box (slices of working voxels)."""
+        m = np.ceil(3 * p.dendrite_smoothing_um / np.asarray(vs)).astype(int)
+        lo = [max(b.start - k, 0) for b, k in zip(box, m)]
+        hi = [b.stop + k for b, k in zip(box, m)]
+        img = downsample_xy(raw[lo[0]:hi[0], lo[1] * f:hi[1] * f, lo[2] * f:hi[2] * f], f)
         sm = ndi.gaussian_filter(img, _sigma_vox(p.dendrite_smoothing_um, vs))
-        return ((sm - bg_s) / noise_s)[:, ys.start - y0:ys.stop - y0, xs.start - x0:xs.stop - x0]
+        z = (sm - bg_s[lo[0]:hi[0]]) / noise_s[lo[0]:hi[0]]
+        return z[tuple(slice(b.start - a, b.stop - a) for b, a in zip(box, lo))]
 
     if traces is None:
         paths, mask, chains = _trace_dendrites(mask, edt_at, vs, p, brightness, 0.5 * threshold)

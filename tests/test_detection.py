@@ -286,8 +286,8 @@ def test_ends_facing_each_other_across_a_dim_stretch_are_joined():
     vs = (1.0, 0.25, 0.25)
     field = np.zeros((5, 40, 200), np.float32)  # noise SDs: a dendrite along row 20, slice 2
 
-    def brightness(ys, xs):
-        return field[:, ys, xs]
+    def brightness(box):
+        return field[box]
 
     def piece(x0, x1):
         x = np.arange(x0, x1 + 1) * vs[2]
