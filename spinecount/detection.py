@@ -379,9 +379,9 @@ def _bridge_gaps(branches: list, deg, brightness, vs, max_gap_um: float,
             pairs.append((dist, free[m], free[n]))
     where = {(b, s): (b, s) for b, s in free}  # a free end -> (branch now holding it, at start)
     for _, end_a, end_b in sorted(pairs):
-        (a, a_start), (b, b_start) = where.get(end_a), where.get(end_b)
-        if a is None or b is None or a == b:
-            continue
+        if where[end_a] is None or where[end_b] is None or where[end_a][0] == where[end_b][0]:
+            continue  # an end already joined, or both ends now of one branch
+        (a, a_start), (b, b_start) = where[end_a], where[end_b]
         pa, pb = tip(branches[a][0], a_start)[0], tip(branches[b][0], b_start)[0]
         # the brightest route between the two ends, in a box 2 um (z: 3 um) wider than the gap
         ia, ib = np.round(pa / vs).astype(int), np.round(pb / vs).astype(int)

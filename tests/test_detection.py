@@ -305,6 +305,20 @@ def test_ends_facing_each_other_across_a_dim_stretch_are_joined():
     assert np.linalg.norm(np.diff(pts, axis=0), axis=1).max() < 1  # continuous
     assert pts[:, 2].min() == pytest.approx(10 * vs[2]) and pts[:, 2].max() == pytest.approx(
         190 * vs[2])
+    # three pieces in a row, the middle one stored backwards: one dendrite
+    pieces = [(piece(10, 80), (0, 1), 17.5), (piece(100, 140)[::-1], (3, 2), 10.0),
+              (piece(160, 190), (4, 5), 7.5)]
+    field[2, 20, 141:160] = 12.0
+    joined = _bridge_gaps(pieces, np.ones(6, int), brightness, vs, 10.0, 10.0)
+    assert len(joined) == 1 and set(joined[0][1]) == {0, 5}
+    assert np.linalg.norm(np.diff(joined[0][0], axis=0), axis=1).max() < 1
+    # an end faced by two others: joined to the nearer only
+    other = piece(102, 190) + [0, 1.0, 0]  # 1 um to the side, starting further off
+    field[2, 24, 85:191] = 30.0
+    field[2, 20:25, 80:103] = np.maximum(field[2, 20:25, 80:103], 12.0)
+    joined = _bridge_gaps([branches[0], branches[1], (other, (4, 5), 22.0)], np.ones(6, int),
+                          brightness, vs, 10.0, 10.0)
+    assert len(joined) == 2 and {0, 3} in [set(e) for _, e, _ in joined]
     # a gap that is too dim, too long, or ends that do not face each other: left alone
     assert len(_bridge_gaps(branches, deg, brightness, vs, 10.0, 15.0)) == 2
     assert len(_bridge_gaps(branches, deg, brightness, vs, 4.0, 10.0)) == 2
