@@ -39,10 +39,11 @@ The method, in order (all distances in micrometres, converted with the stack's v
    more than ``far_spine_um`` from the shaft surface need ``far_contrast_per_um`` more SDs per
    um beyond it), lie within ``max_spine_length_um`` of the shaft surface and within
    ``max_axial_offset_um`` above or below the centre line, are at least
-   ``min_spine_separation_um`` apart, protrude (at least ``min_protrusion_fraction`` of the brightness at the head is in excess of the shaft model: a
-   local bulge of the shaft is not a spine, unless it is compact along the dendrite, its
-   residual ``BULGE_UM`` either way along it below ``BULGE_FRACTION`` of its peak, as a stubby
-   spine is), and do not lie on the neck of a spine further out.
+   ``min_spine_separation_um`` apart, protrude (at least ``min_protrusion_fraction`` of the
+   brightness at the head is in excess of the shaft model: a local bulge of the shaft is not a
+   spine, unless it is compact along the dendrite, its residual ``BULGE_UM`` either way along it
+   below ``BULGE_FRACTION`` of its peak, as a stubby spine is), and do not lie on the neck of a
+   spine further out.
    Each is attached to its nearest dendrite, its base placed on the shaft surface (at the
    shaft model's half-maximum radius) towards the head, and measured: head and neck diameters
    from brightness (below), total length from the surface to the tip (where the residual
@@ -269,7 +270,8 @@ def _trace_dendrites(mask: np.ndarray, edt_at, vs, p: DetectionParams, brightnes
     """Centre lines (list of (n,3) um arrays), the mask without small pieces and which centre
     lines make up each dendrite (:func:`_junction_chains`), from the dendrite mask;
     ``edt_at(index)`` gives the distance to the mask's edge at voxels (n, 3), and
-    ``brightness(box)`` the smoothed image in noise SDs in a box (slices), where gaps are bridged by paths at least `min_bridge` bright (:func:`_bridge_gaps`)."""
+    ``brightness(box)`` the smoothed image in noise SDs in a box (slices), where gaps are
+    bridged by paths at least `min_bridge` bright (:func:`_bridge_gaps`)."""
     from scipy import ndimage as ndi
     from skimage.morphology import skeletonize
     import skan
@@ -365,6 +367,7 @@ def _bridge_gaps(branches: list, deg, brightness, vs, max_gap_um: float,
     free = [(b, k == 0) for b, (_, ends, _) in enumerate(branches) for k, node in enumerate(ends)
             if deg[node] == 1]
     tips = [tip(branches[b][0], s) for b, s in free]
+    point = {end: t[0] for end, t in zip(free, tips)}  # joining moves no end
     pairs = []
     near = cKDTree(np.array([t[0] for t in tips]).reshape(-1, 3)).query_pairs(max_gap_um)
     for m, n in sorted(near):
@@ -382,7 +385,7 @@ def _bridge_gaps(branches: list, deg, brightness, vs, max_gap_um: float,
         if where[end_a] is None or where[end_b] is None or where[end_a][0] == where[end_b][0]:
             continue  # an end already joined, or both ends now of one branch
         (a, a_start), (b, b_start) = where[end_a], where[end_b]
-        pa, pb = tip(branches[a][0], a_start)[0], tip(branches[b][0], b_start)[0]
+        pa, pb = point[end_a], point[end_b]
         # the brightest route between the two ends, in a box 2 um (z: 3 um) wider than the gap
         ia, ib = np.round(pa / vs).astype(int), np.round(pb / vs).astype(int)
         margin = np.ceil(np.array([3.0, 2.0, 2.0]) / vs).astype(int)
@@ -927,6 +930,7 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
         order = np.argsort(flat)
         edt_at = _lookup(flat[order], np.concatenate([e for _, _, e in parts])[order], shape)
         del parts, flat, order
+
     def brightness(box):
         """The smoothed image in noise SDs in a box (slices of working voxels)."""
         m = np.ceil(3 * p.dendrite_smoothing_um / np.asarray(vs)).astype(int)
@@ -1125,7 +1129,7 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
     for c, (drawn, members) in enumerate(chains):
         line = np.vstack([smooth_paths[k][::-1] if rev else smooth_paths[k] for k, rev in drawn])
         lines.append(line)
-        out_ids.append(int(ids[c]) if traces is not None else c)
+        out_ids.append(int(ids[c]))  # automatic: ids[c] == c
         owner[members] = out_ids[-1]
         length = [polyline_length(smooth_paths[k]) for k, _ in drawn]
         diam[out_ids[-1]] = 2 * float(np.average(radius[[k for k, _ in drawn]],
