@@ -7,13 +7,16 @@ Prints:
    persistent pairs linked correctly (goal >= 95%), wrong links, and spines wrongly called
    formed or lost; the registration residual of persistent spines.
 2. rr30a, the detector's own spines (inside the tube around the annotated backbones, 4 um
-   laterally, 5 um axially) linked across the sessions: formation and elimination rates against
-   the annotated rates (goal: within 5 percentage points).
+   laterally, 5 um axially) linked across the sessions, with the detector's candidates (as
+   spinecount links automatic results) and without: formation and elimination rates against
+   the annotated rates (goal: within 5 percentage points), and what the spines called formed
+   or lost are by the annotation.
 3. Synthetic time-lapses (3 sessions, planted formation and elimination) linked from their true
-   positions (goal: rates within 3 percentage points) and from the detector's spines.
+   positions (goal: rates within 3 percentage points) and from the detector's spines (with and
+   without its candidates).
 
     python benchmarks/timelapse.py [--data ../shared/data/rr30a] [--sessions 0 1 ...]
-                                   [--out /tmp/spinecount-tl]
+                                   [--out /tmp/spinecount-tl] [--seeds 3]
 
 The real sessions are, by default, every annotated session in the data folder, linked in order
 and reported per interval.
@@ -69,13 +72,13 @@ def annotated(data: Path, sessions, regs):
 
 def detected(data: Path, sessions, stacks, regs, out: Path, true_rates):
     from spinecount.detection import detect
-    from spinecount.evaluate import in_tube
+    from spinecount.evaluate import evaluate, in_tube
     from spinecount.results import write_result
-    from spinecount.review import load_result
-    from spinecount.tables import POSITION, read_centerlines
+    from spinecount.review import load_candidates, load_result
+    from spinecount.tables import POSITION, read_centerlines, read_spines
     from spinecount.timelapse import link, turnover
 
-    tables, cls, tubes = [], [], []
+    tables, cands, cls, tubes = [], [], [], []
     for s, stack in zip(sessions, stacks):
         folder = out / f"rr30a_s{s}"  # written for inspection, detected afresh every run
         t = time.perf_counter()
@@ -83,27 +86,52 @@ def detected(data: Path, sessions, stacks, regs, out: Path, true_rates):
         print(f"   (detected session {s} in {time.perf_counter() - t:.0f} s)")
         spines, _, cl, _ = load_result(folder)
         tables.append(spines)
+        cands.append(load_candidates(folder))
         cls.append(cl)
         tubes.append(read_centerlines(data / f"rr30a_s{s}_backbone.csv"))
-    tr = link(tables, registrations=regs, centerlines=cls)
-    inside = np.zeros(len(tr), bool)
-    for i, tube in enumerate(tubes):
-        m = (tr.session == i).to_numpy()
-        inside[m] = in_tube(tr.loc[m, POSITION].to_numpy(float), tube, lateral_radius=4.0,
-                            axial_radius=5.0)
-    # a track counts when it is inside the tube in the session(s) it was seen in
-    keep = pd.Series(inside).groupby(tr["track_id"]).transform("all").to_numpy()
-    rows = turnover(tr[keep]).query("dendrite == 'all'").reset_index(drop=True)
+    annotated = [read_spines(data / f"rr30a_s{s}_spines.csv") for s in sessions]
     print("2. rr30a detector's spines inside the annotated tube (goal: within 5 pp)")
-    for (fo, el), (_, r) in zip(true_rates, rows.iterrows()):
-        f, e = r["formation"], r["elimination"]
-        print(f"   session {sessions[r['session_from']]} -> {sessions[r['session_to']]}: "
-              f"formation {f:.1%} (annotated {fo:.1%}, error {100 * (f - fo):+.1f} pp), "
-              f"elimination {e:.1%} (annotated {el:.1%}, error {100 * (e - el):+.1f} pp); "
-              f"{r['n_from']} detected spines at the earlier session")
+    for label, c in (("with its candidates", cands), ("spines alone", None)):
+        tr = link(tables, registrations=regs, centerlines=cls, candidates=c)
+        inside = np.zeros(len(tr), bool)
+        for i, tube in enumerate(tubes):
+            m = (tr.session == i).to_numpy()
+            inside[m] = in_tube(tr.loc[m, POSITION].to_numpy(float), tube,
+                                lateral_radius=4.0, axial_radius=5.0)
+        # a track counts when it is inside the tube in the session(s) it was seen in
+        tr = tr[pd.Series(inside).groupby(tr["track_id"]).transform("all").to_numpy()]
+        # the annotated spine each tracked spine is (-1: none), compared at the distal edge
+        tr = tr.assign(spine=-1)
+        for i in range(len(sessions)):
+            m = tr.session == i
+            own = pd.concat([tables[i], cands[i]], ignore_index=True).iloc[tr.loc[m, "row"]]
+            hit = evaluate(own, annotated[i], pred_point="distal_edge").matched.query(
+                "status == 'tp'")
+            ids = np.full(m.sum(), -1)
+            ids[hit["pred_index"]] = annotated[i]["spine_id"].to_numpy()[hit["gt_index"]]
+            tr.loc[m, "spine"] = ids
+        rows = turnover(tr).query("dendrite == 'all'").reset_index(drop=True)
+        for (fo, el), (_, r) in zip(true_rates, rows.iterrows()):
+            a, b = (tr[tr.session == r[k]] for k in ("session_from", "session_to"))
+            f, e = r["formation"], r["elimination"]
+            print(f"   {label}, session {sessions[r['session_from']]} -> "
+                  f"{sessions[r['session_to']]}: formation {f:.1%} (annotated {fo:.1%}, error "
+                  f"{100 * (f - fo):+.1f} pp), elimination {e:.1%} (annotated {el:.1%}, error "
+                  f"{100 * (e - el):+.1f} pp); {r['n_from']} spines at the earlier session "
+                  f"({a['rescued'].sum()} of them candidates)")
+            for what, x, y, other in (("formed", b, a, annotated[r["session_from"]]),
+                                      ("lost", a, b, annotated[r["session_to"]])):
+                called = x[~x.track_id.isin(y.track_id)]
+                kinds = np.select(
+                    [called.spine < 0, ~called.spine.isin(other.spine_id),
+                     called.spine.isin(y.spine)],
+                    ["not annotated", "truly " + what, "annotated in both, not linked"],
+                    "annotated in both, missed in the other")
+                print(f"      called {what}: {len(called)} = " + ", ".join(
+                    f"{n} {k}" for k, n in pd.Series(kinds).value_counts().items()))
 
 
-def synthetic(seeds=(0, 1, 2)):
+def synthetic(seeds):
     from spinecount.detection import detect
     from spinecount.registration import register_sessions
     from spinecount.synthetic import make_timelapse
@@ -111,6 +139,7 @@ def synthetic(seeds=(0, 1, 2)):
 
     print("3. synthetic time-lapses, 3 sessions, 16 x 60 x 60 um, planted formation 15% and "
           "elimination 20% per interval")
+    largest = {}
     for seed in seeds:
         tl = make_timelapse(n_sessions=3, formation=0.15, elimination=0.2,
                             shape_um=(16, 60, 60), n_dendrites=3, seed=seed)
@@ -118,10 +147,16 @@ def synthetic(seeds=(0, 1, 2)):
         regs = register_sessions(stacks)
         err = max(np.abs(r.shift_um + sh).max() for r, sh in zip(regs, tl.shifts_um))
         truth = [s.spines.drop(columns=["track_id"]) for s in tl.sessions]
-        for name, tables, cls in (
-                ("true positions", truth, [s.centerlines for s in tl.sessions]),
-                ("detected", *zip(*[(d.spines, d.centerlines) for d in map(detect, stacks)]))):
-            tr = link(list(tables), registrations=regs, centerlines=list(cls))
+        dets = [detect(s) for s in stacks]
+        cases = (
+                ("true positions", truth, [s.centerlines for s in tl.sessions], None),
+                ("detected with candidates", *([d.spines for d in dets],
+                                               [d.centerlines for d in dets],
+                                               [d.candidates for d in dets])),
+                ("detected alone", [d.spines for d in dets], [d.centerlines for d in dets],
+                 None))
+        for name, tables, cls, cands in cases:
+            tr = link(tables, registrations=regs, centerlines=cls, candidates=cands)
             got = turnover(tr).query("dendrite == 'all'").reset_index(drop=True)
             dif = [100 * (got.loc[i, k] - tl.planted.loc[i, k])
                    for i in range(len(got)) for k in ("formation", "elimination")]
@@ -131,6 +166,9 @@ def synthetic(seeds=(0, 1, 2)):
                   f"{', '.join(f'{v:.1%}' for v in got['elimination'])} (planted "
                   f"{', '.join(f'{v:.1%}' for v in tl.planted['elimination'])}); largest error "
                   f"{max(np.abs(dif)):.1f} pp; registration error {err:.2f} um")
+            largest.setdefault(name, []).append(max(np.abs(dif)))
+    print("   mean largest error over the seeds: " + ", ".join(
+        f"{name} {np.mean(v):.1f} pp" for name, v in largest.items()))
 
 
 def main():
@@ -141,6 +179,7 @@ def main():
                     help="session numbers N, in order (default: every annotated session in "
                          "--data)")
     ap.add_argument("--no-real", action="store_true")
+    ap.add_argument("--seeds", type=int, default=3, help="synthetic time-lapses")
     a = ap.parse_args()
     data = Path(a.data)
     if not a.no_real:
@@ -157,7 +196,7 @@ def main():
         print(f"(registration {time.perf_counter() - t:.1f} s)")
         true_rates = annotated(data, sessions, regs)
         detected(data, sessions, stacks, regs, Path(a.out), true_rates)
-    synthetic()
+    synthetic(range(a.seeds))
 
 
 if __name__ == "__main__":

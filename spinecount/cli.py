@@ -45,7 +45,7 @@ def _cmd_track(args) -> int:
 
     from .errors import InputError
     from .io import read_stack
-    from .results import CENTERLINES_FILE, input_info
+    from .results import CANDIDATES_FILE, CENTERLINES_FILE, input_info
     from .tables import read_centerlines, read_spines
     from .timelapse import (AUTOMATIC_TURNOVER_CAVEAT, prefer_reviewed, spines_source, track,
                             write_tracks)
@@ -63,16 +63,20 @@ def _cmd_track(args) -> int:
     else:  # a result folder's spines come with its centre lines
         beside = [Path(path).with_name(CENTERLINES_FILE) for path in args.spines]
         cls = [read_centerlines(c) for c in beside] if all(c.exists() for c in beside) else None
+    # a result folder's automatic spines come with the detector's candidates
+    cands = [Path(path).with_name(CANDIDATES_FILE) for path in args.spines]
+    cands = None if args.no_rescue else [read_spines(c) if c.exists() else None for c in cands]
     stacks = [read_stack(f, channel=args.channel, voxel_size=args.voxel_size)
               for f in args.stacks] if args.stacks else None
     # annotation tables (MapManager) name the same dendrite by the same segment_id
     auto, regs = track(tables, stacks=stacks, centerlines=cls, gate_um=args.gate,
-                       same_dendrite_ids=all(segments))
+                       same_dendrite_ids=all(segments), candidates=cands)
     tracks, source = prefer_reviewed(auto, args.output)
     sources = [spines_source(t) for t in tables]
     info = {"command": "track", "spines": [str(Path(f).resolve()) for f in args.spines],
             "spines_sources": sources, "links": source,
-            "gate_um": args.gate, "centerlines": "given" if args.centerlines else (
+            "gate_um": args.gate, "rescued": int(auto["rescued"].sum()),
+            "centerlines": "given" if args.centerlines else (
                 "beside the spine tables" if cls else "none"),
             "inputs": [{**input_info(s), "voxel_size_um": s.voxel_size}
                        for s in stacks] if stacks else [],
@@ -305,6 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "each table, when all have one)")
     p.add_argument("--gate", type=float, default=2.0,
                    help="largest distance (um) between a spine's registered positions")
+    p.add_argument("--no-rescue", action="store_true",
+                   help="do not look among the detector's candidates (candidates.csv beside "
+                        "an automatic table) for spines missed in one session")
     p.add_argument("--channel", type=int, help="channel of multi-channel stacks")
     _voxel_arg(p)
     p.add_argument("-o", "--output", required=True, help="output folder (tracks.csv ...)")

@@ -132,6 +132,12 @@ class Detection:
         Dendrite mask at working resolution (when asked for with ``return_mask=True``).
     timings : dict
         Seconds per stage.
+    candidates : DataFrame
+        Peaks that pass looser tests only (``candidate_threshold``,
+        ``candidate_protrusion_fraction``) or score under ``min_score``, measured like the
+        spines (their own ``spine_id``). Not counted; time-lapse linking looks among them for a
+        spine that was found in the session before or after
+        (:func:`spinecount.timelapse.link`).
     """
 
     spines: pd.DataFrame
@@ -140,6 +146,7 @@ class Detection:
     paths: list = field(default_factory=list)
     mask: np.ndarray | None = None
     timings: dict = field(default_factory=dict)
+    candidates: pd.DataFrame = field(default_factory=empty_spines)
 
 
 _warm_lock = threading.Lock()
@@ -1084,14 +1091,16 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
     t = lap("shaft model", t)
     yield "shaft model"
 
-    # 3. spines: peaks of the smoothed residual, measured where they are
+    # 3. spines: peaks of the smoothed residual, measured where they are; those that pass the
+    # looser tests only are the candidates (the stronger peaks win the same as without them)
     tree = cKDTree(pts.xyz)
+    low = min(p.spine_threshold, p.candidate_threshold)
 
     def peaks(tile):
         rs, ms = residual(tile)
         region = cells(tile)[0]
         rz = rs / np.interp(ms, centres, spread).astype(np.float32)
-        found = (rz == ndi.maximum_filter(rz, size=3)) & (rz > p.spine_threshold) & region
+        found = (rz == ndi.maximum_filter(rz, size=3)) & (rz > low) & region
         local = np.argwhere(found[tile.inner]) + np.array([0, tile.inner[1].start,
                                                             tile.inner[2].start])
         rows = [_measure(li, li + tile.origin, rz, rs, ms, tree, pts, shafts, vs, p)
@@ -1104,12 +1113,14 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
     rows_all = [r for a in parts for r in a[2]]
     kept_order = _suppress(pk, np.concatenate([a[1] for a in parts]), vs,
                            p.min_spine_separation_um, shape)
-    rows = _drop_necks([rows_all[i] for i in kept_order if rows_all[i] is not None],
-                       p.min_spine_separation_um)
+    kept = [rows_all[i] for i in kept_order if rows_all[i] is not None]
+    rows = _drop_necks([r for r in kept if not r["_candidate"]], p.min_spine_separation_um)
+    rows += [r for r in _drop_necks(kept, p.min_spine_separation_um) if r["_candidate"]]
     del parts
     t = lap("spines", t)
     yield "spines"
     spines = pd.DataFrame(rows).drop(columns="_inner", errors="ignore")
+    candidates = empty_spines()
     if len(spines):
         _sizes(spines, shafts, vs, p)
         spines[POSITION] += offset
@@ -1117,11 +1128,11 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
         # 0.5 at the spine's detection threshold, rising towards 1 with the contrast above it
         above = spines["contrast"] - spines.pop("_threshold")
         spines["score"] = (0.5 + 0.5 * (1 - np.exp(-above / p.spine_threshold))).clip(0, 1)
-        spines = spines[spines["score"] >= p.min_score].reset_index(drop=True)
         spines["type"] = classify_spine(spines["head_diameter_um"], spines["neck_diameter_um"],
                                         spines["length_um"])
-        spines["spine_id"] = np.arange(len(spines))
-        spines = conform_spines(spines)
+        weak = spines.pop("_candidate").to_numpy(bool) | (spines["score"] < p.min_score)
+        spines, candidates = (conform_spines(part.reset_index(drop=True).assign(
+            spine_id=np.arange(len(part)))) for part in (spines[~weak], spines[weak]))
     else:
         spines = empty_spines()
     # the branches of one dendrite (pieces at junctions) joined: spines as they were found
@@ -1134,11 +1145,13 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
         length = [polyline_length(smooth_paths[k]) for k, _ in drawn]
         diam[out_ids[-1]] = 2 * float(np.average(radius[[k for k, _ in drawn]],
                                                  weights=np.maximum(length, 1e-9)))
-    if traces is None and len(spines):
-        spines["dendrite_id"] = owner[spines["dendrite_id"].to_numpy()]
+    if traces is None:
+        for table in (spines, candidates):
+            table["dendrite_id"] = owner[table["dendrite_id"].to_numpy(int)]
     centerlines = _centerline_table(out_ids, lines, offset)
     dendrites = dendrite_table(centerlines, spines, diam, smooth_um=0)
-    return Detection(spines, dendrites, centerlines, [q + offset for q in lines], mask, timings)
+    return Detection(spines, dendrites, centerlines, [q + offset for q in lines], mask, timings,
+                     candidates)
 
 
 def _centerline_table(ids, lines, offset) -> pd.DataFrame:
@@ -1241,9 +1254,11 @@ def _measure(li, gi, rz, rs, ms, tree, pts: _Points, shafts: _Shafts, vs,
         return None
     surface = max(dc - shafts.radius[k], 0.0)
     # heads far out need more contrast: most peaks there are not spines
-    threshold = p.spine_threshold + p.far_contrast_per_um * max(surface - p.far_spine_um, 0.0)
-    if rz[zi, yi, xi] < threshold:
+    far = p.far_contrast_per_um * max(surface - p.far_spine_um, 0.0)
+    threshold = p.spine_threshold + far
+    if rz[zi, yi, xi] < min(threshold, p.candidate_threshold + far):
         return None
+    candidate = rz[zi, yi, xi] < threshold
     origin = gi - li
 
     def smoothed_at(points):
@@ -1253,11 +1268,14 @@ def _measure(li, gi, rz, rs, ms, tree, pts: _Points, shafts: _Shafts, vs,
 
     peak = rs[zi, yi, xi]
     cpt = pts.xyz[ni]
-    if peak < p.min_protrusion_fraction * (peak + ms[zi, yi, xi]):
+    fraction = peak / max(peak + ms[zi, yi, xi], 1e-12)
+    if fraction < p.min_protrusion_fraction:
         # a bulge of the shaft itself, not a protrusion from it, unless compact along it
         along = smoothed_at(hp[None] + np.outer([-BULGE_UM, BULGE_UM], pts.tan[ni]))
         if along.max() > BULGE_FRACTION * peak:
-            return None
+            if fraction < p.candidate_protrusion_fraction:
+                return None
+            candidate = True
     direction = (hp - cpt) / max(dc, 1e-9)
     base = cpt + min(shafts.radius[k], dc) * direction
 
@@ -1284,5 +1302,5 @@ def _measure(li, gi, rz, rs, ms, tree, pts: _Points, shafts: _Shafts, vs,
         "contrast": float(rz[zi, yi, xi]), "_threshold": threshold,
         # for _drop_necks and _sizes, then dropped
         "_inner": cpt + shafts.edge[k] * direction, "_k": k, "_head": float(peak),
-        "_neck": neck, "_tip": float(tip),
+        "_neck": neck, "_tip": float(tip), "_candidate": bool(candidate),
     }

@@ -98,7 +98,7 @@ def _field_tracks(name: str, ts: list[dict], folder: Path) -> tuple[pd.DataFrame
     from .io import read_stack
     from .registration import Registration, register_sessions
     from .results import RUN_FILE
-    from .review import load_result
+    from .review import load_candidates, load_result
     from .timelapse import link, prefer_reviewed, write_tracks
 
     results = [load_result(t["folder"]) for t in ts]
@@ -114,7 +114,8 @@ def _field_tracks(name: str, ts: list[dict], folder: Path) -> tuple[pd.DataFrame
                   for t in ts]
         regs = register_sessions(stacks)
     tables = [r[0] for r in results]
-    auto = link(tables, registrations=regs, centerlines=[r[2] for r in results])
+    auto = link(tables, registrations=regs, centerlines=[r[2] for r in results],
+                candidates=[load_candidates(t["folder"]) for t in ts])
     tracks, source = prefer_reviewed(auto, folder)
     write_tracks(folder, auto, regs, {
         "field": name, "stacks": [t["stack"] for t in ts], "sha256": hashes,

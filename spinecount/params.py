@@ -66,6 +66,11 @@ class DetectionParams:
         0.4, "at a spine head at least this fraction of the brightness must be in excess of the "
              "shaft (rejects bulges of the shaft itself)")
     min_spine_separation_um: float = _p(0.7, "two spine heads closer than this are one")
+    candidate_threshold: float = _p(
+        3.0, "peaks down to this contrast (noise SDs) are kept as candidates, not counted: "
+             "time-lapse linking looks among them for a spine seen in the session before or after")
+    candidate_protrusion_fraction: float = _p(
+        0.2, "likewise, candidates need only this protrusion fraction")
     min_score: float = _p(0.5, "spines with a lower confidence score are dropped")
     psf_fwhm_um: float = _p(
         0.45, "lateral resolution (FWHM): the blur through which head and neck diameters are "

@@ -15,6 +15,9 @@ from ._version import __version__
 SPINES_FILE = "spines.csv"
 DENDRITES_FILE = "dendrites.csv"
 CENTERLINES_FILE = "centerlines.csv"
+#: Peaks below the detection threshold (``Detection.candidates``): not counted; time-lapse
+#: linking looks among them for spines missed in one session.
+CANDIDATES_FILE = "candidates.csv"
 RUN_FILE = "run.json"
 #: The reviewed (corrected) spine table written by the napari plugin, beside the automatic one.
 REVIEWED_SPINES_FILE = "spines_reviewed.csv"
@@ -65,7 +68,8 @@ def detection_info(stack, det, params, *, wall_time_s: float, command: str,
 
 
 def write_result(outdir, detection, run_info: dict) -> dict[str, Path]:
-    """Write spines.csv, dendrites.csv, centerlines.csv and run.json into `outdir`.
+    """Write spines.csv, dendrites.csv, centerlines.csv, candidates.csv and run.json into
+    `outdir`.
 
     The files are first written to a temporary folder beside `outdir` and only then moved into
     place, so an error part-way leaves an earlier result untouched.
@@ -77,10 +81,11 @@ def write_result(outdir, detection, run_info: dict) -> dict[str, Path]:
         detection.spines.to_csv(tmp / SPINES_FILE, index=False)
         detection.dendrites.to_csv(tmp / DENDRITES_FILE, index=False)
         detection.centerlines.to_csv(tmp / CENTERLINES_FILE, index=False)
+        detection.candidates.to_csv(tmp / CANDIDATES_FILE, index=False)
         (tmp / RUN_FILE).write_text(json.dumps(run_info, indent=2, default=str))
         outdir.mkdir(exist_ok=True)
         paths = {}
-        for name in (SPINES_FILE, DENDRITES_FILE, CENTERLINES_FILE, RUN_FILE):
+        for name in (SPINES_FILE, DENDRITES_FILE, CENTERLINES_FILE, CANDIDATES_FILE, RUN_FILE):
             os.replace(tmp / name, outdir / name)
             paths[name] = outdir / name
         return paths

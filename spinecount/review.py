@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .results import (CENTERLINES_FILE, DENDRITES_FILE, REVIEWED_SPINES_FILE, RUN_FILE,
-                      SPINES_FILE)
+from .results import (CANDIDATES_FILE, CENTERLINES_FILE, DENDRITES_FILE, REVIEWED_SPINES_FILE,
+                      RUN_FILE, SPINES_FILE)
 from .tables import (BASE, POSITION, SPINE_TYPES, conform_spines, dendrite_table,
                      read_centerlines, read_spines)
 
@@ -93,6 +93,15 @@ def load_result(result_dir) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, s
     spines, source = _spines(d, centerlines)
     spines = counted(spines)
     return spines, _dendrites(centerlines, spines, auto), centerlines, source
+
+
+def load_candidates(result_dir) -> pd.DataFrame | None:
+    """The detector's candidates of a result folder (``candidates.csv``), or None where its
+    spines were reviewed (the reviewer decided what is there) or it has none."""
+    d = Path(result_dir)
+    if (d / REVIEWED_SPINES_FILE).exists() or not (d / CANDIDATES_FILE).exists():
+        return None
+    return read_spines(d / CANDIDATES_FILE)
 
 
 def _spines(folder: Path, centerlines: pd.DataFrame) -> tuple[pd.DataFrame, str]:

@@ -13,7 +13,15 @@ gives every spine a persistent ``track_id``:
    resolution and the z of a click are poor); pairs further apart than the gate (``gate_um``)
    are never linked
    (nor, with ``same_dendrite_only``, spines on dendrites that do not match);
-4. a spine without a partner in the session before starts a new track.
+4. with the detector's candidates (peaks that fell short of a spine's tests,
+   :attr:`spinecount.detection.Detection.candidates`), a spine without a partner in the next
+   session is matched one to one to that session's candidates, and a spine without a partner
+   in the session before to that session's candidates, within the distance that 95 % of the
+   spines linked across the interval lie within (``RESCUE_PERCENTILE``; only where at least
+   ``RESCUE_MIN_LINKS`` were linked): a spine found on one day and missed on the next by a
+   narrow margin is the same spine, not one lost and one formed. A candidate so found counts
+   as a spine of its session (``rescued`` in the tracks);
+5. a spine without a partner in the session before starts a new track.
 
 Fates of a track (a spine's whole history):
 
@@ -57,13 +65,14 @@ REVIEWED_TRACKS_FILE = "tracks_reviewed.csv"
 #: A spine's head registered onto the first session's frame.
 REF_POSITION = [f"ref_{c}" for c in POSITION]
 TRACK_COLUMNS = ["session", "row", "spine_id", "track_id", "fate", "dendrite", *POSITION,
-                 *REF_POSITION]
+                 *REF_POSITION, "rescued"]
 #: Said wherever turnover comes from spines nobody reviewed.
 AUTOMATIC_TURNOVER_CAVEAT = (
-    "formation and elimination from automatic detections come out too high: a spine found in "
-    "one session and missed or wrongly found in the other counts as formed or lost (on the "
-    "real benchmark sessions 32 and 26 %, against 12 and 16 % from a human's annotation); "
-    "review the spines of every session (napari plugin) before reporting turnover")
+    "formation and elimination from automatic detections are not reliable: most spines they "
+    "call formed or lost are detection errors, a spine wrongly found in one session or missed "
+    "in the other (on the real benchmark sessions 8 of 43 such calls are true changes, though "
+    "the rates, 15 and 14 %, come near a human's 12 and 16 %); review the spines of every "
+    "session (napari plugin) before reporting turnover")
 #: Default gate (um): registered heads further apart than this are different spines.
 GATE_UM = 2.0
 #: z distances count this much in the linking cost (axial resolution and click z are poor).
@@ -73,6 +82,11 @@ Z_WEIGHT = 0.25
 #: registered heads lie a median 0.52 um apart laterally and 0.82 um in z, their bases 0.41 and
 #: 0.49 um); the heads keep spines on opposite sides of a shaft apart.
 REF_BASE = ["_ref_base_z", "_ref_base_y", "_ref_base_x"]
+#: A spine without a partner is looked for among the other session's candidates within this
+#: percentile of the linking costs of the spines linked across the interval ...
+RESCUE_PERCENTILE = 95
+#: ... where at least this many were linked (else no candidate is taken).
+RESCUE_MIN_LINKS = 10
 
 
 def _match_dendrites(cl_new: pd.DataFrame, cl_old: pd.DataFrame, tol_um: float = 2.0) -> dict:
@@ -95,7 +109,7 @@ def _match_dendrites(cl_new: pd.DataFrame, cl_old: pd.DataFrame, tol_um: float =
 
 def link(tables: list[pd.DataFrame], *, registrations=None, centerlines=None,
          gate_um: float = GATE_UM, same_dendrite_only: bool = False,
-         same_dendrite_ids: bool = False) -> pd.DataFrame:
+         same_dendrite_ids: bool = False, candidates=None) -> pd.DataFrame:
     """Link the spines of one field across sessions.
 
     Parameters
@@ -118,14 +132,20 @@ def link(tables: list[pd.DataFrame], *, registrations=None, centerlines=None,
     same_dendrite_ids : bool
         Without centre lines: the tables' ``dendrite_id`` (``segment_id`` of an annotation)
         name the same dendrite in every session, as in MapManager annotations.
+    candidates : list of DataFrame or None, optional
+        Per session, the detector's candidates (``Detection.candidates``; None for a session
+        whose table is not automatic). A spine without a partner in the next or the previous
+        session is looked for among that session's candidates (step 4 of the module), and a
+        candidate found counts as a spine of its session (``rescued``).
 
     Returns
     -------
     DataFrame
         One row per spine: ``session`` (position in `tables`, from 0), ``row`` (0-based row in
-        its table), ``spine_id``, ``track_id``, ``fate``, ``dendrite`` (id of the dendrite
+        its table; for a rescued candidate the table's length plus its row among the
+        candidates), ``spine_id``, ``track_id``, ``fate``, ``dendrite`` (id of the dendrite
         track, from the first session it was seen in; -1 when unknown), its own ``z_um, y_um,
-        x_um`` and its registered ``ref_z_um, ref_y_um, ref_x_um``.
+        x_um``, its registered ``ref_z_um, ref_y_um, ref_x_um`` and ``rescued``.
 
     Examples
     --------
@@ -140,22 +160,18 @@ def link(tables: list[pd.DataFrame], *, registrations=None, centerlines=None,
     n = len(tables)
     registrations = registrations or [IDENTITY] * n
     centerlines = centerlines or [None] * n
-    if len(registrations) != n or len(centerlines) != n:
-        raise ValueError("give one registration and one centre line table (or None) per session")
+    candidates = candidates or [None] * n
+    if not len(registrations) == len(centerlines) == len(candidates) == n:
+        raise ValueError("give one registration, one centre line table (or None) and one "
+                         "candidate table (or None) per session")
     ref_cl = [None if c is None or not len(c) else
               c.assign(**dict(zip(POSITION, registrations[s].transform(
                   c[POSITION].to_numpy(float)).T))) for s, c in enumerate(centerlines)]
     same_ids = same_dendrite_ids and all(c is None for c in ref_cl)
     parts, next_track, next_dend = [], 0, 0
     dend_track: dict[tuple[int, int], int] = {}  # (session, dendrite_id) -> dendrite track
+    spare = None  # candidates of the session before that no spine took
     for s, table in enumerate(tables):
-        pos = table[POSITION].to_numpy(float).reshape(-1, 3)
-        ref = registrations[s].transform(pos)
-        base = (table[BASE].to_numpy(float) if all(c in table for c in BASE)
-                else np.full_like(pos, np.nan))
-        ref_base = np.where(np.isfinite(base), registrations[s].transform(np.nan_to_num(base)),
-                            ref)
-        own_dend = _spine_dendrites(table, ref_base, ref_cl[s])
         # dendrite tracks
         matched = _match_dendrites(ref_cl[s], ref_cl[s - 1]) if s else {}
         continued = set()  # dendrites of this session found in the one before
@@ -168,28 +184,32 @@ def link(tables: list[pd.DataFrame], *, registrations=None, centerlines=None,
                 else:
                     dend_track[(s, int(did))] = next_dend
                     next_dend += 1
-        dtrack = np.array([dend_track.get((s, int(d)), -1) for d in own_dend], int)
-        # only a dendrite found again constrains the links; one without a match in the
-        # session before (a piece of a fragmented tracing) leaves its spines free
-        constrain = np.array([same_dendrite_only and int(d) in continued for d in own_dend],
-                             bool)
-        if same_ids:  # no centre lines: the tables' own dendrite ids name the same dendrites
-            dtrack = table["dendrite_id"].to_numpy(int)
-            constrain = np.full(len(table), same_dendrite_only)
-        cur = pd.DataFrame({"session": s, "row": np.arange(len(table)),
-                            "spine_id": (table["spine_id"].to_numpy() if "spine_id" in table
-                                         else np.arange(len(table))),
-                            "track_id": -1, "dendrite": dtrack, **dict(zip(POSITION, pos.T)),
-                            **dict(zip(REF_POSITION, ref.T)),
-                            **dict(zip(REF_BASE, ref_base.T)),
-                            "_gate_dendrite": np.where(constrain, dtrack, -1)})
+        kw = {"same_ids": same_ids, "same_dendrite_only": same_dendrite_only}
+        cur = _frame(table, s, registrations[s], ref_cl[s], dend_track, continued, **kw)
+        cand = None if candidates[s] is None else _frame(
+            candidates[s], s, registrations[s], ref_cl[s], dend_track, continued, **kw,
+            first_row=len(table), rescued=True)
         if s and len(parts[-1]) and len(cur):
             prev = parts[-1]
-            r, c, ok = _assign(prev, cur, gate_um)
+            r, c, ok, cost = _assign(prev, cur, gate_um)
             cur.loc[c[ok], "track_id"] = prev["track_id"].to_numpy()[r[ok]]
             # a dendrite met by a linked spine keeps the earlier dendrite track
             same = (cur.loc[c[ok], "dendrite"].to_numpy() < 0)
             cur.loc[c[ok][same], "dendrite"] = prev["dendrite"].to_numpy()[r[ok]][same]
+            if ok.sum() >= RESCUE_MIN_LINKS:
+                gate = min(gate_um, float(np.percentile(cost[ok], RESCUE_PERCENTILE)))
+                if cand is not None:  # spines of the session before, missed in this one
+                    lost = prev[~prev["track_id"].isin(cur["track_id"])]
+                    found, cand = _rescue(lost, cand, gate)
+                    cur = pd.concat([cur, found], ignore_index=True)
+                if spare is not None:  # spines new in this session, missed in the one before
+                    found, _ = _rescue(cur[cur["track_id"] < 0], spare, gate, later=False)
+                    ids = np.arange(next_track, next_track + len(found))
+                    next_track += len(found)
+                    cur.loc[found.pop("_partner").to_numpy(), "track_id"] = ids
+                    parts[-1] = pd.concat([prev, found.assign(track_id=ids)],
+                                          ignore_index=True)
+        spare = cand
         new = cur["track_id"] < 0
         cur.loc[new, "track_id"] = np.arange(next_track, next_track + new.sum())
         next_track += int(new.sum())
@@ -198,15 +218,63 @@ def link(tables: list[pd.DataFrame], *, registrations=None, centerlines=None,
         columns=TRACK_COLUMNS)
     tracks["fate"] = fates(tracks, n)
     return tracks[TRACK_COLUMNS].astype({"session": int, "row": int, "track_id": int,
-                                         "dendrite": int})
+                                         "dendrite": int, "rescued": bool})
+
+
+def _frame(table, s, registration, ref_cl, dend_track, continued, *, same_ids,
+           same_dendrite_only, first_row=0, rescued=False) -> pd.DataFrame:
+    """One session's spines (or candidates, numbered from `first_row`) as rows for linking:
+    registered heads and bases, dendrite track and the dendrite that gates their links."""
+    pos = table[POSITION].to_numpy(float).reshape(-1, 3)
+    ref = registration.transform(pos)
+    base = (table[BASE].to_numpy(float) if all(c in table for c in BASE)
+            else np.full_like(pos, np.nan))
+    ref_base = np.where(np.isfinite(base), registration.transform(np.nan_to_num(base)), ref)
+    own_dend = _spine_dendrites(table, ref_base, ref_cl)
+    dtrack = np.array([dend_track.get((s, int(d)), -1) for d in own_dend], int)
+    # only a dendrite found again constrains the links; one without a match in the session
+    # before (a piece of a fragmented tracing) leaves its spines free
+    constrain = np.array([same_dendrite_only and int(d) in continued for d in own_dend], bool)
+    if same_ids:  # no centre lines: the tables' own dendrite ids name the same dendrites
+        dtrack = table["dendrite_id"].to_numpy(int)
+        constrain = np.full(len(table), same_dendrite_only)
+    return pd.DataFrame({"session": s, "row": first_row + np.arange(len(table)),
+                         "spine_id": (table["spine_id"].to_numpy() if "spine_id" in table
+                                      else np.arange(len(table))),
+                         "track_id": -1, "dendrite": dtrack, **dict(zip(POSITION, pos.T)),
+                         **dict(zip(REF_POSITION, ref.T)), **dict(zip(REF_BASE, ref_base.T)),
+                         "_gate_dendrite": np.where(constrain, dtrack, -1), "rescued": rescued})
+
+
+def _rescue(alone: pd.DataFrame, cand: pd.DataFrame, gate_um: float, *, later: bool = True
+            ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Candidates matched one to one, within `gate_um`, to spines without a partner (`alone`,
+    of the session before the candidates' if `later`, else of the one after). Returns the
+    candidates found, with their partner's track (`later`) or their partner's index in
+    `alone` (``_partner``), and the candidates left."""
+    if not len(alone) or not len(cand):
+        return cand.iloc[:0].assign(_partner=np.zeros(0, int)), cand
+    if later:
+        r, c, ok, _ = _assign(alone, cand, gate_um)
+        ia, ic = r[ok], c[ok]
+    else:
+        r, c, ok, _ = _assign(cand, alone, gate_um)
+        ia, ic = c[ok], r[ok]
+    found = cand.iloc[ic].assign(track_id=alone["track_id"].to_numpy()[ia],
+                                 _partner=alone.index.to_numpy()[ia])
+    if later:
+        found = found.drop(columns="_partner")
+    return found.reset_index(drop=True), cand.drop(index=cand.index[ic])
 
 
 def _assign(prev, cur, gate_um):
+    """Hungarian assignment of `prev` to `cur` rows: rows, columns, whether within the gate,
+    and their costs."""
     from scipy.optimize import linear_sum_assignment
 
     cost = _cost(prev, cur, gate_um)
     r, c = linear_sum_assignment(np.where(np.isfinite(cost), cost, 1e6))
-    return r, c, np.isfinite(cost[r, c])
+    return r, c, np.isfinite(cost[r, c]), cost[r, c]
 
 
 def _spine_dendrites(table, ref_base, ref_cl) -> np.ndarray:
@@ -354,12 +422,13 @@ def _track_at(t: pd.DataFrame, session: int, row: int) -> int:
 
 
 def track(tables: list[pd.DataFrame], *, stacks=None, centerlines=None,
-          gate_um: float = GATE_UM, same_dendrite_ids: bool = False
+          gate_um: float = GATE_UM, same_dendrite_ids: bool = False, candidates=None
           ) -> tuple[pd.DataFrame, list]:
     """Register the sessions (when their stacks are given) and link their spines.
 
-    Rejected spines of reviewed tables take no part (their rows keep their numbers).
-    Returns the tracks (see :func:`link`) and the registrations onto the first session.
+    Rejected spines of reviewed tables take no part (their rows keep their numbers), and
+    only automatic tables take `candidates` (see :func:`link`). Returns the tracks and the
+    registrations onto the first session.
     """
     from .registration import IDENTITY, register_sessions
 
@@ -367,9 +436,13 @@ def track(tables: list[pd.DataFrame], *, stacks=None, centerlines=None,
     keep = [np.flatnonzero(t["status"].astype(str).to_numpy() != "rejected")
             if "status" in t else np.arange(len(t)) for t in tables]
     kept = [t.iloc[k].reset_index(drop=True) for t, k in zip(tables, keep)]
+    candidates = [None if c is None or spines_source(t) != "automatic" else c
+                  for t, c in zip(tables, candidates or [None] * len(tables))]
     tracks = link(kept, registrations=regs, centerlines=centerlines, gate_um=gate_um,
-                  same_dendrite_ids=same_dendrite_ids)
-    tracks["row"] = [int(keep[s][r]) for s, r in zip(tracks["session"], tracks["row"])]
+                  same_dendrite_ids=same_dendrite_ids, candidates=candidates)
+    # automatic tables (the only ones with rescued candidates) keep every row
+    tracks["row"] = [int(keep[s][r]) if r < len(keep[s]) else r
+                     for s, r in zip(tracks["session"], tracks["row"])]
     return tracks, regs or [IDENTITY] * len(tables)
 
 

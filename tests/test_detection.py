@@ -90,7 +90,7 @@ def test_chunked_equals_whole(voxel_size, chunk_um):
     whole = spinecount.detect(syn.stack, return_mask=True)
     assert len(whole.spines) > 20 and len(whole.dendrites) >= 3
     chunked = spinecount.detect(syn.stack, chunk_um=chunk_um, threads=2, return_mask=True)
-    for name in ("spines", "dendrites", "centerlines"):
+    for name in ("spines", "dendrites", "centerlines", "candidates"):
         pd.testing.assert_frame_equal(getattr(chunked, name), getattr(whole, name))
     np.testing.assert_array_equal(chunked.mask, whole.mask)
     # and with the user's traces
@@ -243,6 +243,43 @@ def test_heads_far_from_the_shaft_need_more_contrast(syn):
     key = ["z_um", "y_um", "x_um"]
     kept = s.loc[s["shaft_distance_um"] <= 1.0, key].merge(near[key], how="left", indicator=True)
     assert (kept["_merge"] == "both").all()
+
+
+def test_candidates_hold_missed_spines_and_never_change_the_spines(tmp_path):
+    """Peaks that fall short of the tests are candidates: they take nothing from the spines,
+    and among them lie true spines that the spines missed (a noisy stack)."""
+    syn = make_stack(shape_um=(12, 40, 40), n_dendrites=2, branch_probability=0,
+                     peak_photons=15, seed=4)
+    det = spinecount.detect(syn.stack)
+    cand = det.candidates
+    assert list(cand.columns) == list(det.spines.columns) and len(cand)
+    assert (cand["spine_id"] == np.arange(len(cand))).all()
+    assert set(cand["dendrite_id"]) <= set(det.dendrites["dendrite_id"])
+    # none lies on a spine: stronger peaks win within the separation
+    from scipy.spatial import cKDTree
+
+    key = ["z_um", "y_um", "x_um"]
+    d, _ = cKDTree(det.spines[key].to_numpy()).query(cand[key].to_numpy())
+    assert d.min() > 0.3
+    # candidates as strict as the spines: no candidates, the same spines
+    p = spinecount.DetectionParams()
+    strict = spinecount.detect(syn.stack, params=spinecount.DetectionParams(
+        candidate_threshold=p.spine_threshold,
+        candidate_protrusion_fraction=p.min_protrusion_fraction))
+    assert len(strict.candidates) == 0
+    pd.testing.assert_frame_equal(strict.spines, det.spines)
+    # true spines the detector missed are among the candidates
+    found = evaluate(det.spines, syn.spines).summary["true_positives"]
+    both = evaluate(pd.concat([det.spines, cand], ignore_index=True), syn.spines)
+    assert both.summary["true_positives"] >= found + 2
+    # they are written beside the spines, and not offered once the spines are reviewed
+    from spinecount.results import write_result
+    from spinecount.review import load_candidates, write_reviewed
+
+    write_result(tmp_path, det, {})
+    pd.testing.assert_frame_equal(load_candidates(tmp_path), cand, check_dtype=False)
+    write_reviewed(det.spines, tmp_path, reviewer="tester")
+    assert load_candidates(tmp_path) is None
 
 
 def test_pieces_between_split_junctions_join_a_neighbouring_dendrite():

@@ -61,7 +61,9 @@ def timelapse_layers(folder, tracks: pd.DataFrame) -> list[tuple]:
                        "image"))
     pts = np.column_stack([tracks["session"].to_numpy(float),
                            tracks[REF_POSITION].to_numpy(float) / vs])
-    feats = tracks[["session", "row", "track_id", "fate"]].reset_index(drop=True)
+    # rescued: a detector's candidate taken as the spine missed that day (spinecount.timelapse)
+    feats = tracks[[c for c in ("session", "row", "track_id", "fate", "rescued")
+                    if c in tracks]].reset_index(drop=True)
     layers.append((pts, {"name": f"{name} spines over time", "scale": (1, *vs),
                          "features": feats, "size": DEFAULT_SIZE_UM / vs[1],
                          "face_color": "transparent",
