@@ -43,7 +43,9 @@ The method, in order (all distances in micrometres, converted with the stack's v
    brightness at the head is in excess of the shaft model: a local bulge of the shaft is not a
    spine, unless it is compact along the dendrite, its residual ``BULGE_UM`` either way along it
    below ``BULGE_FRACTION`` of its peak, as a stubby spine is), and do not lie on the neck of a
-   spine further out.
+   spine further out. Peaks that pass these tests only with ``candidate_threshold`` and
+   ``candidate_protrusion_fraction`` (or score under ``min_score``) are the candidates: not
+   counted; time-lapse linking looks among them for a spine missed on one day.
    Each is attached to its nearest dendrite, its base placed on the shaft surface (at the
    shaft model's half-maximum radius) towards the head, and measured: head and neck diameters
    from brightness (below), total length from the surface to the tip (where the residual
@@ -1113,9 +1115,9 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
     rows_all = [r for a in parts for r in a[2]]
     kept_order = _suppress(pk, np.concatenate([a[1] for a in parts]), vs,
                            p.min_spine_separation_um, shape)
-    kept = [rows_all[i] for i in kept_order if rows_all[i] is not None]
-    rows = _drop_necks([r for r in kept if not r["_candidate"]], p.min_spine_separation_um)
-    rows += [r for r in _drop_necks(kept, p.min_spine_separation_um) if r["_candidate"]]
+    measured = [rows_all[i] for i in kept_order if rows_all[i] is not None]
+    rows = _drop_necks([r for r in measured if not r["_candidate"]], p.min_spine_separation_um)
+    rows += [r for r in _drop_necks(measured, p.min_spine_separation_um) if r["_candidate"]]
     del parts
     t = lap("spines", t)
     yield "spines"
