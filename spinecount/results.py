@@ -64,6 +64,7 @@ def detection_info(stack, det, params, *, wall_time_s: float, command: str,
     """``run.json`` of a detection: its provenance, the command, time per stage and counts."""
     return provenance(stack, params, wall_time_s=round(wall_time_s, 3), sha256=sha256, extra={
         "command": command, "timings_s": det.timings, "n_spines": len(det.spines),
+        "n_candidates": len(det.candidates),
         "n_dendrites": len(det.dendrites), **(extra or {})})
 
 
