@@ -321,3 +321,22 @@ def test_timelapse_sessions_links_and_link_review(make_napari_viewer, tmp_path):
     assert "reviewed" in widget._status.value
     assert main(["track", "--spines", *spines, "--stacks", *stacks, "-o", str(out)]) == 0
     assert json.loads((out / "run.json").read_text())["links"] == "reviewed"
+
+
+def test_spines_taken_from_candidates_are_drawn_filled(tmp_path):
+    from spinecount.registration import IDENTITY
+    from spinecount.timelapse import link, write_tracks
+    from spinecount_napari._timelapse import RESCUED_ALPHA, timelapse_layers
+
+    def table(ys):
+        return pd.DataFrame({"z_um": 2.0, "y_um": ys, "x_um": 5.0})
+
+    steady = 3.0 * np.arange(12)
+    tracks = link([table([*steady, 40.0]), table(steady + 0.1)],
+                  candidates=[None, table([40.1])])
+    write_tracks(tmp_path, tracks, [IDENTITY, IDENTITY], {"inputs": []})
+    (pts, meta, kind), *_ = timelapse_layers(tmp_path, tracks)
+    assert kind == "points" and len(pts) == 26
+    filled = meta["face_color"][:, 3] > 0
+    assert filled.tolist() == tracks["rescued"].tolist() and filled.sum() == 1
+    assert meta["face_color"][filled, 3] == pytest.approx(RESCUED_ALPHA)

@@ -19,6 +19,12 @@ from magicgui.widgets import Container, FileEdit, Label, PushButton
 
 FATE_COLORS = {"stable": "#FFFFFF", "formed": "#009E73", "eliminated": "#D55E00",
                "transient": "#F0E442"}
+#: opacity of the fill of a spine taken from the detector's candidates
+RESCUED_ALPHA = 0.4
+
+
+def _rgba(hex_color: str) -> list[float]:
+    return [int(hex_color[i:i + 2], 16) / 255 for i in (1, 3, 5)] + [1.0]
 
 
 def _placed(data: np.ndarray, shift_vox, shape) -> np.ndarray:
@@ -61,13 +67,16 @@ def timelapse_layers(folder, tracks: pd.DataFrame) -> list[tuple]:
                        "image"))
     pts = np.column_stack([tracks["session"].to_numpy(float),
                            tracks[REF_POSITION].to_numpy(float) / vs])
-    # rescued: a detector's candidate taken as the spine missed that day (spinecount.timelapse)
+    # rescued: a detector's candidate taken as the spine missed that day (spinecount.timelapse),
+    # drawn filled
     feats = tracks[[c for c in ("session", "row", "track_id", "fate", "rescued")
                     if c in tracks]].reset_index(drop=True)
+    border = np.array([_rgba(FATE_COLORS.get(f, "#FFFFFF")) for f in feats["fate"]])
+    rescued = feats["rescued"].to_numpy(bool) if "rescued" in feats else np.zeros(len(feats), bool)
+    face = np.where(rescued[:, None], border * [1, 1, 1, RESCUED_ALPHA], 0.0)
     layers.append((pts, {"name": f"{name} spines over time", "scale": (1, *vs),
                          "features": feats, "size": DEFAULT_SIZE_UM / vs[1],
-                         "face_color": "transparent",
-                         "border_color": [FATE_COLORS.get(f, "#FFFFFF") for f in feats["fate"]],
+                         "face_color": face.reshape(-1, 4), "border_color": border.reshape(-1, 4),
                          "border_width": 0.2}, "points"))
     linked = tracks[tracks.groupby("track_id")["track_id"].transform("size") > 1]
     order = linked.sort_values(["track_id", "session"])
