@@ -122,7 +122,8 @@ def _field_tracks(name: str, ts: list[dict], folder: Path) -> tuple[pd.DataFrame
         "inputs": [{"path": t["file"], "channel": t["channel"], "voxel_size_um": t["voxel_size"]}
                    for t in ts],
         "sessions": [t["row"]["session"] for t in ts],
-        "spines": [r[3] for r in results], "links": source}, used=tracks)
+        "spines": [r[3] for r in results], "links": source,
+        "rescued": int(auto["rescued"].sum())}, used=tracks)
     return tracks, {"spines_source": combined_source(r[3] for r in results),
                     "links_source": source}
 

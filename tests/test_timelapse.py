@@ -260,6 +260,10 @@ def test_experiment_reports_turnover_per_condition(tmp_path):
     field = out / "timelapse" / "m00_1"
     tracks = pd.read_csv(field / "tracks.csv")
     assert set(tracks["session"]) == {0, 1}
+    # the detector's candidates took part: spines missed on one day were taken from them
+    assert json.loads((field / "run.json").read_text())["rescued"] == tracks["rescued"].sum()
+    assert sum(json.loads((f / "run.json").read_text())["rescued"]
+               for f in (out / "timelapse").iterdir()) > 0
 
     # reviewed links win: make every link of the field a break (all spines new at day 1)
     rev = tracks.copy()
