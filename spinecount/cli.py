@@ -91,6 +91,11 @@ def _cmd_track(args) -> int:
               f"{', '.join(f'{v:+.2f}' for v in r.shift_um)} um")
     print(f"tracks: {paths['tracks']}")
     unreviewed = [i for i, src in enumerate(sources) if src == "automatic"]
+    bare = [i for i in unreviewed if cands is not None and cands[i] is None]
+    if bare:
+        print(f"note: no {CANDIDATES_FILE} beside the automatic spines of session(s) "
+              f"{', '.join(map(str, bare))} (detect them again with this version): spines "
+              "missed there by a narrow margin were not looked for")
     if unreviewed:
         print(f"note: the spines of session(s) {', '.join(map(str, unreviewed))} are automatic "
               f"detections; {AUTOMATIC_TURNOVER_CAVEAT}")

@@ -163,7 +163,7 @@ def test_a_spine_missed_by_a_narrow_margin_is_found_among_the_candidates():
         [0, len(day0)]]
 
 
-def test_track_command_takes_the_candidates_beside_automatic_tables(tmp_path):
+def test_track_command_takes_the_candidates_beside_automatic_tables(tmp_path, capsys):
     from spinecount.cli import main
     from spinecount.results import CANDIDATES_FILE, SPINES_FILE
 
@@ -180,6 +180,13 @@ def test_track_command_takes_the_candidates_beside_automatic_tables(tmp_path):
         assert main(["track", "--spines", *spines, "-o", str(out), *extra]) == 0
         assert pd.read_csv(out / "tracks.csv")["rescued"].sum() == rescued
         assert json.loads((out / "run.json").read_text())["rescued"] == rescued
+    # a result folder from before candidates were kept: said, and linked without them
+    (tmp_path / "day1" / CANDIDATES_FILE).unlink()
+    capsys.readouterr()
+    assert main(["track", "--spines", *spines, "-o", str(tmp_path / "old")]) == 0
+    assert "no candidates.csv beside the automatic spines of session(s) 1" in (
+        capsys.readouterr().out)
+    assert pd.read_csv(tmp_path / "old" / "tracks.csv")["rescued"].tolist().count(True) == 1
 
 
 def test_track_command_writes_tracks(tmp_path, timelapse, capsys):
