@@ -26,6 +26,7 @@ affects. A stack that fails is recorded and the others go on.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -177,9 +178,11 @@ def _start_forkserver() -> None:
     multiprocessing.forkserver.ensure_running()
 
 
-def _execute(tasks: list[dict], *, workers: int, scheduler: str | None, progress: bool
-             ) -> list[dict]:
-    """Run process_stack over `tasks` on dask.distributed (or in this process with 0 workers)."""
+def _execute(tasks: list[dict], *, workers: int, scheduler: str | None, progress: bool,
+             jobs: list[tuple] = ()) -> list[dict]:
+    """Run process_stack over `tasks` on dask.distributed (or in this process with 0 workers),
+    and the `jobs` (``(name, function, args)``, for example registering the sessions of a
+    field) after them; a job that fails is left to the aggregation, which does it again."""
     from tqdm.auto import tqdm
 
     results = []
@@ -192,13 +195,16 @@ def _execute(tasks: list[dict], *, workers: int, scheduler: str | None, progress
         bar.set_postfix_str(f"done {len(results) - n_fail}, failed {n_fail}")
 
     try:
-        if not tasks:
+        if not tasks and not jobs:
             return results
         if scheduler is None and workers == 0:
             for t in tasks:
                 done(process_stack(t))
+            for _, fn, args in jobs:
+                with contextlib.suppress(Exception):
+                    fn(*args)
             return results
-        from dask.distributed import Client, LocalCluster, as_completed
+        from dask.distributed import Client, LocalCluster, as_completed, wait
 
         # the aggregation's libraries take about 1.5 s to import: do it while the workers work
         threading.Thread(target=_import_aggregation, name="spinecount-imports",
@@ -215,12 +221,15 @@ def _execute(tasks: list[dict], *, workers: int, scheduler: str | None, progress
         try:
             futures = {client.submit(process_stack, t, key=f"spinecount-{t['stack']}-"
                                      f"{t['key'][:12]}", pure=False): t for t in tasks}
+            later = [client.submit(fn, *args, key=f"spinecount-{name}", pure=False,
+                                   priority=-1) for name, fn, args in jobs]
             for fut in as_completed(futures):
                 try:
                     done(fut.result())
                 except Exception as exc:  # the worker died (memory, crash)
                     done({"stack": futures[fut]["stack"], "ok": False, "seconds": None,
                           "error": f"worker lost: {type(exc).__name__}: {exc}"})
+            wait(later)
         finally:
             client.close()
             if cluster is not None:
@@ -262,6 +271,7 @@ def run_experiment(manifest, outdir, *, params: DetectionParams | None = None,
     -------
     ExperimentResult
     """
+    from .fields import TIMELAPSE_DIR, fields, register_field, registration_done
     from .manifest import INTERNAL, load_manifest
 
     t0 = time.perf_counter()
@@ -271,10 +281,14 @@ def run_experiment(manifest, outdir, *, params: DetectionParams | None = None,
     outdir.mkdir(parents=True, exist_ok=True)
     tasks = _tasks(df, outdir, params)
     todo = [t for t in tasks if not _is_cached(Path(t["folder"]), t["key"])]
+    # time-lapse fields are registered on the workers too (they need the stacks only)
+    jobs = [(f"register-{name}", register_field, (ts, outdir / TIMELAPSE_DIR / name))
+            for name, ts in fields(tasks).items()
+            if not registration_done(ts, outdir / TIMELAPSE_DIR / name)]
     if workers is None:
-        workers = max(1, min(os.cpu_count() or 1, len(todo)))
+        workers = max(1, min(os.cpu_count() or 1, len(todo) + len(jobs)))
     results = {r["stack"]: r for r in _execute(todo, workers=workers, scheduler=scheduler,
-                                                progress=progress)}
+                                                progress=progress, jobs=jobs)}
     failed = [t for t in todo if not results[t["stack"]]["ok"]]
     failures = pd.DataFrame(
         [{"stack": t["stack"], "path": t["row"].get("path", ""),

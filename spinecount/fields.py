@@ -2,14 +2,16 @@
 
 A *field* is one ``animal`` and ``cell`` of the manifest imaged in several ``session`` rows
 (ordered numerically where every session is a number, else as text, so ISO dates work).
-``track_fields`` registers every session of a field onto its first (the registrations are
-cached by the stacks' hashes), links the spines that count (reviewed ones where a review
+``track_fields`` registers every session of a field onto its first (``register_field``; the
+registrations are kept by the stacks' hashes, and an experiment run computes them on its
+workers beside the detections), links the spines that count (reviewed ones where a review
 exists) with :func:`spinecount.timelapse.link`, and writes per field::
 
     timelapse/<field>/tracks.csv     session, row, track_id, fate, ... (see timelapse.link)
     timelapse/<field>/turnover.csv   per dendrite and interval
     timelapse/<field>/survival.csv   surviving fractions per session
     timelapse/<field>/run.json       stacks, their hashes and the registrations
+    timelapse/<field>/registration.json  the registrations, keyed by the stacks' hashes
 
 The gathered turnover and survival tables say per field where its spines came from
 (``spines_source``: ``reviewed``, ``automatic`` or ``mixed`` over its sessions) and its links
@@ -21,11 +23,15 @@ covers the same spines.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
 
 TIMELAPSE_DIR = "timelapse"
+#: A field's registrations, keyed by its stacks' hashes (written before its tracks, so that
+#: the registrations of all fields can run on the workers with the detections).
+REGISTRATION_FILE = "registration.json"
 #: Dendrites with fewer spines at the earlier session are left out of the turnover statistics.
 MIN_SPINES = 5
 
@@ -91,28 +97,52 @@ def track_fields(tasks: list[dict], outdir, *, progress: bool = False
     return cat(turn), cat(surv)
 
 
-def _field_tracks(name: str, ts: list[dict], folder: Path) -> tuple[pd.DataFrame, dict]:
-    """The tracks of a field that count (reviewed links where they exist) and where its spines
-    and links came from (``spines_source``, ``links_source``)."""
-    from .aggregate import combined_source
-    from .io import read_stack
-    from .registration import Registration, register_sessions
-    from .results import RUN_FILE
-    from .review import load_candidates, load_result
-    from .timelapse import link, prefer_reviewed, write_tracks
+def registration_done(ts: list[dict], folder) -> bool:
+    """Whether the registrations of a field's sessions (`ts`, in order) are saved in `folder`."""
+    return _saved_registrations(ts, Path(folder)) is not None
 
-    results = [load_result(t["folder"]) for t in ts]
-    run = folder / RUN_FILE
-    hashes = [t["sha256"] for t in ts]
-    regs = None
-    if run.exists():
-        old = json.loads(run.read_text())
-        if old.get("sha256") == hashes:
-            regs = [Registration.from_dict(r) for r in old["registrations"]]
+
+def _saved_registrations(ts: list[dict], folder: Path):
+    from .registration import Registration
+
+    path = folder / REGISTRATION_FILE
+    if path.exists():
+        saved = json.loads(path.read_text())
+        if saved.get("sha256") == [t["sha256"] for t in ts]:
+            return [Registration.from_dict(r) for r in saved["registrations"]]
+    return None
+
+
+def register_field(ts: list[dict], folder) -> list:
+    """The registrations of a field's sessions onto the first: saved ones where the stacks
+    are the same, else computed from the stacks and saved (``registration.json``)."""
+    from .io import read_stack
+    from .registration import register_sessions
+
+    folder = Path(folder)
+    regs = _saved_registrations(ts, folder)
     if regs is None:
         stacks = [read_stack(t["file"], channel=t["channel"], voxel_size=t["voxel_size"])
                   for t in ts]
         regs = register_sessions(stacks)
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{REGISTRATION_FILE}.{os.getpid()}"
+        tmp.write_text(json.dumps({"sha256": [t["sha256"] for t in ts],
+                                   "registrations": [r.to_dict() for r in regs]}, indent=2))
+        os.replace(tmp, folder / REGISTRATION_FILE)
+    return regs
+
+
+def _field_tracks(name: str, ts: list[dict], folder: Path) -> tuple[pd.DataFrame, dict]:
+    """The tracks of a field that count (reviewed links where they exist) and where its spines
+    and links came from (``spines_source``, ``links_source``)."""
+    from .aggregate import combined_source
+    from .review import load_candidates, load_result
+    from .timelapse import link, prefer_reviewed, write_tracks
+
+    results = [load_result(t["folder"]) for t in ts]
+    hashes = [t["sha256"] for t in ts]
+    regs = register_field(ts, folder)
     tables = [r[0] for r in results]
     auto = link(tables, registrations=regs, centerlines=[r[2] for r in results],
                 candidates=[load_candidates(t["folder"]) for t in ts])

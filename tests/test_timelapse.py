@@ -227,7 +227,7 @@ def test_track_command_writes_tracks(tmp_path, timelapse, capsys):
             "elimination from automatic detections are not reliable") in capsys.readouterr().out
 
 
-def test_experiment_reports_turnover_per_condition(tmp_path):
+def test_experiment_reports_turnover_per_condition(tmp_path, monkeypatch):
     from spinecount.experiment import run_experiment
     from spinecount.timelapse import REVIEWED_TRACKS_FILE
     from spinecount.synthetic import write_synthetic
@@ -295,6 +295,26 @@ def test_experiment_reports_turnover_per_condition(tmp_path):
     src = res.turnover.drop_duplicates("field").set_index("field")["spines_source"]
     assert src["m01_1"] == "reviewed" and (src.drop("m01_1") == "automatic").all()
     assert "turnover of 5 of 6 field(s)" in (out / "report.html").read_text()
+
+    # the fields are registered on the workers, beside the detections: with the saved
+    # registrations gone, a run on one worker process registers them there, and this process
+    # (where registering would now fail) never does
+    import spinecount.registration
+    from spinecount.fields import REGISTRATION_FILE
+
+    before = pd.read_csv(out / "turnover.csv")
+    saved = sorted((out / "timelapse").glob(f"*/{REGISTRATION_FILE}"))
+    assert len(saved) == 6
+    for path in saved:
+        path.unlink()
+
+    def not_here(stacks):
+        raise AssertionError("registered in the main process")
+
+    monkeypatch.setattr(spinecount.registration, "register_sessions", not_here)
+    run_experiment(manifest, out, workers=1, progress=False)
+    assert all(path.exists() for path in saved)
+    pd.testing.assert_frame_equal(pd.read_csv(out / "turnover.csv"), before)
 
 
 def test_a_tilted_field_is_corrected_in_z(timelapse):
