@@ -193,6 +193,31 @@ def test_review_mode_steps_from_least_certain(make_napari_viewer, qtbot, tmp_pat
     assert second not in set(layer.features["spine_id"])
 
 
+def test_missed_spines_are_added_from_the_candidates(make_napari_viewer, qtbot, tmp_path):
+    from spinecount.results import CANDIDATES_FILE
+
+    viewer = make_napari_viewer()
+    viewer.open_sample("spinecount", "synthetic")
+    folder = tmp_path / "r"
+    _, layer = _detect(viewer, qtbot, "synthetic", folder)
+    _, review = viewer.window.add_plugin_dock_widget("spinecount", "Review spines")
+    assert review.current.layer is layer  # the spines stay the layer under review
+    cands = viewer.layers["synthetic candidates"]
+    table = pd.read_csv(folder / CANDIDATES_FILE)
+    assert not cands.visible and len(cands.data) == len(table) >= 2
+    n0 = len(layer.data)
+    cands.selected_data = {0, 1}
+    ids = review.take_candidates()
+    assert len(ids) == 2 and len(cands.data) == len(table) - 2
+    assert len(layer.data) == n0 + 2
+    rev = _reviewed(folder).set_index("spine_id").loc[ids]
+    assert (rev["status"] == "added").all()
+    assert rev["type"].tolist() == table["type"].iloc[:2].tolist()
+    np.testing.assert_allclose(rev[["z_um", "y_um", "x_um"]].to_numpy(),
+                               table[["z_um", "y_um", "x_um"]].iloc[:2].to_numpy(), atol=1e-6)
+    assert review.take_candidates() == []  # nothing selected: nothing added
+
+
 def test_detection_can_be_cancelled(make_napari_viewer, qtbot, tmp_path):
     viewer = make_napari_viewer()
     viewer.open_sample("spinecount", "rr30a_crop")

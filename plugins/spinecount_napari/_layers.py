@@ -24,6 +24,8 @@ FEATURE_DEFAULTS = {"spine_id": -1, "dendrite_id": -1, "type": "unknown", "score
 #: Drawn size (um) of a spine without a measured head (added by hand; time-lapse markers).
 DEFAULT_SIZE_UM = 0.8
 RESULT_KEY = "spinecount_result"
+#: Metadata key of a candidates layer: the result folder whose candidates it shows.
+CANDIDATES_KEY = "spinecount_candidates"
 
 
 def spine_points(spines: pd.DataFrame, voxel_size) -> dict:
@@ -64,6 +66,19 @@ def spines_layer(spines: pd.DataFrame, voxel_size, *, name: str, folder=None) ->
           "feature_defaults": FEATURE_DEFAULTS,
           "metadata": {RESULT_KEY: str(folder) if folder else None}}
     return d["data"], kw, "points"
+
+
+def candidates_layer(candidates: pd.DataFrame, voxel_size, *, name: str, folder) -> tuple:
+    """LayerDataTuple of the detector's candidates (peaks that fell short of a spine's tests):
+    small grey crosses, hidden until the reviewer looks for missed spines among them."""
+    vs = np.asarray(voxel_size, float)
+    data = candidates[POSITION].to_numpy(float).reshape(-1, 3) / vs
+    feats = pd.DataFrame({"type": candidates["type"].astype(str).to_numpy(),
+                          "score": candidates["score"].to_numpy(float)},
+                         index=range(len(candidates)))
+    return data, {"name": name, "scale": tuple(vs), "features": feats, "symbol": "cross",
+                  "size": DEFAULT_SIZE_UM / vs[1], "face_color": "#BFBFBF", "visible": False,
+                  "metadata": {CANDIDATES_KEY: str(folder)}}, "points"
 
 
 def dendrites_layer(centerlines: pd.DataFrame, voxel_size, *, name: str) -> tuple:
@@ -121,10 +136,18 @@ def image_layer(stack, *, name: str) -> tuple:
 
 
 def result_layers(session, *, name: str, stack=None) -> list[tuple]:
-    """Image (when given), dendrites and spines of a :class:`~spinecount.review.ReviewSession`."""
+    """Image (when given), dendrites, candidates (hidden; where the folder has them) and spines
+    of a :class:`~spinecount.review.ReviewSession`."""
+    from spinecount.results import CANDIDATES_FILE
+    from spinecount.tables import read_spines
+
     vs = _voxel_size(session, stack)
     layers = [image_layer(stack, name=name)] if stack is not None else []
     layers.append(dendrites_layer(session.centerlines, vs, name=f"{name} dendrites"))
+    path = session.folder / CANDIDATES_FILE
+    if path.exists():
+        layers.append(candidates_layer(read_spines(path), vs, name=f"{name} candidates",
+                                       folder=session.folder))
     layers.append(spines_layer(session.counted(), vs, name=f"{name} spines",
                                folder=session.folder))
     return layers

@@ -17,7 +17,7 @@ from spinecount.params import DetectionParams
 from spinecount.results import REVIEWED_SPINES_FILE
 from spinecount.tables import POSITION, SPINE_TYPES
 
-from ._layers import FEATURE_DEFAULTS, RESULT_KEY, result_layers, spine_points
+from ._layers import CANDIDATES_KEY, FEATURE_DEFAULTS, RESULT_KEY, result_layers, spine_points
 
 #: Review keys on a spines layer: key -> (action, what it does).
 REVIEW_KEYS = {"a": ("accept", "accept and go to the next spine"),
@@ -264,6 +264,7 @@ class ReviewWidget(Container):
         self._reviewer = LineEdit(label="reviewer", value=reviewer_name())
         self._type = ComboBox(label="type", choices=[*SPINE_TYPES, "unknown"])
         self._set_type = PushButton(text="Set type of selected")
+        self._take = PushButton(text="Add selected candidates as spines")
         self._table = Table(value={c: [] for c in TABLE_COLUMNS})
         self._table.read_only = True
         self._start = PushButton(text="Start review (least certain first)")
@@ -282,10 +283,12 @@ class ReviewWidget(Container):
             label.native.setWordWrap(True)
         buttons = Container(layout="horizontal", widgets=[self._prev, self._accept,
                                                           self._reject, self._next])
-        self.extend([self._layer_label, self._reviewer, self._type, self._set_type, self._table,
+        self.extend([self._layer_label, self._reviewer, self._type, self._set_type, self._take,
+                     self._table,
                      self._start, buttons, self._review_label, self._experiment, self._blind,
                      self._list_btn, self._stacks, self._open])
         self._set_type.changed.connect(lambda: self.retype(self._type.value))
+        self._take.changed.connect(self.take_candidates)
         self._start.changed.connect(self.start_review)
         self._prev.changed.connect(self.previous)
         self._next.changed.connect(self.next)
@@ -359,6 +362,29 @@ class ReviewWidget(Container):
         if ids:
             self.current.session.retype(ids, type_)
             self._redraw()
+
+    def take_candidates(self) -> list[int]:
+        """Add the selected points of the current result's candidates layer (the detector's
+        peaks that fell short of a spine's tests; shown with the layer's eye) as spines, each
+        with the candidate's type; they leave the candidates layer. Returns the new ids."""
+        if self.current is None:
+            return []
+        folder = str(self.current.session.folder)
+        layer = next((lay for lay in self.viewer.layers
+                      if getattr(lay, "metadata", {}).get(CANDIDATES_KEY) == folder), None)
+        rows = sorted(layer.selected_data) if layer is not None else []
+        scale = np.asarray(layer.scale[-3:], float) if rows else None
+        ids = [self.current.session.add(np.asarray(layer.data[r], float)[-3:] * scale,
+                                        type=str(layer.features["type"].iloc[r]))
+               for r in rows]
+        if rows:
+            layer.selected_data = set()
+            layer.data = np.delete(np.asarray(layer.data), rows, axis=0)
+            layer.features = layer.features.drop(index=layer.features.index[rows]).reset_index(
+                drop=True)
+            self.viewer.layers.selection.active = self.current.layer
+            self._redraw()
+        return ids
 
     def accept(self):
         self._judge("accept")
