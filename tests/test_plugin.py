@@ -267,7 +267,7 @@ def test_blind_experiment_review_is_used_by_the_run(make_napari_viewer, tmp_path
     code = queue["code"].iloc[0]
     layers = review.open_stack(code)
     names = [layer.name for layer in layers]
-    assert names == [code, f"{code} dendrites", f"{code} spines"]
+    assert names == [code, f"{code} dendrites", f"{code} candidates", f"{code} spines"]
     conditions = pd.read_csv(manifest)["condition"]
     assert not any(c in n for c in conditions for n in names + [viewer.title])
     stack = Path(queue["folder"].iloc[0]).name
