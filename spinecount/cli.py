@@ -117,13 +117,14 @@ def _cmd_synth(args) -> int:
 
 def _cmd_evaluate(args) -> int:
     from .evaluate import evaluate
+    from .results import CENTERLINES_FILE
     from .tables import read_centerlines, read_spines
 
     pred, gt = read_spines(args.pred), read_spines(args.gt)
     cl = read_centerlines(args.centerlines) if args.centerlines else None
     found = args.detected_centerlines
     if found is None and cl is not None and "dendrite_id" in pred:  # a result folder's own
-        found = Path(args.pred).with_name("centerlines.csv")
+        found = Path(args.pred).with_name(CENTERLINES_FILE)
         found = found if found.exists() else None
     ev = evaluate(pred, gt, lateral_tol=args.lateral_tol, axial_tol=args.axial_tol,
                   centerlines=cl, tube_lateral_um=args.tube_lateral,
