@@ -23,7 +23,6 @@ covers the same spines.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pandas as pd
@@ -118,6 +117,7 @@ def register_field(ts: list[dict], folder) -> list:
     are the same, else computed from the stacks and saved (``registration.json``)."""
     from .io import read_stack
     from .registration import register_sessions
+    from .results import replace_atomically
 
     folder = Path(folder)
     regs = _saved_registrations(ts, folder)
@@ -126,10 +126,9 @@ def register_field(ts: list[dict], folder) -> list:
                   for t in ts]
         regs = register_sessions(stacks)
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".{REGISTRATION_FILE}.{os.getpid()}"
-        tmp.write_text(json.dumps({"sha256": [t["sha256"] for t in ts],
-                                   "registrations": [r.to_dict() for r in regs]}, indent=2))
-        os.replace(tmp, folder / REGISTRATION_FILE)
+        text = json.dumps({"sha256": [t["sha256"] for t in ts],
+                           "registrations": [r.to_dict() for r in regs]}, indent=2)
+        replace_atomically(folder / REGISTRATION_FILE, lambda tmp: tmp.write_text(text))
     return regs
 
 

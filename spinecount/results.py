@@ -23,6 +23,16 @@ RUN_FILE = "run.json"
 REVIEWED_SPINES_FILE = "spines_reviewed.csv"
 
 
+def replace_atomically(path, write) -> Path:
+    """Call ``write(tmp)`` on a temporary file beside `path`, then move it onto `path`: a
+    reader never sees a half-written file, and an error leaves the old one. Returns `path`."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+    return path
+
+
 def input_info(stack, sha256: str | None = None) -> dict:
     """The input file of a stack: path, SHA-256 (`sha256` where the caller already has it,
     else computed), shape, dtype and channel."""

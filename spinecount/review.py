@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from .results import (CANDIDATES_FILE, CENTERLINES_FILE, DENDRITES_FILE, REVIEWED_SPINES_FILE,
-                      RUN_FILE, SPINES_FILE)
+                      RUN_FILE, SPINES_FILE, replace_atomically)
 from .tables import (BASE, POSITION, SPINE_TYPES, conform_spines, dendrite_table,
                      read_centerlines, read_spines)
 
@@ -72,11 +72,8 @@ def write_reviewed(spines: pd.DataFrame, result_dir, *, reviewer: str | None = N
             df[col] = ""
         empty = df[col].isna() | (df[col].astype(str) == "")
         df.loc[empty, col] = val
-    path = Path(result_dir) / REVIEWED_SPINES_FILE
-    tmp = path.with_name(f".{path.name}.tmp")
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, path)
-    return path
+    return replace_atomically(Path(result_dir) / REVIEWED_SPINES_FILE,
+                              lambda tmp: df.to_csv(tmp, index=False))
 
 
 def load_result(result_dir) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, str]:

@@ -55,7 +55,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .results import RUN_FILE
+from .results import RUN_FILE, replace_atomically
 from .tables import BASE, POSITION
 
 FATES = ("stable", "formed", "eliminated", "transient")
@@ -510,12 +510,8 @@ def prefer_reviewed(tracks: pd.DataFrame, folder) -> tuple[pd.DataFrame, str]:
 def save_reviewed_tracks(folder, tracks: pd.DataFrame) -> Path:
     """Save reviewed links as tracks_reviewed.csv beside the automatic tracks.csv (which stays)
     and bring turnover.csv and survival.csv up to date with them."""
-    import os
-
     folder = Path(folder)
-    path = folder / REVIEWED_TRACKS_FILE
-    tmp = path.with_name(f".{path.name}.tmp")
-    tracks.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    path = replace_atomically(folder / REVIEWED_TRACKS_FILE,
+                              lambda tmp: tracks.to_csv(tmp, index=False))
     _write_turnover(folder, tracks)
     return path
