@@ -133,10 +133,11 @@ def link(tables: list[pd.DataFrame], *, registrations=None, centerlines=None,
         Without centre lines: the tables' ``dendrite_id`` (``segment_id`` of an annotation)
         name the same dendrite in every session, as in MapManager annotations.
     candidates : list of DataFrame or None, optional
-        Per session, the detector's candidates (``Detection.candidates``; None for a session
-        whose table is not automatic). A spine without a partner in the next or the previous
-        session is looked for among that session's candidates (step 4 of the module), and a
-        candidate found counts as a spine of its session (``rescued``).
+        Per session, the detector's candidates (``Detection.candidates``, or None). A spine
+        without a partner in the next or the previous session is looked for among that
+        session's candidates (step 4 of the module), and a candidate found counts as a spine of
+        its session (``rescued``). Only sessions whose table is automatic
+        (:func:`spines_source`) take candidates: a reviewer decided what a reviewed one holds.
 
     Returns
     -------
@@ -164,6 +165,8 @@ def link(tables: list[pd.DataFrame], *, registrations=None, centerlines=None,
     if not len(registrations) == len(centerlines) == len(candidates) == n:
         raise ValueError("give one registration, one centre line table (or None) and one "
                          "candidate table (or None) per session")
+    candidates = [c if spines_source(t) == "automatic" else None
+                  for t, c in zip(tables, candidates)]
     ref_cl = [None if c is None or not len(c) else
               c.assign(**dict(zip(POSITION, registrations[s].transform(
                   c[POSITION].to_numpy(float)).T))) for s, c in enumerate(centerlines)]
@@ -426,9 +429,9 @@ def track(tables: list[pd.DataFrame], *, stacks=None, centerlines=None,
           ) -> tuple[pd.DataFrame, list]:
     """Register the sessions (when their stacks are given) and link their spines.
 
-    Rejected spines of reviewed tables take no part (their rows keep their numbers), and
-    only automatic tables take `candidates` (see :func:`link`). Returns the tracks and the
-    registrations onto the first session.
+    Rejected spines of reviewed tables take no part (their rows keep their numbers). Returns
+    the tracks (see :func:`link`, also for `candidates`) and the registrations onto the first
+    session.
     """
     from .registration import IDENTITY, register_sessions
 
@@ -436,8 +439,6 @@ def track(tables: list[pd.DataFrame], *, stacks=None, centerlines=None,
     keep = [np.flatnonzero(t["status"].astype(str).to_numpy() != "rejected")
             if "status" in t else np.arange(len(t)) for t in tables]
     kept = [t.iloc[k].reset_index(drop=True) for t, k in zip(tables, keep)]
-    candidates = [None if c is None or spines_source(t) != "automatic" else c
-                  for t, c in zip(tables, candidates or [None] * len(tables))]
     tracks = link(kept, registrations=regs, centerlines=centerlines, gate_um=gate_um,
                   same_dendrite_ids=same_dendrite_ids, candidates=candidates)
     # automatic tables (the only ones with rescued candidates) keep every row

@@ -353,8 +353,8 @@ def test_spines_taken_from_candidates_are_drawn_filled(tmp_path):
     from spinecount.timelapse import link, write_tracks
     from spinecount_napari._timelapse import RESCUED_ALPHA, timelapse_layers
 
-    def table(ys):
-        return pd.DataFrame({"z_um": 2.0, "y_um": ys, "x_um": 5.0})
+    def table(ys):  # automatic: a score on every spine
+        return pd.DataFrame({"z_um": 2.0, "y_um": ys, "x_um": 5.0, "score": 0.9})
 
     steady = 3.0 * np.arange(12)
     tracks = link([table([*steady, 40.0]), table(steady + 0.1)],

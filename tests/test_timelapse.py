@@ -123,9 +123,10 @@ def test_bases_keep_spines_whose_heads_crossed():
 def _missed_by_a_margin():
     """Two days of spines (12 linked on both, 0.1-0.2 um apart) and candidates: the spine at
     y = 40 is missed on day 1, the one at 50 on day 0 (a candidate lies at each); the one at
-    60 is lost (a candidate lies 1 um away, further than the linked spines lie apart)."""
+    60 is lost (a candidate lies 1 um away, further than the linked spines lie apart). The
+    tables are automatic (a score on every spine), as only those take candidates."""
     def table(ys):
-        return pd.DataFrame({"z_um": 2.0, "y_um": ys, "x_um": 5.0})
+        return pd.DataFrame({"z_um": 2.0, "y_um": ys, "x_um": 5.0, "score": 0.9})
 
     steady = 3.0 * np.arange(12)
     day0 = table([*steady, 40.0, 60.0])
