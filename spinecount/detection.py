@@ -1226,6 +1226,7 @@ def _sizes(spines: pd.DataFrame, shafts: _Shafts, vs, p: DetectionParams) -> Non
     neck_peak = np.minimum(spines.pop("_neck").to_numpy() / c, head_peak)
     sigma = blur(_head_sigma_um(p, vs))
     head, neck = protrusion_sizes(head_peak, neck_peak, sigma_um=sigma)
+    spines["shaft_distance_um"] = spines.pop("_surface")
     length = spines["shaft_distance_um"] + spines.pop("_tip")
     # brightness that stays up along the protrusion: no neck narrower than the head is seen
     wide = neck_peak >= NECK_RATIO * head_peak
@@ -1289,18 +1290,33 @@ def _measure(li, gi, rz, rs, ms, tree, pts: _Points, shafts: _Shafts, vs,
     mid = along[(t_along >= NECK_WINDOW[0]) & (t_along <= NECK_WINDOW[1])]
     neck = max(float(np.median(mid if len(mid) else along)), 0.0)  # at most the head: _sizes
     # the tip: where the brightness beyond the peak (out[0]) first falls to half of it,
-    # interpolated; at most 2 um out
+    # interpolated; at most 2 um out. Looked for in the image plane: along a direction that
+    # rises in z the half-brightness point lies where the PSF's long axial blur ends, not the
+    # spine (stubby spines came out as long as thin ones)
     step = 0.05
     out = np.arange(0.0, 2.0 + 1e-9, step)
-    prof = smoothed_at(hp[None] + out[:, None] * direction[None])
+    plane = np.array([0.0, direction[1], direction[2]])
+    reach = plane / np.linalg.norm(plane) if plane.any() else direction
+    prof = smoothed_at(hp[None] + out[:, None] * reach[None])
     below = np.flatnonzero(prof < 0.5 * peak)
     j = below[0] if len(below) else 0
     tip = (out[j - 1] + step * (prof[j - 1] - 0.5 * peak) / max(prof[j - 1] - prof[j], 1e-9)
            if j else out[-1])
+    # for the sizes, the head's depth between slices: the vertex of the parabola through the
+    # peak's slice and its two neighbours (on the grid, a head close to the shaft but half a
+    # slice off its centre reads as far out as a thin spine's)
+    depth = hp[0]
+    if 0 < zi < rs.shape[0] - 1:
+        above, below = rs[zi - 1, yi, xi], rs[zi + 1, yi, xi]
+        curve = above - 2 * peak + below
+        if curve < 0:
+            depth += float(np.clip(0.5 * (above - below) / curve, -0.5, 0.5)) * vs[0]
     return {
         "dendrite_id": int(shafts.ids[k]), "z_um": hp[0], "y_um": hp[1], "x_um": hp[2],
         "base_z_um": base[0], "base_y_um": base[1], "base_x_um": base[2],
         "shaft_distance_um": surface,
+        "_surface": max(float(np.linalg.norm([depth - cpt[0], *(hp[1:] - cpt[1:])]))
+                        - shafts.radius[k], 0.0),
         "contrast": float(rz[zi, yi, xi]), "_threshold": threshold,
         # for _drop_necks and _sizes, then dropped
         "_inner": cpt + shafts.edge[k] * direction, "_k": k, "_head": float(peak),
