@@ -49,8 +49,9 @@ The method, in order (all distances in micrometres, converted with the stack's v
    Each is attached to its nearest dendrite, its base placed on the shaft surface (at the
    shaft model's half-maximum radius) towards the head, and measured: head and neck diameters
    from brightness (below), total length from the surface to the tip (where the residual
-   beyond the peak falls to half of it), neck length (total less head), distance of the peak
-   from the surface, integrated intensity relative to the shaft per micrometre (the volume of
+   beyond the peak, in the image plane, falls to half of it), neck length (total less head),
+   distance of the head from the surface (its depth refined between slices), integrated
+   intensity relative to the shaft per micrometre (the volume of
    head and neck over the shaft's cross-section, both from their brightness), type (see
    :mod:`spinecount.morphology`) and a confidence ``score`` from its contrast above its
    threshold. The head's peak is the brightest of noisy values, so ``PEAK_BIAS_SD`` noise SDs
@@ -1208,7 +1209,8 @@ def _sizes(spines: pd.DataFrame, shafts: _Shafts, vs, p: DetectionParams) -> Non
     match theirs (:mod:`spinecount.optics`), all blurred by the PSF, the working pixel and the
     smoothing of the image each was read in. A protrusion that does not narrow (its neck at
     least ``NECK_RATIO`` as bright as its head) and is at least ``TUBE_RATIO`` times as long as
-    its head is wide is a tube, not a head on the shaft: its head is the cylinder of its peak.
+    its head is wide is a tube, not a head on the shaft: its head is the cylinder of its peak,
+    and it is moved out from its peak to the middle of its last head-width before the tip.
     The integrated intensity relative to the shaft per um is the volume of head and neck over
     the shaft's cross-section.
     """
@@ -1226,16 +1228,21 @@ def _sizes(spines: pd.DataFrame, shafts: _Shafts, vs, p: DetectionParams) -> Non
     neck_peak = np.minimum(spines.pop("_neck").to_numpy() / c, head_peak)
     sigma = blur(_head_sigma_um(p, vs))
     head, neck = protrusion_sizes(head_peak, neck_peak, sigma_um=sigma)
-    spines["shaft_distance_um"] = spines.pop("_surface")
-    length = spines["shaft_distance_um"] + spines.pop("_tip")
+    tip = spines.pop("_tip").to_numpy()
+    length = spines.pop("_surface").to_numpy() + tip
     # brightness that stays up along the protrusion: no neck narrower than the head is seen
     wide = neck_peak >= NECK_RATIO * head_peak
     tube = wide & (length > TUBE_RATIO * head)
     head = np.where(tube, 2 * cylinder_radius(head_peak, sigma), head)
+    # a tube has no head: it is placed at the middle of its last head-width, before the tip
+    # (its brightest point often lies part way along it)
+    shift = np.where(tube, np.clip(tip - head / 2, 0, None), 0.0)
+    spines[POSITION] += shift[:, None] * np.stack(spines.pop("_reach").to_numpy())
+    spines["shaft_distance_um"] = length - tip + shift
     spines["head_diameter_um"] = head
     spines["neck_diameter_um"] = np.where(wide, head, neck)
     spines["length_um"] = length
-    spines["neck_length_um"] = (length - head).clip(lower=0)
+    spines["neck_length_um"] = np.clip(length - head, 0, None)
     # the dye of head and neck over the shaft's per um, at the concentrations behind the sizes
     volume = np.pi / 6 * head**3 + np.pi / 4 * spines["neck_diameter_um"] ** 2 * spines[
         "neck_length_um"]
@@ -1320,5 +1327,5 @@ def _measure(li, gi, rz, rs, ms, tree, pts: _Points, shafts: _Shafts, vs,
         "contrast": float(rz[zi, yi, xi]), "_threshold": threshold,
         # for _drop_necks and _sizes, then dropped
         "_inner": cpt + shafts.edge[k] * direction, "_k": k, "_head": float(peak),
-        "_neck": neck, "_tip": float(tip), "_candidate": bool(candidate),
+        "_neck": neck, "_tip": float(tip), "_reach": reach, "_candidate": bool(candidate),
     }

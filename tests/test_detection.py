@@ -214,6 +214,25 @@ def test_stubby_spines_are_not_read_as_long_as_thin_ones():
     assert np.median(np.abs(got["length_um"].to_numpy() / true["length_um"].to_numpy() - 1)) < 0.35
 
 
+def test_filopodia_are_placed_at_their_tips():
+    # a filopodium has no head; its brightest point often lies part way along it, about 0.6 um
+    # short of its end, and 1 um short is a miss: recall was 0.73 and 0.78 on these stacks
+    offsets, recall = [], []
+    for seed in (1, 2):
+        syn = make_stack(shape_um=(12, 40, 40), n_dendrites=2, peak_photons=60,
+                         type_fractions={"filopodium": 1.0}, seed=seed)
+        det = spinecount.detect(syn.stack)
+        ev = evaluate(det.spines, syn.spines)
+        tp = ev.matched.query("status == 'tp'")
+        got = det.spines.iloc[tp["pred_index"].to_numpy()]
+        true = syn.spines.iloc[tp["gt_index"].to_numpy()]
+        offsets.append(np.hypot(got["y_um"].to_numpy() - true["y_um"].to_numpy(),
+                                got["x_um"].to_numpy() - true["x_um"].to_numpy()))
+        recall.append(ev.summary["recall"])
+    assert min(recall) >= 0.85
+    assert np.median(np.concatenate(offsets)) < 0.3
+
+
 def test_relative_intensity_does_not_depend_on_the_voxel_size():
     medians = []
     for voxel_size in [(1.0, 0.12, 0.12), (0.3, 0.06, 0.06)]:
@@ -248,26 +267,26 @@ def test_more_small_blobs_than_16_bit_labels_hold():
 
 def test_heads_far_from_the_shaft_need_more_contrast(syn):
     p = spinecount.DetectionParams()
-    det = spinecount.detect(syn.stack)
-    s = det.spines
-
-    def on_grid(t):  # the head's distance from the shaft surface that the tests use
-        return np.linalg.norm(t[["z_um", "y_um", "x_um"]].to_numpy()
-                              - t[["base_z_um", "base_y_um", "base_x_um"]].to_numpy(), axis=1)
-
-    dist = on_grid(s)
-    far = dist > p.far_spine_um
-    needed = p.spine_threshold + p.far_contrast_per_um * (dist - p.far_spine_um)
-    assert (s.loc[far, "contrast"] >= needed[far]).all()
+    s = spinecount.detect(syn.stack).spines
     assert (s["score"] >= p.min_score).all()
-    # beyond 1 um, no peak is contrasted enough: only the nearer spines are left, all of them
+    # a head with a narrower neck stays at its peak, whose distance from the shaft surface the
+    # tests use; a tube is then placed further out, at its tip (so never nearer than its peak)
+    headed = s[s["neck_diameter_um"] < s["head_diameter_um"]]
+    far = headed["shaft_distance_um"] > p.far_spine_um
+    needed = p.spine_threshold + p.far_contrast_per_um * (
+        headed["shaft_distance_um"] - p.far_spine_um)
+    assert (headed.loc[far, "contrast"] >= needed[far]).all()
+    # beyond 1 um, no peak is contrasted enough: the spines further out are dropped, and every
+    # spine nearer than that is kept (spines are told apart by their base, which stays put)
     near = spinecount.detect(syn.stack, params=spinecount.DetectionParams(
         far_spine_um=1.0, far_contrast_per_um=1000.0)).spines
-    assert len(near) and (on_grid(near) <= 1.0 + 1e-9).all()
-    assert (dist > 1.0).any()
-    key = ["z_um", "y_um", "x_um"]
-    kept = s.loc[dist <= 1.0, key].merge(near[key], how="left", indicator=True)
-    assert (kept["_merge"] == "both").all()
+    key = ["base_z_um", "base_y_um", "base_x_um"]
+    both = s.merge(near[key], on=key, how="left", indicator=True)
+    dropped = both["_merge"] == "left_only"
+    assert len(near) and dropped.sum() >= 3
+    assert (both.loc[dropped, "shaft_distance_um"] > 1.0).all()
+    assert (both.loc[both["shaft_distance_um"] <= 1.0, "_merge"] == "both").all()
+    assert (headed["shaft_distance_um"] <= 1.0).any()
 
 
 def test_candidates_hold_missed_spines_and_never_change_the_spines(tmp_path):
