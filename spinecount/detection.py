@@ -116,6 +116,11 @@ SHAFT_CLIP_RADII, SHAFT_CLIP_SD = 1.25, 2.5
 #: either way along the dendrite is below this fraction of its peak: a compact bump (a stubby
 #: spine), not a widening of the shaft
 BULGE_UM, BULGE_FRACTION = 1.0, 0.2
+#: Which short tip at a dendrite's last junction is the dendrite (:func:`_continuation`): the
+#: directions over ``CONTINUE_UM`` from the junction; the longest tip unless its cosine with the
+#: dendrite is below the first value and another's above the second (60 and 37 degrees).
+CONTINUE_UM = 2.0
+CONTINUE_COS = (0.5, 0.8)
 #: Stages of the detection, in order (yielded by :func:`detect_steps`, timed in ``timings``).
 STAGES = ("prepare", "dendrites", "shaft model", "spines")
 
@@ -312,13 +317,15 @@ def _trace_dendrites(mask: np.ndarray, edt_at, vs, p: DetectionParams, brightnes
         tips = ((summ["branch_type"] == 1) & (summ["branch_distance"]
                                               < p.max_spine_length_um + radius)).to_numpy().copy()
         # Where a dendrite ends just past a side branch, the end is a short tip too: of the
-        # short tips at a junction with only one other branch, keep the longest.
+        # short tips at a junction with only one other branch, keep the one that continues
+        # the dendrite (:func:`_continuation`).
         src, dst, deg = _branch_ends(summ)
         junction = np.where(deg[src] > 1, src, dst)
         for node in np.unique(junction[tips]):
             at = np.flatnonzero(tips & (junction == node))
             if deg[node] - len(at) == 1:
-                tips[at[np.argmax(summ["branch_distance"].to_numpy()[at])]] = False
+                other = np.flatnonzero(~tips & ((src == node) | (dst == node)))
+                tips[_continuation(sk, summ, node, at, other, vs)] = False
         if not tips.any():
             break
         sk = sk.prune_paths(np.flatnonzero(tips))
@@ -351,6 +358,34 @@ def _trace_dendrites(mask: np.ndarray, edt_at, vs, p: DetectionParams, brightnes
                 pts = np.vstack([new[None], pts]) if end == 0 else np.vstack([pts, new[None]])
         paths.append(pts)
     return paths, mask, chains
+
+
+def _continuation(sk, summ, node, tips: np.ndarray, other: np.ndarray, vs) -> int:
+    """Of the short tip branches `tips` at junction `node`, the one that continues the
+    dendrite arriving there along `other`: the longest, unless it turns away by more than
+    ``CONTINUE_COS[0]`` (cosine) while another at least half as long goes on within
+    ``CONTINUE_COS[1]``. A spine near a dendrite's end is often longer than the stretch of
+    dendrite past it, and taking it for the dendrite lost the spine and made the end a spine."""
+    length = summ["branch_distance"].to_numpy()
+    longest = tips[np.argmax(length[tips])]
+    if len(tips) < 2 or len(other) != 1:
+        return longest
+    here = sk.coordinates[node] * np.asarray(vs)
+
+    def heading(branch):  # unit vector from the junction to the branch's point 2 um away
+        c = sk.path_coordinates(branch) * np.asarray(vs)
+        if np.linalg.norm(c[0] - here) > np.linalg.norm(c[-1] - here):
+            c = c[::-1]
+        run = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(c, axis=0), axis=1))])
+        q = c[min(int(np.searchsorted(run, CONTINUE_UM)), len(c) - 1)] - here
+        return q / max(np.linalg.norm(q), 1e-9)
+
+    arriving = -heading(other[0])
+    long_enough = tips[length[tips] >= 0.5 * length[longest]]
+    cos = np.array([heading(b) @ arriving for b in long_enough])
+    if heading(longest) @ arriving < CONTINUE_COS[0] and cos.max() > CONTINUE_COS[1]:
+        return long_enough[np.argmax(cos)]
+    return longest
 
 
 def _bridge_gaps(branches: list, deg, brightness, vs, max_gap_um: float,

@@ -265,6 +265,26 @@ def test_more_small_blobs_than_16_bit_labels_hold():
     assert length == pytest.approx(500 * 0.24, abs=1.0)
 
 
+def test_a_spine_near_a_dendrite_end_is_not_taken_for_the_dendrite():
+    """A dendrite that ends 1.5 um past a spine 2.5 um long: of the two short tips at the
+    last junction the dendrite goes on along the one that continues it, not the longer one
+    (which made the spine the dendrite, and the dendrite's real end a spine)."""
+    from spinecount.detection import _trace_dendrites
+    from spinecount.params import DetectionParams
+
+    vs = (0.5, 0.2, 0.2)
+    z, y, x = np.meshgrid(*(np.arange(n) * v for n, v in zip((10, 100, 200), vs)),
+                          indexing="ij")
+    mask = ((z - 2.5) ** 2 + (y - 10) ** 2 < 0.6**2) & (x <= 30)  # along x, ends at 30 um
+    mask |= ((z - 2.5) ** 2 + (x - 28.5) ** 2 < 0.3**2) & (y >= 10) & (y <= 12.6)  # the spine
+    paths, _, _ = _trace_dendrites(mask, lambda idx: np.full(len(idx), 0.3), vs,
+                                   DetectionParams())
+    assert len(paths) == 1
+    end = paths[0][np.argmax(paths[0][:, 2])]
+    assert end[2] == pytest.approx(30, abs=0.5) and end[1] == pytest.approx(10, abs=0.3)
+    assert np.abs(paths[0][:, 1] - 10).max() < 0.3  # never turns into the spine
+
+
 def test_heads_far_from_the_shaft_need_more_contrast(syn):
     p = spinecount.DetectionParams()
     s = spinecount.detect(syn.stack).spines
