@@ -178,20 +178,32 @@ def test_head_diameters_follow_the_true_heads():
     assert np.median(got[big]) - np.median(got[~big]) > 0.2
 
 
-def test_tubes_are_measured_as_tubes():
-    # thin spines: protrusions as wide as their heads (0.38-0.48 um) and three times as long
-    got, true = [], []
-    for seed in (3, 4):
-        syn = make_stack(shape_um=(12, 40, 40), n_dendrites=2, voxel_size=(1.0, 0.12, 0.12),
-                         peak_photons=60, type_fractions={"thin": 1.0}, seed=seed)
+def _matched_spines(seeds, **stack_kw):
+    """Detected and true spines matched one to one on synthetic stacks of two dendrites, one
+    per seed (`stack_kw` go to make_stack), and each stack's recall."""
+    got, true, recall = [], [], []
+    for seed in seeds:
+        syn = make_stack(**{"shape_um": (12, 40, 40), "n_dendrites": 2, "peak_photons": 60,
+                            "seed": seed, **stack_kw})
         det = spinecount.detect(syn.stack)
-        tp = evaluate(det.spines, syn.spines).matched.query("status == 'tp'")
+        ev = evaluate(det.spines, syn.spines)
+        tp = ev.matched.query("status == 'tp'")
         got.append(det.spines.iloc[tp["pred_index"].to_numpy()])
         true.append(syn.spines.iloc[tp["gt_index"].to_numpy()])
-    got, true = pd.concat(got), pd.concat(true)
+        recall.append(ev.summary["recall"])
+    return pd.concat(got), pd.concat(true), recall
+
+
+def _median_error(got, true, col):
+    return np.median(np.abs(got[col].to_numpy() / true[col].to_numpy() - 1))
+
+
+def test_tubes_are_measured_as_tubes():
+    # thin spines: protrusions as wide as their heads (0.38-0.48 um) and three times as long
+    got, true, _ = _matched_spines((3, 4), type_fractions={"thin": 1.0})
     assert len(got) >= 60
     for col in ("head_diameter_um", "length_um"):
-        assert np.median(np.abs(got[col].to_numpy() / true[col].to_numpy() - 1)) < 0.2
+        assert _median_error(got, true, col) < 0.2
     assert np.mean(got["type"] == "thin") >= 0.65
 
 
@@ -200,37 +212,20 @@ def test_stubby_spines_are_not_read_as_long_as_thin_ones():
     # slice off its slice, or a tip looked for along a direction that rises in z (where the
     # axial blur is four times the lateral), read twice that: 75 % were typed stubby, lengths
     # were 43 % off (median)
-    got, true = [], []
-    for seed in (3, 4, 5, 6):
-        syn = make_stack(shape_um=(12, 40, 40), n_dendrites=2, voxel_size=(1.0, 0.12, 0.12),
-                         peak_photons=60, type_fractions={"stubby": 1.0}, seed=seed)
-        det = spinecount.detect(syn.stack)
-        tp = evaluate(det.spines, syn.spines).matched.query("status == 'tp'")
-        got.append(det.spines.iloc[tp["pred_index"].to_numpy()])
-        true.append(syn.spines.iloc[tp["gt_index"].to_numpy()])
-    got, true = pd.concat(got), pd.concat(true)
+    got, true, _ = _matched_spines((3, 4, 5, 6), type_fractions={"stubby": 1.0})
     assert len(got) >= 80
     assert np.mean(got["type"] == "stubby") >= 0.8
-    assert np.median(np.abs(got["length_um"].to_numpy() / true["length_um"].to_numpy() - 1)) < 0.35
+    assert _median_error(got, true, "length_um") < 0.35
 
 
 def test_filopodia_are_placed_at_their_tips():
     # a filopodium has no head; its brightest point often lies part way along it, about 0.6 um
     # short of its end, and 1 um short is a miss: recall was 0.73 and 0.78 on these stacks
-    offsets, recall = [], []
-    for seed in (1, 2):
-        syn = make_stack(shape_um=(12, 40, 40), n_dendrites=2, peak_photons=60,
-                         type_fractions={"filopodium": 1.0}, seed=seed)
-        det = spinecount.detect(syn.stack)
-        ev = evaluate(det.spines, syn.spines)
-        tp = ev.matched.query("status == 'tp'")
-        got = det.spines.iloc[tp["pred_index"].to_numpy()]
-        true = syn.spines.iloc[tp["gt_index"].to_numpy()]
-        offsets.append(np.hypot(got["y_um"].to_numpy() - true["y_um"].to_numpy(),
-                                got["x_um"].to_numpy() - true["x_um"].to_numpy()))
-        recall.append(ev.summary["recall"])
+    got, true, recall = _matched_spines((1, 2), type_fractions={"filopodium": 1.0})
     assert min(recall) >= 0.85
-    assert np.median(np.concatenate(offsets)) < 0.3
+    offset = np.hypot(got["y_um"].to_numpy() - true["y_um"].to_numpy(),
+                      got["x_um"].to_numpy() - true["x_um"].to_numpy())
+    assert np.median(offset) < 0.3
 
 
 def test_relative_intensity_does_not_depend_on_the_voxel_size():
