@@ -1265,7 +1265,8 @@ def _sizes(spines: pd.DataFrame, shafts: _Shafts, vs, p: DetectionParams) -> Non
     sigma = blur(_head_sigma_um(p, vs))
     head, neck = protrusion_sizes(head_peak, neck_peak, sigma_um=sigma)
     tip = spines.pop("_tip").to_numpy()
-    length = spines.pop("_surface").to_numpy() + tip
+    surface = spines.pop("_surface").to_numpy()
+    length = surface + tip
     # brightness that stays up along the protrusion: no neck narrower than the head is seen
     wide = neck_peak >= NECK_RATIO * head_peak
     tube = wide & (length > TUBE_RATIO * head)
@@ -1274,7 +1275,7 @@ def _sizes(spines: pd.DataFrame, shafts: _Shafts, vs, p: DetectionParams) -> Non
     # (its brightest point often lies part way along it)
     shift = np.where(tube, np.clip(tip - head / 2, 0, None), 0.0)
     spines[POSITION] += shift[:, None] * np.stack(spines.pop("_reach").to_numpy())
-    spines["shaft_distance_um"] = length - tip + shift
+    spines["shaft_distance_um"] = surface + shift
     spines["head_diameter_um"] = head
     spines["neck_diameter_um"] = np.where(wide, head, neck)
     spines["length_um"] = length
@@ -1350,14 +1351,14 @@ def _measure(li, gi, rz, rs, ms, tree, pts: _Points, shafts: _Shafts, vs,
     # slice off its centre reads as far out as a thin spine's)
     depth = hp[0]
     if 0 < zi < rs.shape[0] - 1:
-        above, below = rs[zi - 1, yi, xi], rs[zi + 1, yi, xi]
-        curve = above - 2 * peak + below
+        before, after = rs[zi - 1, yi, xi], rs[zi + 1, yi, xi]
+        curve = before - 2 * peak + after
         if curve < 0:
-            depth += float(np.clip(0.5 * (above - below) / curve, -0.5, 0.5)) * vs[0]
+            depth += float(np.clip(0.5 * (before - after) / curve, -0.5, 0.5)) * vs[0]
     return {
         "dendrite_id": int(shafts.ids[k]), "z_um": hp[0], "y_um": hp[1], "x_um": hp[2],
         "base_z_um": base[0], "base_y_um": base[1], "base_x_um": base[2],
-        "shaft_distance_um": surface,
+        "shaft_distance_um": surface,  # on the grid, for _drop_necks; _sizes puts _surface
         "_surface": max(float(np.linalg.norm([depth - cpt[0], *(hp[1:] - cpt[1:])]))
                         - shafts.radius[k], 0.0),
         "contrast": float(rz[zi, yi, xi]), "_threshold": threshold,
