@@ -101,10 +101,16 @@ def test_run_tables_cache_and_changed_parameters(tmp_path, experiment):
     assert stats.loc[stats.measure == "density_per_um", "contrast"].tolist() == [
         "stress - control"]
     assert "fewer than 3 animals" in stats["warning"].iloc[0]
+    info = json.loads((out / "experiment.json").read_text())
+    took = info["timings_s"]
+    assert set(took) == {"setup", "stacks", "aggregation"} and min(took.values()) >= 0
+    assert took["stacks"] > 0 and sum(took.values()) <= info["wall_time_s"] + 0.01
     # a second run redoes nothing
     before = _mtimes(out)
     again = run_experiment(experiment, out, workers=0, progress=False)
     assert again.n_computed == 0 and again.n_cached == 4 and _mtimes(out) == before
+    assert json.loads((out / "experiment.json").read_text())["timings_s"]["stacks"] < 0.1 * took[
+        "stacks"]
     pd.testing.assert_frame_equal(pd.read_csv(out / "spines.csv"), sp)
     # a changed voxel size on one row redoes that stack only
     man = pd.read_csv(experiment)
