@@ -1341,7 +1341,12 @@ def _measure(li, gi, rz, rs, ms, tree, pts: _Points, shafts: _Shafts, vs,
     out = np.arange(0.0, 2.0 + 1e-9, step)
     plane = np.array([0.0, direction[1], direction[2]])
     reach = plane / np.linalg.norm(plane) if plane.any() else direction
-    prof = smoothed_at(hp[None] + out[:, None] * reach[None])
+    ray = hp[None] + out[:, None] * reach[None]
+    # the tile reaches the stack's edge only (its halo is wider than 2 um): the tip is no
+    # further out than the edge
+    idx = np.round(ray / np.asarray(vs)).astype(int) - origin
+    inside = np.all((idx >= 0) & (idx < np.asarray(rs.shape)), axis=1)
+    prof = np.where(inside, smoothed_at(ray), -np.inf)
     below = np.flatnonzero(prof < 0.5 * peak)
     j = below[0] if len(below) else 0
     tip = (out[j - 1] + step * (prof[j - 1] - 0.5 * peak) / max(prof[j - 1] - prof[j], 1e-9)

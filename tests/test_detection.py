@@ -228,6 +228,17 @@ def test_filopodia_are_placed_at_their_tips():
     assert np.median(offset) < 0.3
 
 
+def test_spines_and_candidates_lie_inside_the_stack():
+    # a tube pointing at the stack's edge is placed towards its tip, which is looked for no
+    # further out than the edge (one spine of this stack came out 1.5 um beyond it)
+    syn = make_stack(voxel_size=(2.0, 0.25, 0.25), seed=0)
+    det = spinecount.detect(syn.stack)
+    top = (np.asarray(syn.stack.data.shape) - 1) * np.asarray(syn.stack.voxel_size)
+    for table in (det.spines, det.candidates):
+        pos = table[["z_um", "y_um", "x_um"]].to_numpy()
+        assert len(pos) and (pos >= 0).all() and (pos <= top + 1e-9).all()
+
+
 def test_relative_intensity_does_not_depend_on_the_voxel_size():
     medians = []
     for voxel_size in [(1.0, 0.12, 0.12), (0.3, 0.06, 0.06)]:
