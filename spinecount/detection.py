@@ -382,10 +382,11 @@ def _continuation(sk, summ, node, tips: np.ndarray, other: np.ndarray, vs) -> in
         return q / max(np.linalg.norm(q), 1e-9)
 
     arriving = -heading(other[0])
-    long_enough = tips[length[tips] >= 0.5 * length[longest]]
-    cos = np.array([heading(b) @ arriving for b in long_enough])
-    if heading(longest) @ arriving < CONTINUE_COS[0] and cos.max() > CONTINUE_COS[1]:
-        return long_enough[np.argmax(cos)]
+    # the tips at least half as long as the longest (which is among them): their cosines
+    cos = {b: heading(b) @ arriving for b in tips[length[tips] >= 0.5 * length[longest]]}
+    best = max(cos, key=cos.get)
+    if cos[longest] < CONTINUE_COS[0] and cos[best] > CONTINUE_COS[1]:
+        return best
     return longest
 
 
@@ -1308,10 +1309,16 @@ def _measure(li, gi, rz, rs, ms, tree, pts: _Points, shafts: _Shafts, vs,
     candidate = rz[zi, yi, xi] < threshold
     origin = gi - li
 
-    def smoothed_at(points):
-        idx = np.clip(np.round(points / np.asarray(vs)).astype(int) - origin, 0,
-                      np.asarray(rs.shape) - 1)
-        return rs[tuple(idx.T)]
+    def smoothed_at(points, beyond=None):
+        """The smoothed residual at `points` (um), the tile's edge value beyond it, or
+        `beyond` where given (the tile reaches the stack's edge only: its halo is wider than
+        any reach from a head)."""
+        idx = np.round(points / np.asarray(vs)).astype(int) - origin
+        values = rs[tuple(np.clip(idx, 0, np.asarray(rs.shape) - 1).T)]
+        if beyond is None:
+            return values
+        return np.where(np.all((idx >= 0) & (idx < np.asarray(rs.shape)), axis=1), values,
+                        beyond)
 
     peak = rs[zi, yi, xi]
     cpt = pts.xyz[ni]
@@ -1341,12 +1348,8 @@ def _measure(li, gi, rz, rs, ms, tree, pts: _Points, shafts: _Shafts, vs,
     out = np.arange(0.0, 2.0 + 1e-9, step)
     plane = np.array([0.0, direction[1], direction[2]])
     reach = plane / np.linalg.norm(plane) if plane.any() else direction
-    ray = hp[None] + out[:, None] * reach[None]
-    # the tile reaches the stack's edge only (its halo is wider than 2 um): the tip is no
-    # further out than the edge
-    idx = np.round(ray / np.asarray(vs)).astype(int) - origin
-    inside = np.all((idx >= 0) & (idx < np.asarray(rs.shape)), axis=1)
-    prof = np.where(inside, smoothed_at(ray), -np.inf)
+    # the tip is no further out than the stack's edge
+    prof = smoothed_at(hp[None] + out[:, None] * reach[None], beyond=-np.inf)
     below = np.flatnonzero(prof < 0.5 * peak)
     j = below[0] if len(below) else 0
     tip = (out[j - 1] + step * (prof[j - 1] - 0.5 * peak) / max(prof[j - 1] - prof[j], 1e-9)
