@@ -10,7 +10,9 @@ spines of detected dendrites that run along the traced ones
 traced segment, the length of the detected dendrites that run along it against its traced length
 and the density of their spines against the annotated density (``match_dendrites``; the density
 of all detected spines in the segment's tube, crossing dendrites' included, in brackets); time
-per stage and peak memory.
+per stage and peak memory; and, for how the result depends on the size of the field, the
+same scoring in smaller fields (61 um, 512 x 512 pixels, overlapping by half) cut from the
+stack: detected in the smaller field alone, against the whole field's detection there.
 
     python benchmarks/detect_rr30a.py [--data ../shared/data/rr30a] [--sessions 0 1 ...]
 
@@ -27,6 +29,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+#: side of the smaller fields cut from a stack (pixels)
+FIELD_PX = 512
 
 
 def run_one(data: Path, session: int) -> dict:
@@ -52,11 +56,49 @@ def run_one(data: Path, session: int) -> dict:
     own = evaluate(det.spines[spines_along(det.spines, det.centerlines, cl) >= 0], gt,
                    centerlines=cl, pred_point="distal_edge").summary
     seg = ev.per_dendrite
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"session": session, "summary": ev.summary, "centre": centre, "own": own,
             "segments": seg.round(3).to_dict("list"),
             "timings_s": {"read": round(t_read, 2), **det.timings}, "wall_s": round(wall, 2),
-            "n_dendrites": len(det.dendrites),
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "n_dendrites": len(det.dendrites), "peak_rss_mb": peak_mb,
+            "fields": smaller_fields(stack, det.spines, gt, cl)}
+
+
+def smaller_fields(stack, spines, gt, cl, size: int = FIELD_PX) -> dict:
+    """Matched, detected and annotated spines summed over fields of `size` pixels cut from the
+    stack (overlapping by half, with at least 10 annotated spines more than 1 um inside), for
+    the field's own detection ("alone") and the whole stack's detection in it ("whole")."""
+    import dataclasses
+
+    import numpy as np
+
+    from spinecount.detection import detect
+    from spinecount.evaluate import evaluate
+
+    _, vy, vx = stack.voxel_size
+    sums = {"alone": np.zeros(3, int), "whole": np.zeros(3, int)}
+    for y0 in range(0, stack.data.shape[1] - size + 1, size // 2):
+        for x0 in range(0, stack.data.shape[2] - size + 1, size // 2):
+            lo, hi = np.array([y0 * vy, x0 * vx]), np.array([(y0 + size) * vy, (x0 + size) * vx])
+
+            def moved(t, margin=0.0):  # the table in the field's coordinates, inside it
+                t = t.copy()
+                for c, o in (("y_um", lo[0]), ("x_um", lo[1]), ("base_y_um", lo[0]),
+                             ("base_x_um", lo[1])):
+                    if c in t:
+                        t[c] -= o
+                yx = t[["y_um", "x_um"]].to_numpy()
+                return t[np.all((yx > margin) & (yx < hi - lo - margin), axis=1)]
+
+            g = moved(gt, 1.0)
+            if len(g) < 10:
+                continue
+            field = dataclasses.replace(stack, data=stack.data[:, y0:y0 + size, x0:x0 + size])
+            track = moved(cl, -np.inf)  # all of it
+            for name, pred in (("alone", detect(field).spines), ("whole", moved(spines))):
+                m = evaluate(pred, g, centerlines=track, pred_point="distal_edge").summary
+                sums[name] += [m["true_positives"], m["n_pred"], m["n_gt"]]
+    return {k: v.tolist() for k, v in sums.items()}
 
 
 def main():
@@ -100,6 +142,10 @@ def main():
                   f"{seg['matched_length_um'][i]:.1f} vs traced {seg['length_um'][i]:.1f} um "
                   f"(error {seg['length_error'][i]:+.0%})")
         print(f"  time {r['wall_s']:.1f} s {r['timings_s']}; peak memory {r['peak_rss_mb']:.0f} MB")
+        f = {k: f"F1 {2 * tp / (n_pred + n_gt):.3f} (precision {tp / n_pred:.3f}, recall "
+                f"{tp / n_gt:.3f})" for k, (tp, n_pred, n_gt) in r["fields"].items()}
+        print(f"  in fields of {FIELD_PX} x {FIELD_PX} pixels cut from the stack, pooled: detected "
+              f"in the field alone {f['alone']}; the whole stack's detection there {f['whole']}")
 
 
 if __name__ == "__main__":

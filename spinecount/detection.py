@@ -306,7 +306,14 @@ def _trace_dendrites(mask: np.ndarray, edt_at, vs, p: DetectionParams, brightnes
         for z in range(len(lab)):
             mask[z] = keep[lab[z]]
     del lab
-    skel = skeletonize(mask)
+    # A skeleton stops about a radius short of the mask's end, and where a dendrite leaves the
+    # field sideways that end is the stack's edge: the mask is carried on beyond the edges for
+    # the skeleton, so that it runs to the edge (else the stretch left there reads as a spine).
+    # Not beyond the top and bottom, along which dendrites often run.
+    pad = [(0, 0)] + [(k, k) for k in np.ceil(p.max_dendrite_radius_um / np.asarray(vs[1:]))
+                      .astype(int) + 1]
+    skel = skeletonize(np.pad(mask, pad, mode="edge"))[
+        tuple(slice(a, a + n) for (a, _), n in zip(pad, mask.shape))]
     paths = []
     if not skel.any():
         return paths, mask, []

@@ -291,6 +291,27 @@ def test_a_spine_near_a_dendrite_end_is_not_taken_for_the_dendrite():
     assert np.abs(paths[0][:, 1] - 10).max() < 0.3  # never turns into the spine
 
 
+def test_a_dendrite_that_leaves_the_field_is_traced_to_its_edge():
+    """A dendrite that runs out of the field sideways, with a spine 1 um before the edge:
+    the skeleton of a mask stops about a radius short of its end, which would leave the last
+    stretch of the dendrite to read as a spine, and the spine taken for the dendrite."""
+    from spinecount.detection import _trace_dendrites
+    from spinecount.params import DetectionParams
+
+    vs = (0.5, 0.2, 0.2)
+    z, y, x = np.meshgrid(*(np.arange(n) * v for n, v in zip((10, 100, 150), vs)),
+                          indexing="ij")
+    edge = 149 * vs[2]
+    mask = (z - 2.5) ** 2 + (y - 10) ** 2 < 0.8**2  # along x, through the whole field
+    mask |= ((z - 2.5) ** 2 + (x - (edge - 1.0)) ** 2 < 0.3**2) & (y >= 10) & (y <= 12.6)
+    paths, _, _ = _trace_dendrites(mask, lambda idx: np.full(len(idx), 0.8), vs,
+                                   DetectionParams())
+    assert len(paths) == 1
+    line = paths[0]
+    assert line[:, 2].min() < 0.3 and line[:, 2].max() > edge - 0.3  # from edge to edge
+    assert np.abs(line[:, 1] - 10).max() < 0.3  # never turns into the spine
+
+
 def test_heads_far_from_the_shaft_need_more_contrast(syn):
     p = spinecount.DetectionParams()
     s = spinecount.detect(syn.stack).spines

@@ -209,6 +209,10 @@ def test_missed_spines_are_added_from_the_candidates(make_napari_viewer, qtbot, 
     cands.selected_data = {0, 1}
     ids = review.take_candidates()
     assert len(ids) == 2 and len(cands.data) == len(table) - 2
+    # the candidates left keep their own rows
+    assert cands.features["type"].tolist() == table["type"].iloc[2:].tolist()
+    np.testing.assert_allclose(np.asarray(cands.data)[:, -3:] * np.asarray(cands.scale[-3:]),
+                               table[["z_um", "y_um", "x_um"]].iloc[2:].to_numpy(), atol=1e-6)
     assert len(layer.data) == n0 + 2
     rev = _reviewed(folder).set_index("spine_id").loc[ids]
     assert (rev["status"] == "added").all()

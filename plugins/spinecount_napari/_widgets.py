@@ -378,10 +378,12 @@ class ReviewWidget(Container):
                                         type=str(layer.features["type"].iloc[r]))
                for r in rows]
         if rows:
+            # napari cuts the features to a shorter data from the end: keep them apart
+            keep = np.setdiff1d(np.arange(len(layer.data)), rows)
+            features = layer.features.iloc[keep].reset_index(drop=True)
             layer.selected_data = set()
-            layer.data = np.delete(np.asarray(layer.data), rows, axis=0)
-            layer.features = layer.features.drop(index=layer.features.index[rows]).reset_index(
-                drop=True)
+            layer.data = np.asarray(layer.data)[keep]
+            layer.features = features
             self.viewer.layers.selection.active = self.current.layer
             self._redraw()
         return ids
