@@ -30,6 +30,8 @@ from .results import (CANDIDATES_FILE, CENTERLINES_FILE, DENDRITES_FILE, REVIEWE
 from .tables import (BASE, POSITION, SPINE_TYPES, conform_spines, dendrite_table,
                      read_centerlines, read_spines)
 
+#: a candidate with an added spine this close (um) was taken as that spine
+TAKEN_UM = 0.5
 STATUSES = ("detected", "accepted", "added", "moved", "retyped", "rejected")
 REVIEW_COLUMNS = ("status", "reviewer", "reviewed_at")
 #: Statuses that an accept, a move or a retype leave as they are (they say more).
@@ -183,6 +185,21 @@ class ReviewSession:
     def counted(self) -> pd.DataFrame:
         """The spines that count (every status but ``rejected``)."""
         return counted(self.spines)
+
+    def candidates(self) -> pd.DataFrame | None:
+        """The detector's candidates (``candidates.csv``; None where the folder has none) that
+        were not taken as spines: those without an added spine within ``TAKEN_UM``."""
+        path = self.folder / CANDIDATES_FILE
+        if not path.exists():
+            return None
+        cands = read_spines(path)
+        added = self.spines.loc[self.spines["status"] == "added", POSITION].to_numpy(float)
+        if not len(added) or not len(cands):
+            return cands
+        from scipy.spatial import cKDTree
+
+        near = cKDTree(added).query(cands[POSITION].to_numpy(float))[0]
+        return cands[near > TAKEN_UM].reset_index(drop=True)
 
     def summary(self) -> pd.DataFrame:
         """Per dendrite: length, spines that count, density (the plugin's live table)."""

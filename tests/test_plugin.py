@@ -220,6 +220,11 @@ def test_missed_spines_are_added_from_the_candidates(make_napari_viewer, qtbot, 
     np.testing.assert_allclose(rev[["z_um", "y_um", "x_um"]].to_numpy(),
                                table[["z_um", "y_um", "x_um"]].iloc[:2].to_numpy(), atol=1e-6)
     assert review.take_candidates() == []  # nothing selected: nothing added
+    # the folder opened again offers only the candidates not taken
+    viewer.layers.clear()
+    viewer.open(str(folder), plugin="spinecount")
+    again = [lay for lay in viewer.layers if "candidates" in lay.name]
+    assert len(again) == 1 and len(again[0].data) == len(table) - 2
 
 
 def test_detection_can_be_cancelled(make_napari_viewer, qtbot, tmp_path):

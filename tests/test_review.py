@@ -85,6 +85,19 @@ def test_reopening_restores_the_review_and_runs_count_it(result, tmp_path):
     assert dendrites["n_spines"].sum() == len(spines)
 
 
+def test_candidates_taken_as_spines_are_not_offered_again(result, tmp_path):
+    folder = _fresh(result, tmp_path)
+    s = ReviewSession(folder, reviewer="ana")
+    cands = s.candidates()
+    assert len(cands) >= 2
+    pos = cands[["z_um", "y_um", "x_um"]].to_numpy()
+    s.add(pos[0], type=cands["type"].iloc[0])
+    s.add(pos[1] + [0.0, 2.0, 0.0])  # a spine added elsewhere leaves its candidate
+    left = ReviewSession(folder).candidates()
+    assert len(left) == len(cands) - 1
+    np.testing.assert_allclose(left[["z_um", "y_um", "x_um"]].to_numpy(), pos[1:])
+
+
 def test_review_order_is_least_certain_first(result, tmp_path):
     s = ReviewSession(_fresh(result, tmp_path), autosave=False)
     scores = s.spines.set_index("spine_id").loc[s.order(), "score"].to_numpy()

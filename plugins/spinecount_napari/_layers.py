@@ -136,17 +136,14 @@ def image_layer(stack, *, name: str) -> tuple:
 
 
 def result_layers(session, *, name: str, stack=None) -> list[tuple]:
-    """Image (when given), dendrites, candidates (hidden; where the folder has them) and spines
-    of a :class:`~spinecount.review.ReviewSession`."""
-    from spinecount.results import CANDIDATES_FILE
-    from spinecount.tables import read_spines
-
+    """Image (when given), dendrites, candidates (hidden; where the folder has them, less those
+    already taken as spines) and spines of a :class:`~spinecount.review.ReviewSession`."""
     vs = _voxel_size(session, stack)
     layers = [image_layer(stack, name=name)] if stack is not None else []
     layers.append(dendrites_layer(session.centerlines, vs, name=f"{name} dendrites"))
-    path = session.folder / CANDIDATES_FILE
-    if path.exists():
-        layers.append(candidates_layer(read_spines(path), vs, name=f"{name} candidates",
+    candidates = session.candidates()
+    if candidates is not None:
+        layers.append(candidates_layer(candidates, vs, name=f"{name} candidates",
                                        folder=session.folder))
     layers.append(spines_layer(session.counted(), vs, name=f"{name} spines",
                                folder=session.folder))
