@@ -144,8 +144,9 @@ def main():
         print(f"  time {r['wall_s']:.1f} s {r['timings_s']}; peak memory {r['peak_rss_mb']:.0f} MB")
         f = {k: f"F1 {2 * tp / (n_pred + n_gt):.3f} (precision {tp / n_pred:.3f}, recall "
                 f"{tp / n_gt:.3f})" for k, (tp, n_pred, n_gt) in r["fields"].items()}
-        print(f"  in fields of {FIELD_PX} x {FIELD_PX} pixels cut from the stack, pooled: detected "
-              f"in the field alone {f['alone']}; the whole stack's detection there {f['whole']}")
+        print(f"  in fields of {FIELD_PX} x {FIELD_PX} pixels cut from the stack, pooled: "
+              f"detected in the field alone {f['alone']}; the whole stack's detection there "
+              f"{f['whole']}")
 
 
 if __name__ == "__main__":
