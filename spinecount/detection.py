@@ -3,7 +3,11 @@
 The method, in order (all distances in micrometres, converted with the stack's voxel size):
 
 1. **Working resolution.** The stack is block-averaged laterally to about
-   ``working_pixel_um`` (0.24 um) pixels: fine enough for spine heads, and fast.
+   ``working_pixel_um`` (0.24 um) pixels: fine enough for spine heads, and fast. Z steps
+   coarser than ``working_z_step_um`` (1 um) are interpolated to it or finer (a cubic spline
+   along z; the stack's own slices are kept): the shaft model, the peaks and their depth work
+   slice by slice, and at 2 um steps a head between two slices was missed or placed a slice
+   off.
 2. **Background and noise** are estimated per slice (median and scaled median absolute
    deviation, on a lattice of about 200,000 pixels a slice), so depth dimming does not bias
    thresholds.
@@ -13,7 +17,8 @@ The method, in order (all distances in micrometres, converted with the stack's v
    many noise SDs above the background; Otsu's split puts them with the background); parts
    thicker than ``max_dendrite_radius_um`` (soma, blobs) are removed. The mask is skeletonised
    in 3D (carried on beyond the stack's sides, so that a dendrite leaving the field is traced
-   to its edge) and turned into a graph with skan; tip branches shorter than
+   to its edge; a free end is carried on to where the mask ends) and turned into a graph with
+   skan; tip branches shorter than
    ``max_spine_length_um`` (spines) are pruned repeatedly (where a dendrite ends just past a
    spine, the one that continues the dendrite is kept, :func:`_continuation`) and isolated
    pieces shorter than ``min_dendrite_length_um`` dropped. Each remaining
@@ -209,6 +214,24 @@ def downsample_xy(data: np.ndarray, f: int) -> np.ndarray:
                                                                       dtype=np.float32)
 
 
+def upsample_z(data: np.ndarray, m: int) -> np.ndarray:
+    """Interpolate `m` - 1 slices between each two of a (z, y, x) stack (a cubic spline along
+    z), as float32; the stack's own slices are kept.
+
+    Examples
+    --------
+    >>> upsample_z(np.array([0.0, 1.0, 8.0, 27.0])[:, None, None], 2).ravel().tolist()
+    [0.0, 0.125, 1.0, 3.375, 8.0, 15.625, 27.0]
+    """
+    n = data.shape[0]
+    if m == 1 or n < 2:
+        return data.astype(np.float32)
+    from scipy.interpolate import make_interp_spline
+
+    spline = make_interp_spline(np.arange(n), data, k=min(3, n - 1), axis=0)
+    return spline(np.arange((n - 1) * m + 1) / m).astype(np.float32)
+
+
 def _slice_stats(sample: np.ndarray):
     """Per-slice background (median) and noise SD (1.4826 x MAD) of a (z, ...) sample, shaped
     (z, 1, 1)."""
@@ -356,14 +379,23 @@ def _trace_dendrites(mask: np.ndarray, edt_at, vs, p: DetectionParams, brightnes
                               np.array([b[2] for b in branches]), deg, radius)
     top = (np.asarray(mask.shape) - 1) * np.asarray(vs)
     for pts, (first, last), _ in branches:
-        # A skeleton stops about one radius short of a free end: extend tips by their radius.
+        # A skeleton stops short of a free end, by about a radius and more where the mask is
+        # thick in z: extend each tip along its direction to where the mask ends (at least
+        # by its radius, at most by the largest dendrite radius).
         for end, node in ((0, first), (-1, last)):
             if deg[node] == 1 and len(pts) > 2:
                 tip = pts[end]
                 inner = pts[min(4, len(pts) - 1)] if end == 0 else pts[max(-5, -len(pts))]
-                d = tip - inner
+                d = (tip - inner) / max(np.linalg.norm(tip - inner), 1e-9)
                 r = edt_at(np.round(tip / np.asarray(vs)).astype(int)[None])[0]
-                new = np.clip(tip + d / max(np.linalg.norm(d), 1e-9) * r, 0, top)
+                reach = np.arange(1, int(p.max_dendrite_radius_um / vs[1]) + 1) * vs[1]
+                q = np.round((tip + reach[:, None] * d) / np.asarray(vs)).astype(int)
+                inside = np.all((q >= 0) & (q < mask.shape), axis=1)
+                inside[inside] = mask[tuple(q[inside].T)]
+                n_in = len(inside) if inside.all() else int(np.argmin(inside))
+                if n_in:
+                    r = max(r, reach[n_in - 1])
+                new = np.clip(tip + d * r, 0, top)
                 pts = np.vstack([new[None], pts]) if end == 0 else np.vstack([pts, new[None]])
         paths.append(pts)
     return paths, mask, chains
@@ -908,8 +940,15 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
     raw = stack.data
     vz, vy, vx = stack.voxel_size
     f = max(1, int(round(p.working_pixel_um / max(vy, vx))))
-    vs = (vz, vy * f, vx * f)
-    shape = (raw.shape[0], raw.shape[1] // f, raw.shape[2] // f)
+    # coarse z steps are interpolated: fz - 1 slices between each two of the stack's
+    fz = max(1, int(np.ceil(vz / p.working_z_step_um - 1e-6))) if p.working_z_step_um else 1
+    vs = (vz / fz, vy * f, vx * f)
+    shape = ((raw.shape[0] - 1) * fz + 1, raw.shape[1] // f, raw.shape[2] // f)
+
+    def working(ys, xs):
+        """The working image (float32) of all slices in a lateral box (working pixels)."""
+        return upsample_z(downsample_xy(raw[:, ys.start * f:ys.stop * f,
+                                            xs.start * f:xs.stop * f], f), fz)
     # a working voxel's centre lies (f - 1) / 2 original pixels into its block
     offset = np.array([0.0, (f - 1) / 2 * vy, (f - 1) / 2 * vx])
     n_threads = threads or os.cpu_count() or 1
@@ -945,9 +984,7 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
         return map_tiles(task, tiles, threads=n_threads)
 
     def image(tile):
-        ys, xs = tile.ext
-        return kept("img", tile, lambda: downsample_xy(
-            raw[:, ys.start * f:ys.stop * f, xs.start * f:xs.stop * f], f))
+        return kept("img", tile, lambda: working(*tile.ext))
 
     def smoothed(tile, img=None):
         return kept("sm", tile, lambda: ndi.gaussian_filter(
@@ -991,7 +1028,7 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
         m = np.ceil(3 * p.dendrite_smoothing_um / np.asarray(vs)).astype(int)
         lo = [max(b.start - k, 0) for b, k in zip(box, m)]
         hi = [b.stop + k for b, k in zip(box, m)]
-        img = downsample_xy(raw[lo[0]:hi[0], lo[1] * f:hi[1] * f, lo[2] * f:hi[2] * f], f)
+        img = working(slice(lo[1], hi[1]), slice(lo[2], hi[2]))[lo[0]:hi[0]]
         sm = ndi.gaussian_filter(img, _sigma_vox(p.dendrite_smoothing_um, vs))
         z = (sm - bg_s[lo[0]:hi[0]]) / noise_s[lo[0]:hi[0]]
         return z[tuple(slice(b.start - a, b.stop - a) for b, a in zip(box, lo))]

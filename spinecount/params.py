@@ -33,6 +33,9 @@ class DetectionParams:
     """
 
     working_pixel_um: float = _p(0.24, "lateral pixel size at which dendrites are traced")
+    working_z_step_um: float = _p(
+        1.0, "coarser z steps are interpolated (cubic spline) to this step or finer before "
+             "detection, the stack's own slices kept (0 turns it off)")
     dendrite_threshold: float = _p(
         5.0, "dendrite mask: smoothed intensity above background, in noise standard deviations "
              "(at least; see otsu_fraction)")
