@@ -177,7 +177,8 @@ def main():
                   f"{seg['density_error'][i]:+.0%}); length "
                   f"{seg['matched_length_um'][i]:.1f} vs traced {seg['length_um'][i]:.1f} um "
                   f"(error {seg['length_error'][i]:+.0%})")
-        print(f"  time {r['wall_s']:.1f} s {r['timings_s']}; peak memory {r['peak_rss_mb']:.0f} MB")
+        print(f"  time {r['wall_s']:.1f} s {r['timings_s']}; "
+              f"peak memory {r['peak_rss_mb']:.0f} MB")
         f = {k: f"F1 {2 * tp / (n_pred + n_gt):.3f} (precision {tp / n_pred:.3f}, recall "
                 f"{tp / n_gt:.3f})" for k, (tp, n_pred, n_gt) in r["fields"].items()}
         print(f"  in fields of {FIELD_PX} x {FIELD_PX} pixels cut from the stack, pooled: "

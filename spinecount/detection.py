@@ -144,7 +144,8 @@ class Detection:
         Dendrite centre lines as (n, 3) arrays in micrometres (napari Shapes path data after
         dividing by the voxel size); ``paths[i]`` belongs to ``dendrites.dendrite_id[i]``.
     mask : ndarray of bool or None
-        Dendrite mask at working resolution (when asked for with ``return_mask=True``).
+        Dendrite mask at working resolution (``working_pixel_um`` laterally; z steps coarser
+        than ``working_z_step_um`` interpolated), when asked for with ``return_mask=True``.
     timings : dict
         Seconds per stage.
     candidates : DataFrame
@@ -225,7 +226,7 @@ def upsample_z(data: np.ndarray, m: int) -> np.ndarray:
     """
     n = data.shape[0]
     if m == 1 or n < 2:
-        return data.astype(np.float32)
+        return data.astype(np.float32, copy=False)
     from scipy.interpolate import make_interp_spline
 
     spline = make_interp_spline(np.arange(n), data, k=min(3, n - 1), axis=0)
@@ -943,7 +944,8 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
     # coarse z steps are interpolated: fz - 1 slices between each two of the stack's
     fz = max(1, int(np.ceil(vz / p.working_z_step_um - 1e-6))) if p.working_z_step_um else 1
     vs = (vz / fz, vy * f, vx * f)
-    shape = ((raw.shape[0] - 1) * fz + 1, raw.shape[1] // f, raw.shape[2] // f)
+    shape = ((raw.shape[0] - 1) * fz + 1 if len(raw) else 0, raw.shape[1] // f,
+             raw.shape[2] // f)
 
     def working(ys, xs):
         """The working image (float32) of all slices in a lateral box (working pixels)."""
