@@ -17,8 +17,7 @@ The method, in order (all distances in micrometres, converted with the stack's v
    many noise SDs above the background; Otsu's split puts them with the background); parts
    thicker than ``max_dendrite_radius_um`` (soma, blobs) are removed. The mask is skeletonised
    in 3D (carried on beyond the stack's sides, so that a dendrite leaving the field is traced
-   to its edge; a free end is carried on to where the mask ends) and turned into a graph with
-   skan; tip branches shorter than
+   to its edge) and turned into a graph with skan; tip branches shorter than
    ``max_spine_length_um`` (spines) are pruned repeatedly (where a dendrite ends just past a
    spine, the one that continues the dendrite is kept, :func:`_continuation`) and isolated
    pieces shorter than ``min_dendrite_length_um`` dropped. Each remaining
@@ -380,23 +379,14 @@ def _trace_dendrites(mask: np.ndarray, edt_at, vs, p: DetectionParams, brightnes
                               np.array([b[2] for b in branches]), deg, radius)
     top = (np.asarray(mask.shape) - 1) * np.asarray(vs)
     for pts, (first, last), _ in branches:
-        # A skeleton stops short of a free end, by about a radius and more where the mask is
-        # thick in z: extend each tip along its direction to where the mask ends (at least
-        # by its radius, at most by the largest dendrite radius).
+        # A skeleton stops about one radius short of a free end: extend tips by their radius.
         for end, node in ((0, first), (-1, last)):
             if deg[node] == 1 and len(pts) > 2:
                 tip = pts[end]
                 inner = pts[min(4, len(pts) - 1)] if end == 0 else pts[max(-5, -len(pts))]
-                d = (tip - inner) / max(np.linalg.norm(tip - inner), 1e-9)
+                d = tip - inner
                 r = edt_at(np.round(tip / np.asarray(vs)).astype(int)[None])[0]
-                reach = np.arange(1, int(p.max_dendrite_radius_um / vs[1]) + 1) * vs[1]
-                q = np.round((tip + reach[:, None] * d) / np.asarray(vs)).astype(int)
-                inside = np.all((q >= 0) & (q < mask.shape), axis=1)
-                inside[inside] = mask[tuple(q[inside].T)]
-                n_in = len(inside) if inside.all() else int(np.argmin(inside))
-                if n_in:
-                    r = max(r, reach[n_in - 1])
-                new = np.clip(tip + d * r, 0, top)
+                new = np.clip(tip + d / max(np.linalg.norm(d), 1e-9) * r, 0, top)
                 pts = np.vstack([new[None], pts]) if end == 0 else np.vstack([pts, new[None]])
         paths.append(pts)
     return paths, mask, chains

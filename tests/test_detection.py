@@ -243,11 +243,11 @@ def test_spines_and_candidates_lie_inside_the_stack():
 def test_every_second_slice_scores_as_all_of_them():
     """Stacks imaged at 1 um z steps, and the same with every second slice only: with the
     coarse stacks interpolated to 1 um steps (``working_z_step_um``), the spines are found
-    about as well (pooled F1 0.86 against 0.88; without the interpolation 0.83)."""
+    about as well (pooled F1 0.85 against 0.86; without the interpolation 0.81)."""
     import dataclasses
 
     sums = np.zeros((2, 3))
-    for seed in (0, 1, 2):
+    for seed in range(6):
         syn = make_stack(shape_um=(12, 40, 40), n_dendrites=2, seed=seed)
         coarse = dataclasses.replace(syn.stack, data=syn.stack.data[::2],
                                      voxel_size=(2.0, 0.12, 0.12))
@@ -308,19 +308,6 @@ def test_a_spine_near_a_dendrite_end_is_not_taken_for_the_dendrite():
     end = paths[0][np.argmax(paths[0][:, 2])]
     assert end[2] == pytest.approx(30, abs=0.5) and end[1] == pytest.approx(10, abs=0.3)
     assert np.abs(paths[0][:, 1] - 10).max() < 0.3  # never turns into the spine
-
-
-def test_free_ends_are_traced_to_the_end_at_coarse_z_steps():
-    """The skeleton of a dendrite's mask stops short of a free end, more so where the axial
-    blur makes the mask tall (here at 2 um z steps, interpolated to 1 um): the centre line is
-    carried on to where the mask ends (it stopped 1.7 um short when carried on by the
-    dendrite's radius, and the dendrite came out 9% short)."""
-    syn = make_stack(shape_um=(14, 40, 40), voxel_size=(2.0, 0.12, 0.12), n_dendrites=1,
-                     branch_probability=0, spine_density=0.0, peak_photons=60, seed=1)
-    det = spinecount.detect(syn.stack)
-    found = det.centerlines[["y_um", "x_um"]].to_numpy()
-    for end in syn.centerlines[["y_um", "x_um"]].to_numpy()[[0, -1]]:
-        assert np.linalg.norm(found - end, axis=1).min() < 0.8
 
 
 def test_a_dendrite_that_leaves_the_field_is_traced_to_its_edge():
