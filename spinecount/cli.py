@@ -346,7 +346,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warnings() -> None:
+    """Print spinecount's own warnings as one line each, without the code that raised them."""
+    import warnings
+
+    default, here = warnings.formatwarning, str(Path(__file__).resolve().parent)
+
+    def fmt(message, category, filename, lineno, line=None):
+        if str(filename).startswith(here):
+            return f"spinecount: warning: {message}\n"
+        return default(message, category, filename, lineno, line)
+
+    warnings.formatwarning = fmt
+
+
 def main(argv=None) -> int:
+    _one_line_warnings()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):

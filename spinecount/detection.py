@@ -83,6 +83,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -97,6 +98,9 @@ from .params import DetectionParams
 from .tables import (BASE, POSITION, conform_spines, dendrite_table, empty_spines,
                      polyline_length, resample_polyline, smooth_polyline)
 
+#: The coarsest z step and lateral pixel (um) the detector is measured at (README, Measured
+#: accuracy); coarser stacks are detected with a warning.
+MEASURED_Z_STEP_UM, MEASURED_PIXEL_UM = 2.0, 0.3
 #: Axial / lateral elongation of the two-photon PSF, used to scale z in the shaft model.
 AXIAL_RATIO = 3.0
 #: full width at half maximum of a Gaussian, in standard deviations
@@ -930,6 +934,12 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
     t = time.perf_counter()
     raw = stack.data
     vz, vy, vx = stack.voxel_size
+    if vz > MEASURED_Z_STEP_UM + 1e-9 or max(vy, vx) > MEASURED_PIXEL_UM + 1e-9:
+        warnings.warn(
+            f"{stack.name}: voxel size {vz:g} x {vy:g} x {vx:g} um (z, y, x) is coarser than "
+            f"the detector is measured at (z steps up to {MEASURED_Z_STEP_UM:g} um, pixels up "
+            f"to {MEASURED_PIXEL_UM:g} um): expect more missed spines (README, Measured "
+            f"accuracy)", stacklevel=3)
     f = max(1, int(round(p.working_pixel_um / max(vy, vx))))
     # coarse z steps are interpolated: fz - 1 slices between each two of the stack's
     fz = max(1, int(np.ceil(vz / p.working_z_step_um - 1e-6))) if p.working_z_step_um else 1

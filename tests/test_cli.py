@@ -71,6 +71,17 @@ def test_synth_detect_evaluate(tmp_path, capsys):
     pd.testing.assert_frame_equal(pd.read_csv(chunked / "spines.csv"), spines)
 
 
+def test_stacks_coarser_than_measured_get_a_one_line_warning(tmp_path):
+    tif = tmp_path / "s.tif"
+    main(["synth", str(tif), "--seed", "1", "--shape-um", "8", "20", "20"])
+    code, _, err = run_cli("detect", tif, "-o", tmp_path / "out", "-q",
+                           "--voxel-size", "3", "0.12", "0.12")
+    assert code == 0
+    assert ("spinecount: warning: s.tif: voxel size 3 x 0.12 x 0.12 um (z, y, x) is coarser "
+            "than the detector is measured at") in err
+    assert "UserWarning" not in err
+
+
 def test_params_file_and_voxel_size_override(tmp_path):
     tif = tmp_path / "syn.tif"
     main(["synth", str(tif), "--seed", "1", "--shape-um", "8", "20", "20"])

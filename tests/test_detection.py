@@ -1,5 +1,7 @@
 """The detector on synthetic truth (first version; the accuracy goals are benchmarked)."""
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -256,6 +258,18 @@ def test_every_second_slice_scores_as_all_of_them():
             sums[row] += [m["true_positives"], m["n_pred"], m["n_gt"]]
     fine_f1, coarse_f1 = 2 * sums[:, 0] / (sums[:, 1] + sums[:, 2])
     assert coarse_f1 > fine_f1 - 0.03
+
+
+def test_stacks_coarser_than_measured_are_detected_with_a_warning():
+    syn = make_stack(shape_um=(12, 30, 30), voxel_size=(3.0, 0.12, 0.12), n_dendrites=1, seed=1)
+    with pytest.warns(UserWarning, match="z steps up to 2 um"):
+        det = spinecount.detect(syn.stack)
+    assert len(det.dendrites) >= 1
+    with warnings.catch_warnings(record=True) as caught:  # none at 2 um and 0.3 um pixels
+        warnings.simplefilter("always")
+        spinecount.detect(make_stack(shape_um=(12, 30, 30), voxel_size=(2.0, 0.3, 0.3),
+                                     n_dendrites=1, seed=1).stack)
+    assert not [w for w in caught if "coarser than" in str(w.message)]
 
 
 def test_relative_intensity_does_not_depend_on_the_voxel_size():
