@@ -126,6 +126,11 @@ SHAFT_CLIP_RADII, SHAFT_CLIP_SD = 1.25, 2.5
 #: either way along the dendrite is below this fraction of its peak: a compact bump (a stubby
 #: spine), not a widening of the shaft
 BULGE_UM, BULGE_FRACTION = 1.0, 0.2
+#: A piece of skeleton on its own whose centre line's median brightness is below this many
+#: times the mask's threshold is out-of-focus haze, not a dendrite (:func:`_drop_haze`): on
+#: rr30a the traced dendrites lie at least 1.45 times above it, haze in the first and last
+#: slices of synthetic stacks 1.05-1.25 times
+HAZE_RATIO = 1.3
 #: Which short tip at a dendrite's last junction is the dendrite (:func:`_continuation`): the
 #: directions over ``CONTINUE_UM`` from the junction; the longest tip unless its cosine with the
 #: dendrite is below the first value and another's above the second (60 and 37 degrees).
@@ -291,7 +296,8 @@ def _mask_threshold(zs_sample: np.ndarray, p: DetectionParams) -> float:
 
 def _tile_mask(zs: np.ndarray, tile: Tile, shape, vs, threshold: float, p: DetectionParams):
     """A tile's dendrite mask (soma and blobs removed) and, at its mask voxels, the distance
-    to the mask's edge (um), as (global flat index, distance)."""
+    to the mask's edge (um) and the brightness `zs`, as (mask, global flat index, distance,
+    brightness)."""
     from scipy import ndimage as ndi
 
     mask = zs > threshold
@@ -306,16 +312,19 @@ def _tile_mask(zs: np.ndarray, tile: Tile, shape, vs, threshold: float, p: Detec
     where = np.nonzero(core)
     flat = np.ravel_multi_index(
         tuple(w + c for w, c in zip(where, (0, tile.core[0].start, tile.core[1].start))), shape)
-    return core, flat, edt[tile.inner][where].astype(np.float32)
+    return (core, flat, edt[tile.inner][where].astype(np.float32),
+            zs[tile.inner][where].astype(np.float32))
 
 
 def _trace_dendrites(mask: np.ndarray, edt_at, vs, p: DetectionParams, brightness=None,
-                     min_bridge: float = np.inf):
+                     threshold: float = np.inf, bright_at=None):
     """Centre lines (list of (n,3) um arrays), the mask without small pieces and which centre
     lines make up each dendrite (:func:`_junction_chains`), from the dendrite mask;
     ``edt_at(index)`` gives the distance to the mask's edge at voxels (n, 3), and
     ``brightness(box)`` the smoothed image in noise SDs in a box (slices), where gaps are
-    bridged by paths at least `min_bridge` bright (:func:`_bridge_gaps`)."""
+    bridged by paths at least half the mask's `threshold` bright (:func:`_bridge_gaps`);
+    ``bright_at(index)``, the same at mask voxels (NaN elsewhere), tells dendrites from
+    out-of-focus haze (:func:`_drop_haze`)."""
     from scipy import ndimage as ndi
     from skimage.morphology import skeletonize
     import skan
@@ -376,7 +385,9 @@ def _trace_dendrites(mask: np.ndarray, edt_at, vs, p: DetectionParams, brightnes
                 for i in range(sk.n_paths)
                 if total[i] >= p.min_dendrite_length_um and lengths[i] >= 2 * vs[1]]
     if brightness is not None and p.max_gap_um > 0:
-        branches = _bridge_gaps(branches, deg, brightness, vs, p.max_gap_um, min_bridge)
+        branches = _bridge_gaps(branches, deg, brightness, vs, p.max_gap_um, 0.5 * threshold)
+    if bright_at is not None:
+        branches = _drop_haze(branches, bright_at, vs, threshold)
     nodes = np.unique([b[1] for b in branches]) if branches else np.zeros(0, int)
     radius = dict(zip(nodes, edt_at(np.round(sk.coordinates[nodes]).astype(int))))
     chains = _junction_chains([b[0] for b in branches], [b[1] for b in branches],
@@ -394,6 +405,32 @@ def _trace_dendrites(mask: np.ndarray, edt_at, vs, p: DetectionParams, brightnes
                 pts = np.vstack([new[None], pts]) if end == 0 else np.vstack([pts, new[None]])
         paths.append(pts)
     return paths, mask, chains
+
+
+def _drop_haze(branches: list, bright_at, vs, threshold: float) -> list:
+    """The branches ``(points in um, (first, last) node ids, length)`` less out-of-focus haze:
+    pieces of skeleton on their own (branches connected to each other only) whose centre lines
+    are nowhere clearly brighter than the mask's `threshold` (their median brightness,
+    ``bright_at(index)``, below ``HAZE_RATIO`` times it)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    if not branches:
+        return branches
+    ends = np.array([b[1] for b in branches])
+    nodes, at = np.unique(ends, return_inverse=True)
+    n_b, n = len(branches), len(branches) + len(nodes)
+    links = coo_matrix((np.ones(2 * n_b), (np.repeat(np.arange(n_b), 2), n_b + at.ravel())),
+                       shape=(n, n))
+    piece = connected_components(links, directed=False)[1][:n_b]
+    value = [bright_at(np.round(b[0] / np.asarray(vs)).astype(int)) for b in branches]
+    haze = set()
+    for k in np.unique(piece):
+        v = np.concatenate([value[i] for i in np.flatnonzero(piece == k)])
+        v = v[~np.isnan(v)]  # bridges across dim gaps lie outside the mask
+        if len(v) and np.median(v) < HAZE_RATIO * threshold:
+            haze.add(k)
+    return [b for b, k in zip(branches, piece) if k not in haze]
 
 
 def _continuation(sk, summ, node, tips: np.ndarray, other: np.ndarray, vs) -> int:
@@ -553,13 +590,14 @@ def _junction_chains(pts: list, ends: list, lengths, deg, radius) -> list:
     return [chains[c][:2] for c in sorted(chains)]
 
 
-def _lookup(flat: np.ndarray, values: np.ndarray, shape):
-    """``f(index)``: `values` at voxels (n, 3) given by their sorted flat indices; 0 elsewhere."""
+def _lookup(flat: np.ndarray, values: np.ndarray, shape, *, missing: float = 0.0):
+    """``f(index)``: `values` at voxels (n, 3) given by their sorted flat indices; `missing`
+    elsewhere."""
     def at(index):
         q = np.ravel_multi_index(tuple(np.asarray(index).T), shape)
         i = np.clip(np.searchsorted(flat, q), 0, max(len(flat) - 1, 0))
         found = (flat[i] == q) if len(flat) else np.zeros(len(q), bool)
-        return np.where(found, values[i] if len(flat) else 0.0, 0.0)
+        return np.where(found, values[i] if len(flat) else missing, missing)
     return at
 
 
@@ -1018,11 +1056,12 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
         for tl in tiles:
             forget("sm", tl)
         mask = np.zeros(shape, bool)
-        for tl, (core, _, _) in zip(tiles, parts):
+        for tl, (core, *_) in zip(tiles, parts):
             mask[(slice(None),) + tl.core] = core
-        flat = np.concatenate([fl for _, fl, _ in parts])
+        flat = np.concatenate([a[1] for a in parts])
         order = np.argsort(flat)
-        edt_at = _lookup(flat[order], np.concatenate([e for _, _, e in parts])[order], shape)
+        edt_at, bright_at = (_lookup(flat[order], np.concatenate([a[k] for a in parts])[order],
+                                     shape, missing=m) for k, m in ((2, 0.0), (3, np.nan)))
         del parts, flat, order
 
     def brightness(box):
@@ -1036,8 +1075,9 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
         return z[tuple(slice(b.start - a, b.stop - a) for b, a in zip(box, lo))]
 
     if traces is None:
-        paths, mask, chains = _trace_dendrites(mask, edt_at, vs, p, brightness, 0.5 * threshold)
-        del edt_at  # a whole-field array the later stages do not need
+        paths, mask, chains = _trace_dendrites(mask, edt_at, vs, p, brightness, threshold,
+                                               bright_at)
+        del edt_at, bright_at  # whole-field arrays the later stages do not need
     else:
         paths = [g[POSITION].to_numpy(float) - offset
                  for _, g in traces.groupby("dendrite_id", sort=True)]
