@@ -17,7 +17,9 @@ The method, in order (all distances in micrometres, converted with the stack's v
    many noise SDs above the background; Otsu's split puts them with the background); parts
    thicker than ``max_dendrite_radius_um`` (soma, blobs) are removed. The mask is skeletonised
    in 3D (carried on beyond the stack's sides, so that a dendrite leaving the field is traced
-   to its edge) and turned into a graph with skan; tip branches shorter than
+   to its edge) and turned into a graph with skan (pieces on their own whose centre line is
+   nowhere clearly brighter than the mask's threshold, below ``HAZE_RATIO`` times it, are
+   out-of-focus haze and left out); tip branches shorter than
    ``max_spine_length_um`` (spines) are pruned repeatedly (where a dendrite ends just past a
    spine, the one that continues the dendrite is kept, :func:`_continuation`) and isolated
    pieces shorter than ``min_dendrite_length_um`` dropped. Each remaining
