@@ -1062,8 +1062,9 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
             mask[(slice(None),) + tl.core] = core
         flat = np.concatenate([a[1] for a in parts])
         order = np.argsort(flat)
-        edt_at, bright_at = (_lookup(flat[order], np.concatenate([a[k] for a in parts])[order],
-                                     shape, missing=m) for k, m in ((2, 0.0), (3, np.nan)))
+        flat = flat[order]
+        edt_at, bright_at = (_lookup(flat, np.concatenate([a[k] for a in parts])[order], shape,
+                                     missing=m) for k, m in ((2, 0.0), (3, np.nan)))
         del parts, flat, order
 
     def brightness(box):
