@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 
 from ._version import __version__
@@ -346,22 +347,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _one_line_warnings() -> None:
-    """Print spinecount's own warnings as one line each, without the code that raised them."""
-    import warnings
+_HERE = str(Path(__file__).resolve().parent)
+_python_format = warnings.formatwarning
 
-    default, here = warnings.formatwarning, str(Path(__file__).resolve().parent)
 
-    def fmt(message, category, filename, lineno, line=None):
-        if str(filename).startswith(here):
-            return f"spinecount: warning: {message}\n"
-        return default(message, category, filename, lineno, line)
-
-    warnings.formatwarning = fmt
+def _format_warning(message, category, filename, lineno, line=None):
+    """spinecount's own warnings as one line each, without the code that raised them."""
+    if str(filename).startswith(_HERE):
+        return f"spinecount: warning: {message}\n"
+    return _python_format(message, category, filename, lineno, line)
 
 
 def main(argv=None) -> int:
-    _one_line_warnings()
+    warnings.formatwarning = _format_warning
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
