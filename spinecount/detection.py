@@ -54,8 +54,10 @@ The method, in order (all distances in micrometres, converted with the stack's v
    spine further out. Peaks that pass these tests only with ``candidate_threshold`` and
    ``candidate_protrusion_fraction`` (or score under ``min_score``) are the candidates: not
    counted; time-lapse linking looks among them for a spine missed on one day.
-   Each is attached to its nearest dendrite, its base placed on the shaft surface (at the
-   shaft model's half-maximum radius) towards the head, and measured: head and neck diameters
+   Each is attached to its nearest dendrite, its head placed at the depth where the image is
+   brightest at its position (within the axial PSF's FWHM of the peak: the residual is pushed
+   away from the shaft in z, where the model's long axial blur is taken off), its base on the
+   shaft surface (at the shaft model's half-maximum radius) towards the head, and measured: head and neck diameters
    from brightness (below), total length from the surface to the tip (where the residual
    beyond the peak, in the image plane, falls to half of it), neck length (total less head),
    distance of the head from the surface (its depth refined between slices), integrated
@@ -1444,17 +1446,26 @@ def _measure(li, gi, rz, rs, ms, tree, pts: _Points, shafts: _Shafts, vs,
     j = below[0] if len(below) else 0
     tip = (out[j - 1] + step * (prof[j - 1] - 0.5 * peak) / max(prof[j - 1] - prof[j], 1e-9)
            if j else out[-1])
-    # for the sizes, the head's depth between slices: the vertex of the parabola through the
-    # peak's slice and its two neighbours (on the grid, a head close to the shaft but half a
-    # slice off its centre reads as far out as a thin spine's)
-    depth = hp[0]
-    if 0 < zi < rs.shape[0] - 1:
-        before, after = rs[zi - 1, yi, xi], rs[zi + 1, yi, xi]
-        curve = before - 2 * peak + after
+    # the head's depth: where the image (smoothed at the head scale) is brightest at the head,
+    # within the axial PSF's FWHM of the residual's peak (the residual is pushed away from the
+    # shaft in z where the model's long axial blur is taken off; synthetic heads come closer to
+    # their true depth, and annotators click where a head is brightest), and for the sizes
+    # between slices: the vertex of the parabola through that slice and its two neighbours (on
+    # the grid, a head close to the shaft but half a slice off its centre reads as far out as
+    # a thin spine's)
+    reach_z = int(p.psf_axial_fwhm_um / vs[0] + 1e-6)
+    lo = max(zi - reach_z, 0)
+    column = rs[lo:zi + reach_z + 1, yi, xi] + ms[lo:zi + reach_z + 1, yi, xi]
+    zb = int(np.argmax(column))
+    depth = (origin[0] + lo + zb) * vs[0]
+    if 0 < zb < len(column) - 1:
+        before, after = column[zb - 1], column[zb + 1]
+        curve = before - 2 * column[zb] + after
         if curve < 0:
             depth += float(np.clip(0.5 * (before - after) / curve, -0.5, 0.5)) * vs[0]
     return {
-        "dendrite_id": int(shafts.ids[k]), "z_um": hp[0], "y_um": hp[1], "x_um": hp[2],
+        "dendrite_id": int(shafts.ids[k]), "y_um": hp[1], "x_um": hp[2],
+        "z_um": (origin[0] + lo + zb) * vs[0],
         "base_z_um": base[0], "base_y_um": base[1], "base_x_um": base[2],
         "shaft_distance_um": surface,  # on the grid, for _drop_necks; _sizes puts _surface
         "_surface": max(float(np.linalg.norm([depth - cpt[0], *(hp[1:] - cpt[1:])]))
