@@ -57,11 +57,11 @@ The method, in order (all distances in micrometres, converted with the stack's v
    Each is attached to its nearest dendrite, its head placed at the depth where the image is
    brightest at its position (within the axial PSF's FWHM of the peak: the residual is pushed
    away from the shaft in z, where the model's long axial blur is taken off), its base on the
-   shaft surface (at the shaft model's half-maximum radius) towards the head, and measured: head and neck diameters
-   from brightness (below), total length from the surface to the tip (where the residual
-   beyond the peak, in the image plane, falls to half of it), neck length (total less head),
-   distance of the head from the surface (its depth refined between slices), integrated
-   intensity relative to the shaft per micrometre (the volume of
+   shaft surface (at the shaft model's half-maximum radius) towards the head, and measured:
+   head and neck diameters from brightness (below), total length from the surface to the tip
+   (where the residual beyond the peak, in the image plane, falls to half of it), neck length
+   (total less head), distance of the head from the surface (its depth refined between
+   slices), integrated intensity relative to the shaft per micrometre (the volume of
    head and neck over the shaft's cross-section, both from their brightness), type (see
    :mod:`spinecount.morphology`) and a confidence ``score`` from its contrast above its
    threshold. The head's peak is the brightest of noisy values, so ``PEAK_BIAS_SD`` noise SDs

@@ -260,6 +260,25 @@ def test_every_second_slice_scores_as_all_of_them():
     assert coarse_f1 > fine_f1 - 0.03
 
 
+def test_heads_are_placed_at_their_depth_under_a_long_axial_blur():
+    """With an axial PSF of 3 um FWHM, common in vivo, taking off the shaft model pushes the
+    residual's peak of a head near the shaft away from it in z; heads are placed where the
+    image is brightest at them (pooled: 88 % within half a slice of their true depth; at the
+    residual's peak 76 %)."""
+    errors = []
+    for seed in range(6):
+        syn = make_stack(shape_um=(12, 40, 40), n_dendrites=2, psf_sigma_um=(1.3, 0.2, 0.2),
+                         seed=seed)
+        det = spinecount.detect(syn.stack)
+        m = evaluate(det.spines, syn.spines).matched
+        tp = m[m["status"] == "tp"]
+        errors.append(det.spines["z_um"].to_numpy()[tp["pred_index"].astype(int)]
+                      - syn.spines["z_um"].to_numpy()[tp["gt_index"].astype(int)])
+    errors = np.abs(np.concatenate(errors))
+    assert len(errors) > 150
+    assert np.mean(errors <= 0.5) > 0.84
+
+
 def test_stacks_coarser_than_measured_are_detected_with_a_warning():
     syn = make_stack(shape_um=(12, 30, 30), voxel_size=(3.0, 0.12, 0.12), n_dendrites=1, seed=1)
     with pytest.warns(UserWarning, match="z steps up to 2 um"):
