@@ -1457,7 +1457,7 @@ def _measure(li, gi, rz, rs, ms, tree, pts: _Points, shafts: _Shafts, vs,
     lo = max(zi - reach_z, 0)
     column = rs[lo:zi + reach_z + 1, yi, xi] + ms[lo:zi + reach_z + 1, yi, xi]
     zb = int(np.argmax(column))
-    depth = (origin[0] + lo + zb) * vs[0]
+    head_z = depth = (origin[0] + lo + zb) * vs[0]
     if 0 < zb < len(column) - 1:
         before, after = column[zb - 1], column[zb + 1]
         curve = before - 2 * column[zb] + after
@@ -1465,7 +1465,7 @@ def _measure(li, gi, rz, rs, ms, tree, pts: _Points, shafts: _Shafts, vs,
             depth += float(np.clip(0.5 * (before - after) / curve, -0.5, 0.5)) * vs[0]
     return {
         "dendrite_id": int(shafts.ids[k]), "y_um": hp[1], "x_um": hp[2],
-        "z_um": (origin[0] + lo + zb) * vs[0],
+        "z_um": head_z,
         "base_z_um": base[0], "base_y_um": base[1], "base_x_um": base[2],
         "shaft_distance_um": surface,  # on the grid, for _drop_necks; _sizes puts _surface
         "_surface": max(float(np.linalg.norm([depth - cpt[0], *(hp[1:] - cpt[1:])]))
