@@ -69,6 +69,17 @@ def run_one(data: Path, session: int) -> dict:
             "resampled": resampled(stack, gt, cl)}
 
 
+def shifted(table, by):
+    """A copy of a spines or centre lines table with its positions (and bases) moved by `by`
+    (z, y, x um)."""
+    table = table.copy()
+    for axis, d in zip("zyx", by):
+        for c in (f"{axis}_um", f"base_{axis}_um"):
+            if c in table:
+                table[c] += d
+    return table
+
+
 def smaller_fields(stack, spines, gt, cl, size: int = FIELD_PX) -> dict:
     """Matched, detected and annotated spines summed over fields of `size` pixels cut from the
     stack (overlapping by half, with at least 10 annotated spines more than 1 um inside), for
@@ -87,11 +98,7 @@ def smaller_fields(stack, spines, gt, cl, size: int = FIELD_PX) -> dict:
             lo, hi = np.array([y0 * vy, x0 * vx]), np.array([(y0 + size) * vy, (x0 + size) * vx])
 
             def moved(t, margin=0.0):  # the table in the field's coordinates, inside it
-                t = t.copy()
-                for c, o in (("y_um", lo[0]), ("x_um", lo[1]), ("base_y_um", lo[0]),
-                             ("base_x_um", lo[1])):
-                    if c in t:
-                        t[c] -= o
+                t = shifted(t, (0.0, -lo[0], -lo[1]))
                 yx = t[["y_um", "x_um"]].to_numpy()
                 return t[np.all((yx > margin) & (yx < hi - lo - margin), axis=1)]
 
@@ -128,10 +135,7 @@ def resampled(stack, gt, cl) -> dict:
     }
     out = {}
     for name, (data, vs, shift) in variants.items():
-        sp = detect(dataclasses.replace(stack, data=data, voxel_size=vs)).spines
-        for c, d in zip(("z_um", "y_um", "x_um"), shift):
-            sp[c] += d
-            sp[f"base_{c}"] += d
+        sp = shifted(detect(dataclasses.replace(stack, data=data, voxel_size=vs)).spines, shift)
         m = evaluate(sp, gt, centerlines=cl, pred_point="distal_edge").summary
         out[name] = [m["f1"], m["precision"], m["recall"]]
     return out
