@@ -270,7 +270,7 @@ def _nearest_zero(a: np.ndarray, sampling) -> tuple[np.ndarray, np.ndarray]:
     """Index (int32, shape (3, ...)) of the nearest zero of `a` for every voxel, and the
     distance to it (um, float32). The distances are computed a slice at a time: scipy's own
     step holds about 40 bytes per voxel at once. Where `a` has no zero (a chunk that no
-    centre line or mask edge crosses), every distance is infinite."""
+    centre line crosses), every distance is infinite."""
     from scipy import ndimage as ndi
 
     if a.all():  # scipy would return indices of -1
@@ -302,12 +302,16 @@ def _tile_mask(zs: np.ndarray, tile: Tile, shape, vs, threshold: float, p: Detec
     """A tile's dendrite mask (soma and blobs removed) and, at its mask voxels, the distance
     to the mask's edge (um) and the brightness `zs`, as (mask, global flat index, distance,
     brightness)."""
+    import edt
     from scipy import ndimage as ndi
 
     mask = zs > threshold
-    edt = _nearest_zero(mask, vs)[1]
+    # the exact distance transform (seung-lab's edt: as scipy's, about 7 times faster and a
+    # quarter of the memory); where a tile has no background voxel, everything is far inside
+    dist = (edt.edt(mask, anisotropy=vs, parallel=1) if not mask.all()
+            else np.full(mask.shape, np.inf, np.float32))
     # Soma and blobs: remove voxels deep inside thick structures, and their surroundings.
-    thick = edt > p.max_dendrite_radius_um
+    thick = dist > p.max_dendrite_radius_um
     if thick.any():
         grow = int(np.ceil(p.max_dendrite_radius_um / vs[1]))
         thick = ndi.binary_dilation(thick, iterations=grow, mask=mask)
@@ -316,7 +320,7 @@ def _tile_mask(zs: np.ndarray, tile: Tile, shape, vs, threshold: float, p: Detec
     where = np.nonzero(core)
     flat = np.ravel_multi_index(
         tuple(w + c for w, c in zip(where, (0, tile.core[0].start, tile.core[1].start))), shape)
-    return (core, flat, edt[tile.inner][where].astype(np.float32),
+    return (core, flat, dist[tile.inner][where].astype(np.float32),
             zs[tile.inner][where].astype(np.float32))
 
 
