@@ -22,7 +22,9 @@ The method, in order (all distances in micrometres, converted with the stack's v
    out-of-focus haze and left out); tip branches shorter than
    ``max_spine_length_um`` (spines) are pruned repeatedly (where a dendrite ends just past a
    spine, the one that continues the dendrite is kept, :func:`_continuation`) and isolated
-   pieces shorter than ``min_dendrite_length_um`` dropped. Each remaining
+   pieces shorter than ``min_dendrite_length_um`` dropped; where a free end runs on into a
+   spine with no tip of its own to prune (it dims to a neck and turns away), the spine is cut
+   off (:func:`_end_spine`). Each remaining
    branch between junctions and tips is one dendrite (a branch between two junctions closer
    than the sum of the dendrite's diameters there, where the skeleton splits a crossing into
    several junctions, is part of the dendrite it continues best, and two ends that face each
@@ -140,6 +142,12 @@ HAZE_RATIO = 1.3
 #: dendrite is below the first value and another's above the second (60 and 37 degrees).
 CONTINUE_UM = 2.0
 CONTINUE_COS = (0.5, 0.8)
+#: A dendrite's free end is a spine (:func:`_end_spine`) where its centre line, within
+#: ``max_spine_length_um`` of the tip, dims below the first fraction of the dendrite's median
+#: brightness (a neck) and turns away from the dendrite by more than ``END_SPINE_COS`` (cosine,
+#: 45 degrees); the dendrite then ends where it is last at least the second fraction as bright.
+END_SPINE_DIM = (0.45, 0.6)
+END_SPINE_COS = 0.7
 #: Stages of the detection, in order (yielded by :func:`detect_steps`, timed in ``timings``).
 STAGES = ("prepare", "dendrites", "shaft model", "spines")
 
@@ -402,8 +410,14 @@ def _trace_dendrites(mask: np.ndarray, edt_at, vs, p: DetectionParams, brightnes
                               np.array([b[2] for b in branches]), deg, radius)
     top = (np.asarray(mask.shape) - 1) * np.asarray(vs)
     for pts, (first, last), _ in branches:
-        # A skeleton stops about one radius short of a free end: extend tips by their radius.
+        # A skeleton stops about one radius short of a free end: extend tips by their radius
+        # (where the end was a spine, from where the dendrite is cut off).
         for end, node in ((0, first), (-1, last)):
+            if deg[node] == 1 and bright_at is not None:
+                cut = _end_spine(pts if end == 0 else pts[::-1], bright_at, vs,
+                                 p.max_spine_length_um)
+                if cut:
+                    pts = pts[cut:] if end == 0 else pts[:-cut]
             if deg[node] == 1 and len(pts) > 2:
                 tip = pts[end]
                 inner = pts[min(4, len(pts) - 1)] if end == 0 else pts[max(-5, -len(pts))]
@@ -413,6 +427,36 @@ def _trace_dendrites(mask: np.ndarray, edt_at, vs, p: DetectionParams, brightnes
                 pts = np.vstack([new[None], pts]) if end == 0 else np.vstack([pts, new[None]])
         paths.append(pts)
     return paths, mask, chains
+
+
+def _end_spine(pts: np.ndarray, bright_at, vs, reach_um: float) -> int:
+    """How many points at the start of the centre line `pts` (um, from a free end inwards)
+    are a spine rather than the dendrite: where a dendrite ends just past a spine, its skeleton
+    often runs on into the spine, with no separate tip to prune. The end is a spine where,
+    within `reach_um` of it, the line dims below ``END_SPINE_DIM[0]`` of the dendrite's median
+    brightness (``bright_at(index)``, a neck) and the stretch out to there turns away from the
+    dendrite further in by more than ``END_SPINE_COS``; it is cut where the line is last at
+    least ``END_SPINE_DIM[1]`` as bright. 0 where the end is the dendrite's (one that fades
+    out of focus runs on straight)."""
+    if len(pts) < 4:
+        return 0
+    run = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(pts, axis=0), axis=1))])
+    b = bright_at(np.round(pts / np.asarray(vs)).astype(int))
+    ref = np.nanmedian(b)
+    near = np.flatnonzero(run <= reach_um)
+    if not (ref > 0) or np.all(np.isnan(b[near])):
+        return 0
+    dip = near[np.nanargmin(b[near])]
+    if not b[dip] < END_SPINE_DIM[0] * ref:
+        return 0
+    bright = np.flatnonzero((np.arange(len(pts)) > dip) & (b >= END_SPINE_DIM[1] * ref))
+    if not len(bright):
+        return 0
+    cut = int(bright[0])
+    inner = pts[min(int(np.searchsorted(run, run[cut] + CONTINUE_UM)), len(pts) - 1)]
+    out, dend = pts[cut] - pts[0], inner - pts[cut]
+    cos = out @ dend / max(np.linalg.norm(out) * np.linalg.norm(dend), 1e-9)
+    return cut if cos < END_SPINE_COS and len(pts) - cut >= 2 else 0
 
 
 def _drop_haze(branches: list, bright_at, vs, threshold: float) -> list:

@@ -360,6 +360,41 @@ def test_a_spine_near_a_dendrite_end_is_not_taken_for_the_dendrite():
     assert np.abs(paths[0][:, 1] - 10).max() < 0.3  # never turns into the spine
 
 
+def test_a_dendrite_that_runs_on_into_a_spine_at_its_end_ends_at_the_spine():
+    """A dendrite that ends at a mushroom spine, with no separate tip to prune: its skeleton
+    runs on through the neck into the head, which lost the spine and lengthened the
+    dendrite. The dim neck and the turn tell the spine, and the dendrite ends at its base."""
+    from scipy import ndimage as ndi
+
+    from spinecount.detection import _trace_dendrites
+    from spinecount.params import DetectionParams
+
+    vs = (0.5, 0.2, 0.2)
+    z, y, x = np.meshgrid(*(np.arange(n) * v for n, v in zip((10, 100, 200), vs)),
+                          indexing="ij")
+    shaft = ((z - 2.5) ** 2 + (y - 10) ** 2 < 0.7**2) & (x <= 30)  # along x, ends at 30 um
+    neck = ((z - 2.5) ** 2 + (x - 29.7) ** 2 < 0.25**2) & (y >= 10) & (y <= 12)
+    head = (z - 2.5) ** 2 + (y - 12.4) ** 2 + (x - 29.7) ** 2 < 0.5**2
+    mask = shaft | neck | head
+    dist = ndi.distance_transform_edt(mask, sampling=vs)
+    value = np.where(shaft, 30.0, np.where(head, 20.0, np.where(neck, 8.0, np.nan)))
+
+    def at(a):
+        return lambda idx: a[tuple(np.clip(idx, 0, np.array(a.shape) - 1).T)]
+
+    paths, _, _ = _trace_dendrites(mask, at(dist), vs, DetectionParams(), threshold=5,
+                                   bright_at=at(value))
+    assert len(paths) == 1
+    line = paths[0]
+    assert np.abs(line[:, 1] - 10).max() < 1.0  # not into the neck (which ends at 12 um)
+    assert line[:, 2].max() == pytest.approx(30, abs=0.5)
+    # a dendrite that dims at its end but runs on straight (out of focus) keeps its end
+    value = np.where(shaft, np.where(x > 27, 8.0, 30.0), np.nan)
+    paths, _, _ = _trace_dendrites(shaft, at(ndi.distance_transform_edt(shaft, sampling=vs)),
+                                   vs, DetectionParams(), threshold=5, bright_at=at(value))
+    assert len(paths) == 1 and paths[0][:, 2].max() == pytest.approx(30, abs=0.5)
+
+
 def test_a_dendrite_that_leaves_the_field_is_traced_to_its_edge():
     """A dendrite that runs out of the field sideways, with a spine 1 um before the edge:
     the skeleton of a mask stops about a radius short of its end, which would leave the last
