@@ -24,7 +24,8 @@ The method, in order (all distances in micrometres, converted with the stack's v
    spine, the one that continues the dendrite is kept, :func:`_continuation`) and isolated
    pieces shorter than ``min_dendrite_length_um`` dropped; where a free end runs on into a
    spine with no tip of its own to prune (it dims to a neck and turns away), the spine is cut
-   off (:func:`_end_spine`). Each remaining
+   off (:func:`_end_spine`) and the dendrite carried on along its direction to the mask's
+   end. Each remaining
    branch between junctions and tips is one dendrite (a branch between two junctions closer
    than the sum of the dendrite's diameters there, where the skeleton splits a crossing into
    several junctions, is part of the dendrite it continues best, and two ends that face each
@@ -144,9 +145,10 @@ CONTINUE_UM = 2.0
 CONTINUE_COS = (0.5, 0.8)
 #: A dendrite's free end is a spine (:func:`_end_spine`) where its centre line, within
 #: ``max_spine_length_um`` of the tip, dims below the first fraction of the dendrite's median
-#: brightness (a neck) and turns away from the dendrite by more than ``END_SPINE_COS`` (cosine,
-#: 45 degrees); the dendrite then ends where it is last at least the second fraction as bright.
-END_SPINE_DIM = (0.45, 0.6)
+#: brightness (a neck, blurred: a short one dims the line to about 0.6) and turns away from the
+#: dendrite by more than ``END_SPINE_COS`` (cosine, 45 degrees); it is cut where it is last at
+#: least the second fraction as bright.
+END_SPINE_DIM = (0.7, 0.75)
 END_SPINE_COS = 0.7
 #: Stages of the detection, in order (yielded by :func:`detect_steps`, timed in ``timings``).
 STAGES = ("prepare", "dendrites", "shaft model", "spines")
@@ -410,23 +412,42 @@ def _trace_dendrites(mask: np.ndarray, edt_at, vs, p: DetectionParams, brightnes
                               np.array([b[2] for b in branches]), deg, radius)
     top = (np.asarray(mask.shape) - 1) * np.asarray(vs)
     for pts, (first, last), _ in branches:
-        # A skeleton stops about one radius short of a free end: extend tips by their radius
-        # (where the end was a spine, from where the dendrite is cut off).
+        # A skeleton stops about one radius short of a free end: extend tips by their radius.
+        # Where the end was a spine, cut off, the dendrite is carried on along its direction
+        # to the mask's end.
         for end, node in ((0, first), (-1, last)):
-            if deg[node] == 1 and bright_at is not None:
-                cut = _end_spine(pts if end == 0 else pts[::-1], bright_at, vs,
-                                 p.max_spine_length_um)
-                if cut:
-                    pts = pts[cut:] if end == 0 else pts[:-cut]
-            if deg[node] == 1 and len(pts) > 2:
-                tip = pts[end]
-                inner = pts[min(4, len(pts) - 1)] if end == 0 else pts[max(-5, -len(pts))]
-                d = tip - inner
+            if deg[node] != 1 or len(pts) <= 2:
+                continue
+            cut = 0 if bright_at is None else _end_spine(
+                pts if end == 0 else pts[::-1], bright_at, vs, p.max_spine_length_um)
+            if cut:
+                pts = pts[cut:] if end == 0 else pts[:-cut]
+            tip = pts[end]
+            # the direction over the last few points, or where the end was cut over
+            # CONTINUE_UM (the last few still bend towards the spine)
+            k = _along(pts if end == 0 else pts[::-1], CONTINUE_UM) if cut else 4
+            inner = pts[min(k, len(pts) - 1)] if end == 0 else pts[max(-k - 1, -len(pts))]
+            d = (tip - inner) / max(np.linalg.norm(tip - inner), 1e-9)
+            if cut:  # in steps of half a pixel, at most CONTINUE_UM
+                step = 0.5 * vs[1]
+                walk = np.clip(tip + np.outer(np.arange(1, CONTINUE_UM / step + 1) * step, d),
+                               0, top)
+                inside = mask[tuple(np.round(walk / np.asarray(vs)).astype(int).T)]
+                n_in = len(inside) if inside.all() else int(np.argmin(inside))
+                new = walk[n_in - 1] if n_in else tip
+            else:
                 r = edt_at(np.round(tip / np.asarray(vs)).astype(int)[None])[0]
-                new = np.clip(tip + d / max(np.linalg.norm(d), 1e-9) * r, 0, top)
-                pts = np.vstack([new[None], pts]) if end == 0 else np.vstack([pts, new[None]])
+                new = np.clip(tip + d * r, 0, top)
+            pts = np.vstack([new[None], pts]) if end == 0 else np.vstack([pts, new[None]])
         paths.append(pts)
     return paths, mask, chains
+
+
+def _along(pts: np.ndarray, um: float) -> int:
+    """Index of the first point of the line `pts` at least `um` along it from its start (the
+    last point where the line is shorter)."""
+    run = np.cumsum(np.linalg.norm(np.diff(pts, axis=0), axis=1))
+    return min(int(np.searchsorted(run, um)) + 1, len(pts) - 1)
 
 
 def _end_spine(pts: np.ndarray, bright_at, vs, reach_um: float) -> int:
@@ -453,7 +474,7 @@ def _end_spine(pts: np.ndarray, bright_at, vs, reach_um: float) -> int:
     if not len(bright):
         return 0
     cut = int(bright[0])
-    inner = pts[min(int(np.searchsorted(run, run[cut] + CONTINUE_UM)), len(pts) - 1)]
+    inner = pts[cut + _along(pts[cut:], CONTINUE_UM)]
     out, dend = pts[cut] - pts[0], inner - pts[cut]
     cos = out @ dend / max(np.linalg.norm(out) * np.linalg.norm(dend), 1e-9)
     return cut if cos < END_SPINE_COS and len(pts) - cut >= 2 else 0
@@ -501,8 +522,7 @@ def _continuation(sk, summ, node, tips: np.ndarray, other: np.ndarray, vs) -> in
         c = sk.path_coordinates(branch) * np.asarray(vs)
         if np.linalg.norm(c[0] - here) > np.linalg.norm(c[-1] - here):
             c = c[::-1]
-        run = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(c, axis=0), axis=1))])
-        q = c[min(int(np.searchsorted(run, CONTINUE_UM)), len(c) - 1)] - here
+        q = c[_along(c, CONTINUE_UM)] - here
         return q / max(np.linalg.norm(q), 1e-9)
 
     arriving = -heading(other[0])
