@@ -418,15 +418,14 @@ def _trace_dendrites(mask: np.ndarray, edt_at, vs, p: DetectionParams, brightnes
         for end, node in ((0, first), (-1, last)):
             if deg[node] != 1 or len(pts) <= 2:
                 continue
-            cut = 0 if bright_at is None else _end_spine(
-                pts if end == 0 else pts[::-1], bright_at, vs, p.max_spine_length_um)
-            if cut:
-                pts = pts[cut:] if end == 0 else pts[:-cut]
-            tip = pts[end]
+            line = pts if end == 0 else pts[::-1]  # from this free end inwards
+            cut = 0 if bright_at is None else _end_spine(line, bright_at, vs,
+                                                         p.max_spine_length_um)
+            line = line[cut:]
+            tip = line[0]
             # the direction over the last few points, or where the end was cut over
             # CONTINUE_UM (the last few still bend towards the spine)
-            k = _along(pts if end == 0 else pts[::-1], CONTINUE_UM) if cut else 4
-            inner = pts[min(k, len(pts) - 1)] if end == 0 else pts[max(-k - 1, -len(pts))]
+            inner = line[_along(line, CONTINUE_UM) if cut else min(4, len(line) - 1)]
             d = (tip - inner) / max(np.linalg.norm(tip - inner), 1e-9)
             if cut:  # in steps of half a pixel, at most CONTINUE_UM
                 step = 0.5 * vs[1]
@@ -438,7 +437,8 @@ def _trace_dendrites(mask: np.ndarray, edt_at, vs, p: DetectionParams, brightnes
             else:
                 r = edt_at(np.round(tip / np.asarray(vs)).astype(int)[None])[0]
                 new = np.clip(tip + d * r, 0, top)
-            pts = np.vstack([new[None], pts]) if end == 0 else np.vstack([pts, new[None]])
+            line = np.vstack([new[None], line])
+            pts = line if end == 0 else line[::-1]
         paths.append(pts)
     return paths, mask, chains
 
