@@ -30,9 +30,12 @@ The method, in order (all distances in micrometres, converted with the stack's v
    than the sum of the dendrite's diameters there, where the skeleton splits a crossing into
    several junctions, is part of the dendrite it continues best, and two ends that face each
    other across a gap of up to ``max_gap_um`` are joined along the brightest route between them
-   where it is nowhere dimmer than half the mask's threshold); its length is measured along
-   its centre line smoothed over ``length_smoothing_um``, with the true voxel size in each axis.
-   Alternatively the caller gives the centre lines (``traces``).
+   where it is nowhere dimmer than half the mask's threshold). Its centre line, smoothed over
+   ``length_smoothing_um``, is moved across the dendrite in the image plane onto the ridge of
+   the smoothed image (:func:`_recentre`): the skeleton runs off the shaft's middle where a
+   spine widens the mask on one side, and steps by whole working pixels. Its length is measured
+   along it, with the true voxel size in each axis. Alternatively the caller gives the centre
+   lines (``traces``), which are used as they are.
 4. **Shaft model.** Every voxel near a dendrite is assigned to its nearest centre line point
    (z scaled by the PSF's axial elongation). Per 4 um stretch of dendrite, the median intensity
    by side, lateral distance (0.2 um bins) and z offset (slices) is the shaft, forced never to get
@@ -150,6 +153,11 @@ CONTINUE_COS = (0.5, 0.8)
 #: least the second fraction as bright.
 END_SPINE_DIM = (0.7, 0.75)
 END_SPINE_COS = 0.7
+#: A traced centre line is moved across its dendrite, in the image plane, onto the ridge of the
+#: smoothed image (:func:`_recentre`): to the nearest maximum within the first distance (um)
+#: either way, the moves taken as their running median over the second (um) along the line
+#: (a spine beside the shaft does not pull it), then smoothed over the third (um).
+RECENTRE_UM = (0.6, 3.0, 0.5)
 #: Stages of the detection, in order (yielded by :func:`detect_steps`, timed in ``timings``).
 STAGES = ("prepare", "dendrites", "shaft model", "spines")
 
@@ -478,6 +486,68 @@ def _end_spine(pts: np.ndarray, bright_at, vs, reach_um: float) -> int:
     out, dend = pts[cut] - pts[0], inner - pts[cut]
     cos = out @ dend / max(np.linalg.norm(out) * np.linalg.norm(dend), 1e-9)
     return cut if cos < END_SPINE_COS and len(pts) - cut >= 2 else 0
+
+
+def _ridge(profiles: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """The offset of the maximum nearest the middle of each profile (rows), reached by
+    climbing from the middle and refined by a parabola; 0 where the climb ends at either end
+    (no ridge within reach).
+
+    Examples
+    --------
+    >>> s = np.linspace(-1, 1, 21)
+    >>> _ridge(np.array([np.exp(-(s - 0.33) ** 2), 3 * s, s ** 2]), s).round(2).tolist()
+    [0.33, 0.0, 0.0]
+    """
+    n, rows = profiles.shape[1], np.arange(len(profiles))
+    j = np.full(len(profiles), n // 2)
+    for _ in range(n):
+        up = profiles[rows, np.minimum(j + 1, n - 1)] > profiles[rows, j]
+        down = profiles[rows, np.maximum(j - 1, 0)] > profiles[rows, j]
+        move = np.where(up, 1, np.where(down, -1, 0))
+        if not move.any():
+            break
+        j += move
+    end = (j == 0) | (j == n - 1)
+    j = np.clip(j, 1, n - 2)
+    a, b, c = (profiles[rows, j + k] for k in (-1, 0, 1))
+    curve = a - 2 * b + c
+    sub = np.where(curve < 0, 0.5 * (a - c) / np.where(curve < 0, curve, -1.0), 0.0)
+    return np.where(end, 0.0, offsets[j] + np.clip(sub, -0.5, 0.5) * (offsets[1] - offsets[0]))
+
+
+def _recentre(lines: list, sample, *, step_um: float = 0.25) -> list:
+    """Centre lines (points `step_um` apart) moved across their dendrite in the image plane
+    onto the ridge of the smoothed image, ``sample(points)`` (:data:`RECENTRE_UM`).
+
+    A skeleton of the thresholded mask runs off the shaft's middle where the mask widens on one
+    side (a spine at its edge, a bulge) and steps by whole working pixels; the shaft model is
+    read from the centre line in 0.2 um bins, and spines are measured from it.
+    """
+    from scipy.ndimage import median_filter
+
+    reach, window, smooth = RECENTRE_UM
+    offsets = np.arange(-reach, reach + 1e-9, 0.04)
+    normals, points = [], []
+    for line in lines:
+        t = np.gradient(line, axis=0) if len(line) > 1 else np.zeros_like(line)
+        n = np.column_stack([np.zeros(len(t)), -t[:, 2], t[:, 1]])  # in the image plane
+        norm = np.linalg.norm(n, axis=1, keepdims=True)
+        n = np.where(norm > 1e-9, n / np.maximum(norm, 1e-9), 0.0)  # a line along z stays
+        normals.append(n)
+        points.append(line[:, None, :] + offsets[None, :, None] * n[:, None, :])
+    values = sample(np.concatenate(points).reshape(-1, 3)) if points else np.zeros(0)
+    out, at = [], 0
+    for line, n in zip(lines, normals):
+        prof = values[at:at + len(line) * len(offsets)].reshape(len(line), len(offsets))
+        at += prof.size
+        if len(line) < 5:
+            out.append(line)
+            continue
+        move = median_filter(_ridge(prof, offsets), size=2 * int(window / step_um / 2) + 1,
+                             mode="nearest")
+        out.append(smooth_polyline(line + move[:, None] * n, smooth, step_um))
+    return out
 
 
 def _drop_haze(branches: list, bright_at, vs, threshold: float) -> list:
@@ -1125,8 +1195,6 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
     if traces is None or return_mask:
         parts = over_tiles(lambda tl: _tile_mask((smoothed(tl) - bg_s) / noise_s, tl, shape, vs,
                                                  threshold, p))
-        for tl in tiles:
-            forget("sm", tl)
         mask = np.zeros(shape, bool)
         for tl, (core, *_) in zip(tiles, parts):
             mask[(slice(None),) + tl.core] = core
@@ -1147,6 +1215,22 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
         z = (sm - bg_s[lo[0]:hi[0]]) / noise_s[lo[0]:hi[0]]
         return z[tuple(slice(b.start - a, b.stop - a) for b, a in zip(box, lo))]
 
+    def smoothed_at(points):
+        """The smoothed image at `points` (um on the working grid; linear interpolation), each
+        read in the tile whose core holds it."""
+        idx = points / np.asarray(vs)
+        cell = np.floor(idx[:, 1:] + 0.5).astype(int).clip(0, np.array(shape[1:]) - 1)
+
+        def task(tile):
+            own = np.flatnonzero(np.all([(cell[:, a] >= c.start) & (cell[:, a] < c.stop)
+                                         for a, c in enumerate(tile.core)], axis=0))
+            return own, ndi.map_coordinates(smoothed(tile), (idx[own] - tile.origin).T,
+                                            order=1, mode="nearest")
+        values = np.zeros(len(points), np.float32)
+        for own, v in over_tiles(task):
+            values[own] = v
+        return values
+
     if traces is None:
         paths, mask, chains = _trace_dendrites(mask, edt_at, vs, p, brightness, threshold,
                                                bright_at)
@@ -1158,6 +1242,10 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
     if not return_mask:
         mask = None  # nor this one
     smooth_paths = [smooth_polyline(q, p.length_smoothing_um) for q in paths]
+    if traces is None:
+        smooth_paths = _recentre(smooth_paths, smoothed_at)
+    for tl in tiles:
+        forget("sm", tl)
     t = lap("dendrites", t)
     yield "dendrites"
 

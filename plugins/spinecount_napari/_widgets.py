@@ -162,6 +162,8 @@ class DetectWidget(Container):
             self._status.value = "cancelled"
 
     def _on_stage(self, stage):
+        if self.worker is None or self.worker.abort_requested:
+            return  # a stage that finished as the run was cancelled: "cancelled" stays
         self._progress.value += 1
         self._status.value = f"{stage} done"
 
