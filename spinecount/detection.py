@@ -488,6 +488,18 @@ def _end_spine(pts: np.ndarray, bright_at, vs, reach_um: float) -> int:
     return cut if cos < END_SPINE_COS and len(pts) - cut >= 2 else 0
 
 
+def _vertex(a, b, c):
+    """Where the parabola through ``(-1, a), (0, b), (1, c)`` peaks (steps from the middle
+    point, within half a step either way); 0 where it has no maximum.
+
+    >>> round(float(_vertex(1.0, 2.0, 1.5)), 3)
+    0.167
+    """
+    curve = np.asarray(a - 2 * b + c)
+    return np.where(curve < 0, np.clip(0.5 * (a - c) / np.where(curve < 0, curve, -1.0),
+                                       -0.5, 0.5), 0.0)
+
+
 def _ridge(profiles: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     """The offset of the maximum nearest the middle of each profile (rows), reached by
     climbing from the middle and refined by a parabola; 0 where the climb ends at either end
@@ -510,10 +522,8 @@ def _ridge(profiles: np.ndarray, offsets: np.ndarray) -> np.ndarray:
         j += move
     end = (j == 0) | (j == n - 1)
     j = np.clip(j, 1, n - 2)
-    a, b, c = (profiles[rows, j + k] for k in (-1, 0, 1))
-    curve = a - 2 * b + c
-    sub = np.where(curve < 0, 0.5 * (a - c) / np.where(curve < 0, curve, -1.0), 0.0)
-    return np.where(end, 0.0, offsets[j] + np.clip(sub, -0.5, 0.5) * (offsets[1] - offsets[0]))
+    sub = _vertex(*(profiles[rows, j + k] for k in (-1, 0, 1)))
+    return np.where(end, 0.0, offsets[j] + sub * (offsets[1] - offsets[0]))
 
 
 def _recentre(lines: list, sample, *, step_um: float = 0.25) -> list:
@@ -1615,10 +1625,7 @@ def _measure(li, gi, rz, rs, ms, tree, pts: _Points, shafts: _Shafts, vs,
     zb = int(np.argmax(column))
     head_z = depth = (origin[0] + lo + zb) * vs[0]
     if 0 < zb < len(column) - 1:
-        before, after = column[zb - 1], column[zb + 1]
-        curve = before - 2 * column[zb] + after
-        if curve < 0:
-            depth += float(np.clip(0.5 * (before - after) / curve, -0.5, 0.5)) * vs[0]
+        depth += float(_vertex(*column[zb - 1:zb + 2])) * vs[0]
     return {
         "dendrite_id": int(shafts.ids[k]), "y_um": hp[1], "x_um": hp[2],
         "z_um": head_z,
