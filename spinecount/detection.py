@@ -241,8 +241,13 @@ def downsample_xy(data: np.ndarray, f: int) -> np.ndarray:
         return data.astype(np.float32)
     z, y, x = data.shape
     y2, x2 = y // f * f, x // f * f
-    return data[:, :y2, :x2].reshape(z, y2 // f, f, x2 // f, f).mean(axis=(2, 4),
-                                                                      dtype=np.float32)
+    # summed a block offset at a time: numpy's mean over the two block axes is 5 times slower
+    out = np.zeros((z, y2 // f, x2 // f), np.float32)
+    for i in range(f):
+        for j in range(f):
+            out += data[:, i:y2:f, j:x2:f]
+    out /= f * f
+    return out
 
 
 def upsample_z(data: np.ndarray, m: int) -> np.ndarray:
@@ -1401,8 +1406,11 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
         found = (rz == ndi.maximum_filter(rz, size=3)) & (rz > low) & region
         local = np.argwhere(found[tile.inner]) + np.array([0, tile.inner[1].start,
                                                             tile.inner[2].start])
-        rows = [_measure(li, li + tile.origin, rz, rs, ms, tree, pts, shafts, vs, p)
-                for li in local]
+        near = _near_enough(local, tile.origin, rz, tree, pts, shafts, vs, p)
+        rows = [None] * len(local)
+        for i, dc, ni in zip(*near):
+            rows[i] = _measure(local[i], local[i] + tile.origin, dc, ni, rz, rs, ms, pts,
+                               shafts, vs, p)
         return local + tile.origin, rz[tuple(local.T)], rows
 
     parts = over_tiles(peaks)
@@ -1545,25 +1553,40 @@ def _sizes(spines: pd.DataFrame, shafts: _Shafts, vs, p: DetectionParams) -> Non
     spines["relative_intensity"] = volume / (np.pi * shafts.radius[k] ** 2)
 
 
-def _measure(li, gi, rz, rs, ms, tree, pts: _Points, shafts: _Shafts, vs,
+def _far_contrast(surface, p: DetectionParams):
+    """The extra contrast (noise SDs) that heads `surface` um from the shaft surface need:
+    most peaks far out are not spines."""
+    return p.far_contrast_per_um * np.maximum(surface - p.far_spine_um, 0.0)
+
+
+def _near_enough(local, origin, rz, tree, pts: _Points, shafts: _Shafts, vs,
+                 p: DetectionParams):
+    """Of residual peaks `local` (indices in a tile's arrays, whose first voxel is `origin`
+    on the working grid), those outside their shaft, near enough to it (and not too far above
+    or below it) and bright enough to be a spine or a candidate, as (which, distance to the
+    nearest centre line point, that point)."""
+    hp = (local + origin) * np.asarray(vs)
+    dc, ni = tree.query(hp) if len(hp) else (np.zeros(0), np.zeros(0, int))
+    k = pts.owner[ni]
+    out = dc - shafts.edge[k]
+    far = _far_contrast(np.maximum(dc - shafts.radius[k], 0.0), p)
+    ok = ((out >= 0.1) & (out <= p.max_spine_length_um)
+          & (np.abs(hp[:, 0] - pts.xyz[ni, 0]) <= p.max_axial_offset_um)
+          & (rz[tuple(local.T)] >= np.minimum(p.spine_threshold, p.candidate_threshold) + far))
+    which = np.flatnonzero(ok)
+    return which, dc[which], ni[which]
+
+
+def _measure(li, gi, dc, ni, rz, rs, ms, pts: _Points, shafts: _Shafts, vs,
              p: DetectionParams) -> dict | None:
-    """One residual peak (`li`: index in the tile's arrays, `gi`: on the working grid) as a
-    spine row, or None where it is not a spine: not outside the shaft, too far from it (or
-    above or below it), or a bulge of the shaft itself rather than a protrusion."""
+    """One residual peak (`li`: index in the tile's arrays, `gi`: on the working grid) that
+    passed :func:`_near_enough` (`dc`: distance to the nearest centre line point `ni`) as a
+    spine row, or None where it is a bulge of the shaft itself rather than a protrusion."""
     zi, yi, xi = li
     hp = gi * np.asarray(vs)
-    # physical nearest centre line point (of those rasterised for the shaft model)
-    dc, ni = tree.query(hp)
     k = int(pts.owner[ni])
-    if (dc - shafts.edge[k] < 0.1 or dc - shafts.edge[k] > p.max_spine_length_um
-            or abs(hp[0] - pts.xyz[ni, 0]) > p.max_axial_offset_um):
-        return None
     surface = max(dc - shafts.radius[k], 0.0)
-    # heads far out need more contrast: most peaks there are not spines
-    far = p.far_contrast_per_um * max(surface - p.far_spine_um, 0.0)
-    threshold = p.spine_threshold + far
-    if rz[zi, yi, xi] < min(threshold, p.candidate_threshold + far):
-        return None
+    threshold = p.spine_threshold + float(_far_contrast(surface, p))
     candidate = rz[zi, yi, xi] < threshold
     origin = gi - li
 
