@@ -278,6 +278,42 @@ def _slice_stats(sample: np.ndarray):
     return bg[:, None, None].astype(np.float32), mad[:, None, None].astype(np.float32)
 
 
+def _gaussian_at(img: np.ndarray, at: np.ndarray, sigma_vox) -> np.ndarray:
+    """``scipy.ndimage.gaussian_filter(img, sigma_vox)`` at voxels `at` (n, ndim) only (float32;
+    the same kernel and edge mode, summed in float64): for a few voxels of a large image.
+
+    Examples
+    --------
+    >>> from scipy import ndimage as ndi
+    >>> img = np.random.default_rng(0).random((4, 30, 30)).astype(np.float32)
+    >>> at = np.array([[0, 0, 0], [2, 15, 29], [3, 7, 8]])
+    >>> full = ndi.gaussian_filter(img, (0, 1.2, 2.0))[tuple(at.T)]
+    >>> bool(np.allclose(_gaussian_at(img, at, (0, 1.2, 2.0)), full, atol=1e-6))
+    True
+    """
+    at = np.asarray(at)
+    weights, offsets = np.ones(1), np.zeros((1, img.ndim), int)
+    for a, sd in enumerate(sigma_vox):
+        if sd <= 0:
+            continue
+        r = int(4.0 * sd + 0.5)  # scipy's radius at its default truncate
+        x = np.arange(-r, r + 1)
+        w = np.exp(-0.5 * (x / sd) ** 2)
+        weights = np.outer(weights, w / w.sum()).ravel()
+        o = np.zeros((len(x), img.ndim), int)
+        o[:, a] = x
+        offsets = (offsets[:, None] + o[None]).reshape(-1, img.ndim)
+    out = np.empty(len(at), np.float32)
+    n = img.shape
+    for s in range(0, len(at), 4096):
+        idx = at[s:s + 4096, None] + offsets[None]
+        # scipy's 'reflect' edge: (c b a | a b c | c b a)
+        idx = np.where(idx < 0, -idx - 1, np.where(idx >= n, 2 * np.asarray(n) - idx - 1, idx))
+        out[s:s + 4096] = img[tuple(np.clip(idx, 0, np.asarray(n) - 1).transpose(2, 0, 1))
+                              ] @ weights
+    return out
+
+
 def _sigma_vox(sigma_um, vs):
     s = np.broadcast_to(np.asarray(sigma_um, float), (3,))
     return tuple(si / v for si, v in zip(s, vs))
@@ -1338,18 +1374,26 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
         tile's centre line voxels."""
         region, _, _, (line, line_point) = cells(tile)
         on = in_core(tile, region).ravel()[line]
-        centre_b = ndi.gaussian_filter(signal(tile),
-                                       _sigma_vox(CENTRE_SMOOTHING_UM, vs)).ravel()[line[on]]
+        at = np.column_stack(np.unravel_index(line[on], region.shape))
+        centre_b = _gaussian_at(signal(tile), at, _sigma_vox(CENTRE_SMOOTHING_UM, vs))
         return pts.owner[line_point[on]], centre_b
+
+    def smoothed_signal(tile):
+        """The signal within reach of the centre lines (0 beyond) smoothed at the head scale:
+        the same for every shaft model."""
+        return kept("ssig", tile, lambda: ndi.gaussian_filter(
+            np.where(cells(tile)[0], signal(tile), 0).astype(np.float32), head_sig))
 
     def residual(tile):
         def make():
             region, key, frac, _ = cells(tile)
             model = np.zeros(region.shape, np.float32)
             model[region] = shaft.model(key, frac)
-            resid = np.where(region, signal(tile) - model, 0).astype(np.float32)
-            # peaks of the residual smoothed at the head scale, against the smoothed model
-            return ndi.gaussian_filter(resid, head_sig), ndi.gaussian_filter(model, head_sig)
+            # peaks of the residual smoothed at the head scale (the residual, signal less
+            # model within reach, smoothed as the two apart), against the smoothed model
+            ms = ndi.gaussian_filter(model, head_sig)
+            del model
+            return smoothed_signal(tile) - ms, ms
         return kept("resid", tile, make)
 
     def spread_sample(tile):
@@ -1384,6 +1428,8 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
     del parts
     edge, _ = fit()
     edge, radius = fit((noise_curve(), SHAFT_CLIP_RADII * edge))
+    for tl in tiles:  # the residual is all the later stages need
+        forget("sig", tl)
     shafts = _Shafts(
         edge=np.maximum(edge - 0.5 * p.psf_fwhm_um, 0.2), radius=radius, ids=ids,
         # median centre line brightness of each dendrite (noise units)
