@@ -1447,17 +1447,13 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
 
     def peaks(tile):
         rs, ms = residual(tile)
-        region = cells(tile)[0]
-        rz = rs / np.interp(ms, centres, spread).astype(np.float32)
-        found = (rz == ndi.maximum_filter(rz, size=3)) & (rz > low) & region
-        local = np.argwhere(found[tile.inner]) + np.array([0, tile.inner[1].start,
-                                                            tile.inner[2].start])
+        local, rz = _local_peaks(rs, ms, cells(tile)[0], tile.inner, (centres, spread), low)
         near = _near_enough(local, tile.origin, rz, tree, pts, shafts, vs, p)
         rows = [None] * len(local)
         for i, dc, ni in zip(*near):
-            rows[i] = _measure(local[i], local[i] + tile.origin, dc, ni, rz, rs, ms, pts,
+            rows[i] = _measure(local[i], local[i] + tile.origin, dc, ni, rz[i], rs, ms, pts,
                                shafts, vs, p)
-        return local + tile.origin, rz[tuple(local.T)], rows
+        return local + tile.origin, rz, rows
 
     parts = over_tiles(peaks)
     cache.clear()
@@ -1605,12 +1601,36 @@ def _far_contrast(surface, p: DetectionParams):
     return p.far_contrast_per_um * np.maximum(surface - p.far_spine_um, 0.0)
 
 
+def _local_peaks(rs, ms, region, inner, curve, low: float):
+    """Local maxima (over their 26 neighbours) of the residual in local noise units, ``rz =
+    rs / spread(ms)`` (`curve`: brightness, spread), above `low` in `region` and in the box
+    `inner` (slices): their indices (n, 3; C order) and rz. Only voxels that can pass are
+    looked at: the spread never falls with brightness, so rz > low needs rs > low x its least
+    value."""
+    centres, spread = curve
+
+    def rz_at(idx):
+        return rs[idx] / np.interp(ms[idx], centres, spread).astype(np.float32)
+    corner = np.array([sl.start or 0 for sl in inner])
+    maybe = region[inner] & (rs[inner] > low * spread[0] * (1 - 1e-6))
+    at = np.argwhere(maybe) + corner
+    rz = rz_at(tuple(at.T))
+    keep = rz > low
+    at, rz = at[keep], rz[keep]
+    top = np.asarray(rs.shape) - 1
+    peak = np.ones(len(at), bool)
+    for off in np.argwhere(np.ones((3, 3, 3), bool)) - 1:
+        if off.any():  # as scipy's maximum filter: a neighbour beyond the edge is the voxel
+            peak &= rz_at(tuple(np.clip(at + off, 0, top).T)) <= rz
+    return at[peak], rz[peak]
+
+
 def _near_enough(local, origin, rz, tree, pts: _Points, shafts: _Shafts, vs,
                  p: DetectionParams):
     """Of residual peaks `local` (indices in a tile's arrays, whose first voxel is `origin`
-    on the working grid), those outside their shaft, near enough to it (and not too far above
-    or below it) and bright enough to be a spine or a candidate, as (which, distance to the
-    nearest centre line point, that point)."""
+    on the working grid; `rz` their contrast), those outside their shaft, near enough to it
+    (and not too far above or below it) and bright enough to be a spine or a candidate, as
+    (which, distance to the nearest centre line point, that point)."""
     hp = (local + origin) * np.asarray(vs)
     dc, ni = tree.query(hp) if len(hp) else (np.zeros(0), np.zeros(0, int))
     k = pts.owner[ni]
@@ -1618,22 +1638,23 @@ def _near_enough(local, origin, rz, tree, pts: _Points, shafts: _Shafts, vs,
     far = _far_contrast(np.maximum(dc - shafts.radius[k], 0.0), p)
     ok = ((out >= 0.1) & (out <= p.max_spine_length_um)
           & (np.abs(hp[:, 0] - pts.xyz[ni, 0]) <= p.max_axial_offset_um)
-          & (rz[tuple(local.T)] >= np.minimum(p.spine_threshold, p.candidate_threshold) + far))
+          & (rz >= np.minimum(p.spine_threshold, p.candidate_threshold) + far))
     which = np.flatnonzero(ok)
     return which, dc[which], ni[which]
 
 
-def _measure(li, gi, dc, ni, rz, rs, ms, pts: _Points, shafts: _Shafts, vs,
+def _measure(li, gi, dc, ni, contrast, rs, ms, pts: _Points, shafts: _Shafts, vs,
              p: DetectionParams) -> dict | None:
     """One residual peak (`li`: index in the tile's arrays, `gi`: on the working grid) that
-    passed :func:`_near_enough` (`dc`: distance to the nearest centre line point `ni`) as a
-    spine row, or None where it is a bulge of the shaft itself rather than a protrusion."""
+    passed :func:`_near_enough` (`dc`: distance to the nearest centre line point `ni`;
+    `contrast`: its rz) as a spine row, or None where it is a bulge of the shaft itself
+    rather than a protrusion."""
     zi, yi, xi = li
     hp = gi * np.asarray(vs)
     k = int(pts.owner[ni])
     surface = max(dc - shafts.radius[k], 0.0)
     threshold = p.spine_threshold + float(_far_contrast(surface, p))
-    candidate = rz[zi, yi, xi] < threshold
+    candidate = contrast < threshold
     origin = gi - li
 
     def smoothed_at(points, beyond=None):
@@ -1702,7 +1723,7 @@ def _measure(li, gi, dc, ni, rz, rs, ms, pts: _Points, shafts: _Shafts, vs,
         "shaft_distance_um": surface,  # on the grid, for _drop_necks; _sizes puts _surface
         "_surface": max(float(np.linalg.norm([depth - cpt[0], *(hp[1:] - cpt[1:])]))
                         - shafts.radius[k], 0.0),
-        "contrast": float(rz[zi, yi, xi]), "_threshold": threshold,
+        "contrast": float(contrast), "_threshold": threshold,
         # for _drop_necks and _sizes, then dropped
         "_inner": cpt + shafts.edge[k] * direction, "_k": k, "_head": float(peak),
         "_neck": neck, "_tip": float(tip), "_reach": reach, "_candidate": bool(candidate),
