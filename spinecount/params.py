@@ -57,7 +57,7 @@ class DetectionParams:
              "counted (the two-photon PSF is about 2 um long in z)")
     head_sigma_um: float = _p(0.25, "spatial scale of spine heads for the blob filter")
     spine_threshold: float = _p(
-        4.5, "spine candidates: blob filter peak above local background, in noise SDs")
+        4.0, "spine candidates: blob filter peak above local background, in noise SDs")
     far_spine_um: float = _p(
         2.0, "spine heads further than this from the shaft surface need more contrast (see "
              "far_contrast_per_um): most spines are shorter, and most peaks further out are "
