@@ -1450,9 +1450,9 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
         local, rz = _local_peaks(rs, ms, cells(tile)[0], tile.inner, (centres, spread), low)
         near = _near_enough(local, tile.origin, rz, tree, pts, shafts, vs, p)
         rows = [None] * len(local)
-        for i, dc, ni in zip(*near):
-            rows[i] = _measure(local[i], local[i] + tile.origin, dc, ni, rz[i], rs, ms, pts,
-                               shafts, vs, p)
+        for i, dc, ni, need in zip(*near):
+            rows[i] = _measure(local[i], local[i] + tile.origin, dc, ni, need, rz[i], rs, ms,
+                               pts, shafts, vs, p)
         return local + tile.origin, rz, rows
 
     parts = over_tiles(peaks)
@@ -1595,12 +1595,6 @@ def _sizes(spines: pd.DataFrame, shafts: _Shafts, vs, p: DetectionParams) -> Non
     spines["relative_intensity"] = volume / (np.pi * shafts.radius[k] ** 2)
 
 
-def _far_contrast(surface, p: DetectionParams):
-    """The extra contrast (noise SDs) that heads `surface` um from the shaft surface need:
-    most peaks far out are not spines."""
-    return p.far_contrast_per_um * np.maximum(surface - p.far_spine_um, 0.0)
-
-
 def _local_peaks(rs, ms, region, inner, curve, low: float):
     """Local maxima (over their 26 neighbours) of the residual in local noise units, ``rz =
     rs / spread(ms)`` (`curve`: brightness, spread), above `low` in `region` and in the box
@@ -1630,30 +1624,32 @@ def _near_enough(local, origin, rz, tree, pts: _Points, shafts: _Shafts, vs,
     """Of residual peaks `local` (indices in a tile's arrays, whose first voxel is `origin`
     on the working grid; `rz` their contrast), those outside their shaft, near enough to it
     (and not too far above or below it) and bright enough to be a spine or a candidate, as
-    (which, distance to the nearest centre line point, that point)."""
+    (which, distance to the nearest centre line point, that point, the contrast a spine there
+    needs)."""
     hp = (local + origin) * np.asarray(vs)
     dc, ni = tree.query(hp) if len(hp) else (np.zeros(0), np.zeros(0, int))
     k = pts.owner[ni]
     out = dc - shafts.edge[k]
-    far = _far_contrast(np.maximum(dc - shafts.radius[k], 0.0), p)
+    # heads far out need more contrast: most peaks there are not spines
+    far = p.far_contrast_per_um * np.maximum(dc - shafts.radius[k] - p.far_spine_um, 0.0)
     ok = ((out >= 0.1) & (out <= p.max_spine_length_um)
           & (np.abs(hp[:, 0] - pts.xyz[ni, 0]) <= p.max_axial_offset_um)
           & (rz >= np.minimum(p.spine_threshold, p.candidate_threshold) + far))
     which = np.flatnonzero(ok)
-    return which, dc[which], ni[which]
+    return which, dc[which], ni[which], p.spine_threshold + far[which]
 
 
-def _measure(li, gi, dc, ni, contrast, rs, ms, pts: _Points, shafts: _Shafts, vs,
+def _measure(li, gi, dc, ni, threshold, contrast, rs, ms, pts: _Points, shafts: _Shafts, vs,
              p: DetectionParams) -> dict | None:
     """One residual peak (`li`: index in the tile's arrays, `gi`: on the working grid) that
     passed :func:`_near_enough` (`dc`: distance to the nearest centre line point `ni`;
-    `contrast`: its rz) as a spine row, or None where it is a bulge of the shaft itself
-    rather than a protrusion."""
+    `threshold`: the contrast a spine there needs; `contrast`: its rz) as a spine row, or None
+    where it is a bulge of the shaft itself rather than a protrusion."""
     zi, yi, xi = li
     hp = gi * np.asarray(vs)
     k = int(pts.owner[ni])
     surface = max(dc - shafts.radius[k], 0.0)
-    threshold = p.spine_threshold + float(_far_contrast(surface, p))
+    threshold = float(threshold)
     candidate = contrast < threshold
     origin = gi - li
 
