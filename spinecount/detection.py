@@ -424,15 +424,17 @@ def _trace_dendrites(mask: np.ndarray, edt_at, vs, p: DetectionParams, brightnes
     sk = skan.Skeleton(skel, spacing=vs)
     for _ in range(6):
         summ = skan.summarize(sk, separator="_")
-        radius = edt_at(np.round(summ[[f"image_coord_dst_{i}" for i in range(3)]].to_numpy())
-                        .astype(int))
-        tips = ((summ["branch_type"] == 1) & (summ["branch_distance"]
+        src, dst, deg = _branch_ends(summ)
+        junction = np.where(deg[src] > 1, src, dst)
+        # a tip branch is a spine where it reaches no further from the dendrite's centre line
+        # (the junction) than the longest spine from its surface: measured straight, as the
+        # skeleton's path staircases between slices (a 2.6 um spine read 5 um along its path)
+        radius = edt_at(np.round(sk.coordinates[junction]).astype(int))
+        tips = ((summ["branch_type"] == 1) & (summ["euclidean_distance"]
                                               < p.max_spine_length_um + radius)).to_numpy().copy()
         # Where a dendrite ends just past a side branch, the end is a short tip too: of the
         # short tips at a junction with only one other branch, keep the one that continues
         # the dendrite (:func:`_continuation`).
-        src, dst, deg = _branch_ends(summ)
-        junction = np.where(deg[src] > 1, src, dst)
         for node in np.unique(junction[tips]):
             at = np.flatnonzero(tips & (junction == node))
             if deg[node] - len(at) == 1:
