@@ -413,6 +413,35 @@ def test_a_dendrite_that_runs_on_into_a_spine_at_its_end_ends_at_the_spine():
     assert len(paths) == 1 and paths[0][:, 2].max() == pytest.approx(30, abs=0.5)
 
 
+def test_a_spine_that_climbs_between_slices_is_not_taken_for_a_dendrite():
+    """A spine whose wavy neck climbs 3 um in z and 2.6 um sideways (its end 4 um from the
+    dendrite's centre line, 3.3 um from its surface: shorter than the longest spine). Its
+    skeleton branch staircases between the 1 um slices and reads 4.8 um along its path, so
+    judged by that it was kept as a dendrite of its own (and the dendrite cut in two at it);
+    judged by its straight reach from the junction it is pruned as a spine."""
+    from scipy import ndimage as ndi
+
+    from spinecount.detection import _trace_dendrites
+    from spinecount.params import DetectionParams
+
+    vs = (1.0, 0.24, 0.24)
+    zyx = np.stack(np.meshgrid(*(np.arange(n) * v for n, v in zip((14, 80, 125), vs)),
+                               indexing="ij"), axis=-1)
+    mask = ((zyx[..., 0] - 4) / 1.5) ** 2 + ((zyx[..., 1] - 8) / 0.6) ** 2 < 1  # along x
+    scale = np.array([0.4, 1.0, 1.0])  # the neck's cross-section is 2.5 times longer in z
+    neck = np.array([(4, 8, 15.0), (5, 9.0, 15.6), (6, 9.8, 14.9), (7, 10.6, 15.4)]) * scale
+    for a, b in zip(neck[:-1], neck[1:]):
+        t = np.clip((zyx * scale - a) @ (b - a) / ((b - a) @ (b - a)), 0, 1)
+        mask |= np.linalg.norm(zyx * scale - (a + t[..., None] * (b - a)), axis=-1) < 0.4
+    dist = ndi.distance_transform_edt(mask, sampling=vs)
+    paths, _, _ = _trace_dendrites(
+        mask, lambda idx: dist[tuple(np.clip(idx, 0, np.array(dist.shape) - 1).T)], vs,
+        DetectionParams())
+    assert len(paths) == 1
+    assert np.abs(paths[0][:, 1] - 8).max() < 0.5  # never turns into the spine
+    assert paths[0][:, 2].min() < 0.5 and paths[0][:, 2].max() > 29.5
+
+
 def test_a_dendrite_that_leaves_the_field_is_traced_to_its_edge():
     """A dendrite that runs out of the field sideways, with a spine 1 um before the edge:
     the skeleton of a mask stops about a radius short of its end, which would leave the last
