@@ -19,9 +19,11 @@ The method, in order (all distances in micrometres, converted with the stack's v
    in 3D (carried on beyond the stack's sides, so that a dendrite leaving the field is traced
    to its edge) and turned into a graph with skan (pieces on their own whose centre line is
    nowhere clearly brighter than the mask's threshold, below ``HAZE_RATIO`` times it, are
-   out-of-focus haze and left out); tip branches shorter than
-   ``max_spine_length_um`` (spines) are pruned repeatedly (where a dendrite ends just past a
-   spine, the one that continues the dendrite is kept, :func:`_continuation`) and isolated
+   out-of-focus haze and left out); tip branches that reach, in a straight line from their
+   junction, no further than ``max_spine_length_um`` beyond the dendrite's radius there
+   (spines; the skeleton's path staircases between slices) are pruned repeatedly (where a
+   dendrite ends just past a spine, the one that continues the dendrite is kept,
+   :func:`_continuation`) and isolated
    pieces shorter than ``min_dendrite_length_um`` dropped; where a free end runs on into a
    spine with no tip of its own to prune (it dims to a neck and turns away), the spine is cut
    off (:func:`_end_spine`) and the dendrite carried on along its direction to the mask's
