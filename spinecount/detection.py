@@ -107,8 +107,8 @@ from .io import Stack
 from .morphology import classify_spine
 from .optics import cylinder_peak, cylinder_radius, protrusion_sizes
 from .params import DetectionParams
-from .tables import (BASE, POSITION, conform_spines, dendrite_table, empty_spines,
-                     polyline_length, resample_polyline, smooth_polyline)
+from .tables import (BASE, CENTERLINE_STEP_UM, POSITION, conform_spines, dendrite_table,
+                     empty_spines, polyline_length, resample_polyline, smooth_polyline)
 
 #: The coarsest z step and lateral pixel (um) the detector is measured at (README, Measured
 #: accuracy); coarser stacks are detected with a warning.
@@ -571,9 +571,10 @@ def _ridge(profiles: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     return np.where(end, 0.0, offsets[j] + sub * (offsets[1] - offsets[0]))
 
 
-def _recentre(lines: list, sample, *, step_um: float = 0.25) -> list:
-    """Centre lines (points `step_um` apart) moved across their dendrite in the image plane
-    onto the ridge of the smoothed image, ``sample(points)`` (:data:`RECENTRE_UM`).
+def _recentre(lines: list, sample, *, step_um: float = CENTERLINE_STEP_UM) -> list:
+    """Centre lines (resampled `step_um` apart by :func:`smooth_polyline`) moved across their
+    dendrite in the image plane onto the ridge of the smoothed image, ``sample(points)``
+    (:data:`RECENTRE_UM`).
 
     A skeleton of the thresholded mask runs off the shaft's middle where the mask widens on one
     side (a spine at its edge, a bulge) and steps by whole working pixels; the shaft model is

@@ -177,7 +177,12 @@ def resample_polyline(points: np.ndarray, step: float) -> np.ndarray:
     return np.column_stack([np.interp(t, s, points[:, i]) for i in range(points.shape[1])])
 
 
-def smooth_polyline(points: np.ndarray, sigma_um: float, step: float = 0.25) -> np.ndarray:
+#: Spacing (um) of the points of a smoothed centre line (:func:`smooth_polyline`).
+CENTERLINE_STEP_UM = 0.25
+
+
+def smooth_polyline(points: np.ndarray, sigma_um: float,
+                    step: float = CENTERLINE_STEP_UM) -> np.ndarray:
     """Resample a polyline every `step` um and smooth it with a Gaussian of `sigma_um` along it.
 
     Traced and skeleton centre lines step by whole voxels (a z step is often 1 um), which
