@@ -19,7 +19,9 @@ stack: detected in the smaller field alone, against the whole field's detection 
 how it depends on the sampling and the signal, the same stack made coarser or dimmer
 (``resampled``): lateral pixels binned 2 x 2 (0.24 um), every second slice only (2 um steps),
 16-bit grey values (x 16 plus an offset of 200), and a quarter of the signal with its Poisson
-noise (grey values taken as photon counts).
+noise (grey values taken as photon counts); and, for how far a single F1 can be trusted, the
+same stack moved by one pixel or mirrored (``moved_or_mirrored``), with the spread of the four
+F1s.
 
     python benchmarks/detect_rr30a.py [--data ../shared/data/rr30a] [--sessions 0 1 ...]
 
@@ -73,7 +75,7 @@ def run_one(data: Path, session: int) -> dict:
             "again_s": round(wall_again, 2), "again_timings_s": again,
             "n_dendrites": len(det.dendrites), "peak_rss_mb": peak_mb,
             "fields": smaller_fields(stack, det.spines, gt, cl),
-            "resampled": resampled(stack, gt, cl)}
+            "resampled": resampled(stack, gt, cl), "moved": moved_or_mirrored(stack, gt, cl)}
 
 
 def shifted(table, by):
@@ -148,6 +150,42 @@ def resampled(stack, gt, cl) -> dict:
     return out
 
 
+def moved_or_mirrored(stack, gt, cl) -> dict:
+    """F1, precision and recall (as in the main figure) of the same stack moved by one pixel
+    (its first row and column cut off) or mirrored left to right or top to bottom, with the
+    annotations moved alike: nothing a detector should notice, so the spread of these F1s is
+    how far a single F1 can be trusted (the working grid's blocks, the skeleton and the
+    peaks near the threshold all change a little)."""
+    import dataclasses
+
+    import numpy as np
+
+    from spinecount.detection import detect
+    from spinecount.evaluate import evaluate
+
+    a, (_, vy, vx) = stack.data, stack.voxel_size
+    top_y, top_x = (a.shape[1] - 1) * vy, (a.shape[2] - 1) * vx
+
+    def mirrored(table, axis, top):
+        table = table.copy()
+        for c in (f"{axis}_um", f"base_{axis}_um"):
+            if c in table:
+                table[c] = top - table[c]
+        return table
+
+    variants = {  # name: (data, the annotations and traced lines as they lie in it)
+        "moved by one pixel": (a[:, 1:, 1:], lambda t: shifted(t, (0.0, -vy, -vx))),
+        "mirrored left to right": (a[:, :, ::-1], lambda t: mirrored(t, "x", top_x)),
+        "mirrored top to bottom": (a[:, ::-1, :], lambda t: mirrored(t, "y", top_y)),
+    }
+    out = {}
+    for name, (data, move) in variants.items():
+        sp = detect(dataclasses.replace(stack, data=np.ascontiguousarray(data))).spines
+        m = evaluate(sp, move(gt), centerlines=move(cl), pred_point="distal_edge").summary
+        out[name] = [m["f1"], m["precision"], m["recall"]]
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=str(HERE.parent.parent / "shared/data/rr30a"))
@@ -199,6 +237,12 @@ def main():
         print("  the same stack made coarser or dimmer: " + "; ".join(
             f"{k} F1 {f1:.3f} (precision {pr:.3f}, recall {re:.3f})"
             for k, (f1, pr, re) in r["resampled"].items()))
+        f1s = [m["f1"]] + [v[0] for v in r["moved"].values()]
+        print("  the same stack moved or mirrored (nothing a detector should notice): "
+              + "; ".join(f"{k} F1 {f1:.3f} (precision {pr:.3f}, recall {re:.3f})"
+                          for k, (f1, pr, re) in r["moved"].items())
+              + f"; F1 over the four {min(f1s):.3f}-{max(f1s):.3f}, mean "
+                f"{sum(f1s) / len(f1s):.3f}")
 
 
 if __name__ == "__main__":
