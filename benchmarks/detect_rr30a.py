@@ -78,14 +78,14 @@ def run_one(data: Path, session: int) -> dict:
             "resampled": resampled(stack, gt, cl), "moved": moved_or_mirrored(stack, gt, cl)}
 
 
-def shifted(table, by):
+def shifted(table, by, *, mirror: str = ""):
     """A copy of a spines or centre lines table with its positions (and bases) moved by `by`
-    (z, y, x um)."""
+    (z, y, x um), each axis named in `mirror` ("zyx") first reversed (x -> -x)."""
     table = table.copy()
     for axis, d in zip("zyx", by):
         for c in (f"{axis}_um", f"base_{axis}_um"):
             if c in table:
-                table[c] += d
+                table[c] = (-table[c] if axis in mirror else table[c]) + d
     return table
 
 
@@ -165,18 +165,12 @@ def moved_or_mirrored(stack, gt, cl) -> dict:
 
     a, (_, vy, vx) = stack.data, stack.voxel_size
     top_y, top_x = (a.shape[1] - 1) * vy, (a.shape[2] - 1) * vx
-
-    def mirrored(table, axis, top):
-        table = table.copy()
-        for c in (f"{axis}_um", f"base_{axis}_um"):
-            if c in table:
-                table[c] = top - table[c]
-        return table
-
     variants = {  # name: (data, the annotations and traced lines as they lie in it)
         "moved by one pixel": (a[:, 1:, 1:], lambda t: shifted(t, (0.0, -vy, -vx))),
-        "mirrored left to right": (a[:, :, ::-1], lambda t: mirrored(t, "x", top_x)),
-        "mirrored top to bottom": (a[:, ::-1, :], lambda t: mirrored(t, "y", top_y)),
+        "mirrored left to right": (a[:, :, ::-1],
+                                   lambda t: shifted(t, (0.0, 0.0, top_x), mirror="x")),
+        "mirrored top to bottom": (a[:, ::-1, :],
+                                   lambda t: shifted(t, (0.0, top_y, 0.0), mirror="y")),
     }
     out = {}
     for name, (data, move) in variants.items():
