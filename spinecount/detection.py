@@ -1468,6 +1468,11 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
                            p.min_spine_separation_um, shape)
     measured = [rows_all[i] for i in kept_order if rows_all[i] is not None]
     rows = _drop_necks([r for r in measured if not r["_candidate"]], p.min_spine_separation_um)
+    if rows:  # _measure moves heads to their brightest depth: two may have come too close
+        final = np.round(np.array([[r["z_um"], r["y_um"], r["x_um"]] for r in rows])
+                         / np.asarray(vs)).astype(int)
+        rows = [rows[i] for i in sorted(_suppress(final, np.array([r["contrast"] for r in rows]),
+                                                  vs, p.min_spine_separation_um, shape))]
     rows += [r for r in _drop_necks(measured, p.min_spine_separation_um) if r["_candidate"]]
     del parts
     t = lap("spines", t)
