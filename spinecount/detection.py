@@ -349,14 +349,43 @@ def _nearest_zero(a: np.ndarray, sampling) -> tuple[np.ndarray, np.ndarray]:
     return near, dist
 
 
-def _mask_threshold(zs_sample: np.ndarray, p: DetectionParams) -> float:
+def _mask_threshold(zs_sample: np.ndarray, p: DetectionParams, spacing) -> float:
     """Dendrite mask threshold in noise SDs: ``dendrite_threshold``, or ``otsu_fraction`` of
-    Otsu's threshold of a sample of the z-scored smoothed stack where that is higher."""
+    Otsu's threshold of a sample of the z-scored smoothed stack where that is higher.
+
+    `zs_sample` is a lattice of the stack (voxels `spacing` um apart). Thick structures (a
+    soma, large blobs: thicker than ``max_dendrite_radius_um`` under the first threshold) are
+    left out of Otsu's split, which they would otherwise make between background and
+    themselves, with the dendrites below it."""
+    import edt
     from skimage.filters import threshold_otsu
 
-    if p.otsu_fraction <= 0 or zs_sample.min() == zs_sample.max():
-        return p.dendrite_threshold
-    return max(p.dendrite_threshold, p.otsu_fraction * float(threshold_otsu(zs_sample)))
+    def threshold(values):
+        if p.otsu_fraction <= 0 or not len(values) or values.min() == values.max():
+            return p.dendrite_threshold
+        return max(p.dendrite_threshold, p.otsu_fraction * float(threshold_otsu(values)))
+
+    first = threshold(zs_sample.ravel())
+    mask = zs_sample > first
+    if p.otsu_fraction <= 0 or mask.all() or not mask.any():
+        return first
+    thick = _thick(mask, edt.edt(mask, anisotropy=spacing, parallel=1), spacing, p)
+    return first if thick is None else threshold(zs_sample[~thick])
+
+
+def _thick(mask: np.ndarray, dist: np.ndarray, vs, p: DetectionParams):
+    """The voxels of `mask` that belong to thick structures (soma, blobs), or None where there
+    are none: those deeper inside than ``max_dendrite_radius_um`` (`dist`: distance to the
+    mask's edge, um) and every mask voxel within that radius and a voxel of them (in um: a
+    dilation by steps of one voxel reaches less far along the diagonals, and left a rim of
+    a soma that was traced as a dendrite)."""
+    import edt
+
+    core = dist > p.max_dendrite_radius_um
+    if not core.any():
+        return None
+    reach = edt.edt(~core, anisotropy=vs, parallel=1)
+    return mask & (reach <= p.max_dendrite_radius_um + max(vs))
 
 
 def _tile_mask(zs: np.ndarray, tile: Tile, shape, vs, threshold: float, p: DetectionParams):
@@ -364,7 +393,6 @@ def _tile_mask(zs: np.ndarray, tile: Tile, shape, vs, threshold: float, p: Detec
     to the mask's edge (um) and the brightness `zs`, as (mask, global flat index, distance,
     brightness)."""
     import edt
-    from scipy import ndimage as ndi
 
     mask = zs > threshold
     # the exact distance transform (seung-lab's edt: the same values as scipy's, about 7 times
@@ -372,10 +400,8 @@ def _tile_mask(zs: np.ndarray, tile: Tile, shape, vs, threshold: float, p: Detec
     dist = (edt.edt(mask, anisotropy=vs, parallel=1) if not mask.all()
             else np.full(mask.shape, np.inf, np.float32))
     # Soma and blobs: remove voxels deep inside thick structures, and their surroundings.
-    thick = dist > p.max_dendrite_radius_um
-    if thick.any():
-        grow = int(np.ceil(p.max_dendrite_radius_um / vs[1]))
-        thick = ndi.binary_dilation(thick, iterations=grow, mask=mask)
+    thick = _thick(mask, dist, vs, p)
+    if thick is not None:
         mask &= ~thick
     core = mask[tile.inner].copy()  # not a view, which would keep the extent's mask alive
     where = np.nonzero(core)
@@ -1241,7 +1267,7 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
     del samples
     bg, noise = _slice_stats(lat_img)
     bg_s, noise_s = _slice_stats(lat_sm)
-    threshold = _mask_threshold((lat_sm - bg_s) / noise_s, p)
+    threshold = _mask_threshold((lat_sm - bg_s) / noise_s, p, (vs[0], vs[1] * step, vs[2] * step))
     del lat_img, lat_sm
     t = lap("prepare", t)
     yield "prepare"

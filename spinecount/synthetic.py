@@ -53,6 +53,8 @@ class SyntheticStack:
         True centre lines, ``dendrite_id, z_um, y_um, x_um``, points 0.25 um apart.
     params : dict
         The arguments that made it.
+    somata : DataFrame
+        Cell bodies in the field (not dendrites): ``z_um, y_um, x_um, radius_um``.
     """
 
     stack: Stack
@@ -60,6 +62,8 @@ class SyntheticStack:
     dendrites: pd.DataFrame
     centerlines: pd.DataFrame
     params: dict = field(default_factory=dict)
+    somata: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(
+        columns=["z_um", "y_um", "x_um", "radius_um"]))
 
 
 def _perpendicular_basis(t):
@@ -247,10 +251,25 @@ class _Splatter:
             self.add(p, weight * np.pi * ri**2 * seg, ri**2 / 4)
 
 
-def _render(rng, segments, spine_rows, shape, voxel_size, *, psf_sigma_um, peak_photons,
-            background_photons, read_noise, haze, puncta_per_1000um3, depth_attenuation_um,
-            dtype) -> np.ndarray:
-    """The image of dendrite segments and spine rows (also sets ``relative_intensity``)."""
+def _place_somata(rng, segments, shape_um, radius: float) -> list:
+    """One cell body of `radius` (um; 0: none) at mid-depth, at least 3 um from every dendrite
+    and inside the field laterally, as [(centre, radius)]; [] where there is no room."""
+    if radius <= 0:
+        return []
+    lines = [g["points"] for g in segments]
+    for _attempt in range(200):
+        centre = np.array([shape_um[0] / 2, *(rng.uniform(radius, e - radius)
+                                               for e in shape_um[1:])])
+        if _min_dist(centre[None], lines)[0] > radius + 3.0:
+            return [(centre, radius)]
+    return []
+
+
+def _render(rng, segments, spine_rows, shape, voxel_size, *, somata=(), psf_sigma_um,
+            peak_photons, background_photons, read_noise, haze, puncta_per_1000um3,
+            depth_attenuation_um, dtype) -> np.ndarray:
+    """The image of dendrite segments, spine rows (also sets ``relative_intensity``) and
+    somata (centre, radius)."""
     splat = _Splatter(shape, voxel_size, psf_sigma_um)
     for seg in segments:
         splat.tube(seg["points"], seg["radius"], seg["brightness"])
@@ -268,6 +287,15 @@ def _render(rng, segments, spine_rows, shape, voxel_size, *, psf_sigma_um, peak_
         shaft_per_um = np.pi * r["_shaft_radius"] ** 2
         neck_vol = np.pi * nr**2 * r["neck_length_um"]
         r["relative_intensity"] = r["brightness"] * (4 / 3 * np.pi * hr**3 + neck_vol) / shaft_per_um
+
+    # cell bodies: filled balls of the dendrites' dye concentration, through the PSF
+    for centre, radius in somata:
+        from scipy.ndimage import gaussian_filter
+
+        d2 = sum(((np.arange(n) * v - c) ** 2).reshape([-1 if a == i else 1 for a in range(3)])
+                 for i, (n, v, c) in enumerate(zip(shape, voxel_size, centre)))
+        ball = (d2 <= radius**2).astype(np.float32) * np.float32(np.prod(voxel_size))
+        splat.img += gaussian_filter(ball, np.asarray(psf_sigma_um) / np.asarray(voxel_size))
 
     # Calibrate: a shaft of radius 0.5 um peaks at `peak_photons`.
     r0 = 0.5
@@ -317,8 +345,8 @@ def make_stack(*, shape_um=(16.0, 40.0, 40.0), voxel_size=(1.0, 0.12, 0.12),
                psf_sigma_um=(0.8, 0.2, 0.2), peak_photons: float = 40.0,
                background_photons: float = 2.0, read_noise: float = 1.0,
                haze: float = 0.15, puncta_per_1000um3: float = 1.0,
-               depth_attenuation_um: float = 100.0, dtype: str = "uint16",
-               seed: int = 0) -> SyntheticStack:
+               depth_attenuation_um: float = 100.0, soma_radius_um: float = 0.0,
+               dtype: str = "uint16", seed: int = 0) -> SyntheticStack:
     """Make a synthetic two-photon stack of spiny dendrites with its truth.
 
     Parameters
@@ -351,6 +379,10 @@ def make_stack(*, shape_um=(16.0, 40.0, 40.0), voxel_size=(1.0, 0.12, 0.12),
         Bright spots away from the dendrites (not spines) per 1000 cubic micrometres.
     depth_attenuation_um : float
         Signal falls as exp(-z / depth_attenuation_um).
+    soma_radius_um : float
+        A cell body of this radius (a filled ball as bright as the dendrites) lies in the field
+        at mid-depth, at least 3 um from every dendrite (0: none). It is not a dendrite and
+        carries no spines (``somata`` of the result).
     dtype : {"uint16", "uint8", "float32"}
     seed : int
 
@@ -374,9 +406,10 @@ def make_stack(*, shape_um=(16.0, 40.0, 40.0), voxel_size=(1.0, 0.12, 0.12),
     segments, spine_rows, planted = _geometry(
         rng, shape_um, n_dendrites, branch_probability, spine_density, density_cv, fractions,
         max_elevation_deg)
-    data = _render(rng, segments, spine_rows, shape, voxel_size,
+    somata = _place_somata(rng, segments, shape_um, soma_radius_um)
+    data = _render(rng, segments, spine_rows, shape, voxel_size, somata=somata,
                    **{k: params[k] for k in _RENDER_ARGS})
-    return _assemble(data, voxel_size, segments, spine_rows, planted, params, seed)
+    return _assemble(data, voxel_size, segments, spine_rows, planted, params, seed, somata)
 
 
 #: make_stack's arguments that describe the microscope rather than the tissue (for _render).
@@ -408,7 +441,8 @@ def _geometry(rng, shape_um, n_dendrites, branch_probability, spine_density, den
     return segments, spine_rows, planted
 
 
-def _assemble(data, voxel_size, segments, spine_rows, planted, params, seed) -> SyntheticStack:
+def _assemble(data, voxel_size, segments, spine_rows, planted, params, seed,
+              somata=()) -> SyntheticStack:
     """The SyntheticStack (image and truth tables) of rendered geometry."""
     cl_rows = []
     for did, seg in enumerate(segments):
@@ -430,7 +464,9 @@ def _assemble(data, voxel_size, segments, spine_rows, planted, params, seed) -> 
     dendrites["planted_density_per_um"] = dendrites["dendrite_id"].map(planted)
     stack = Stack(data, voxel_size, None, None,
                   {"format": "synthetic", "voxel_size_source": "synthetic", "seed": seed})
-    return SyntheticStack(stack, spines, dendrites, centerlines, params)
+    soma_table = pd.DataFrame([[*c, r] for c, r in somata],
+                              columns=["z_um", "y_um", "x_um", "radius_um"], dtype=float)
+    return SyntheticStack(stack, spines, dendrites, centerlines, params, soma_table)
 
 
 @dataclass
@@ -492,6 +528,7 @@ def make_timelapse(*, n_sessions: int = 3, formation: float = 0.15, elimination:
     segments, rows, planted_density = _geometry(
         rng, shape_um, kw["n_dendrites"], kw["branch_probability"], kw["spine_density"],
         kw["density_cv"], fractions, kw["max_elevation_deg"])
+    somata = _place_somata(rng, segments, shape_um, kw["soma_radius_um"])
     for i, r in enumerate(rows):
         r["track_id"] = i
     next_id = len(rows)
@@ -517,9 +554,10 @@ def make_timelapse(*, n_sessions: int = 3, formation: float = 0.15, elimination:
         move = _motion(rng, shift, deformation_um if s else 0.0)
         seg_s = [{**g, "points": move(g["points"])} for g in segments]
         rows_s = [_moved_row(r, move) for r in present]
-        data = _render(rng, seg_s, rows_s, shape, voxel_size, **render_kw)
+        somata_s = [(move(c[None])[0], r) for c, r in somata]
+        data = _render(rng, seg_s, rows_s, shape, voxel_size, somata=somata_s, **render_kw)
         syn = _assemble(data, voxel_size, seg_s, rows_s, planted_density,
-                        {**kw, "session": s}, seed)
+                        {**kw, "session": s}, seed, somata_s)
         syn.spines["track_id"] = [r["track_id"] for r in rows_s]
         sessions.append(syn)
         shifts.append(shift)

@@ -325,6 +325,27 @@ def test_stacks_coarser_than_measured_are_detected_with_a_warning():
     assert not [w for w in caught if "coarser than" in str(w.message)]
 
 
+@pytest.mark.parametrize("radius_um", [4.0, 7.0])
+def test_a_soma_in_the_field_is_left_out_and_the_dendrites_are_still_found(radius_um):
+    """A cell body is not a dendrite: nothing is traced in it and no spine sits on it. It
+    must not cost the dendrites either: left in Otsu's split of the mask threshold, a soma
+    (about twice a shaft's brightness) raised the threshold above every dendrite (F1 0 on each
+    of 6 seeds with a 6 um soma), and a dilation of the thick part by steps of one voxel left
+    a rim along its diagonals that was traced as a dendrite."""
+    for seed in range(3):
+        syn = make_stack(shape_um=(16, 50, 50), n_dendrites=1, branch_probability=0,
+                         soma_radius_um=radius_um, seed=seed)
+        det = spinecount.detect(syn.stack)
+        soma = syn.somata.iloc[0]
+        centre = soma[["z_um", "y_um", "x_um"]].to_numpy(float)
+        for table in (det.centerlines, det.spines):
+            pos = table[["z_um", "y_um", "x_um"]].to_numpy()
+            assert np.linalg.norm(pos - centre, axis=1).min() > radius_um + 1
+        assert det.dendrites["length_um"].sum() == pytest.approx(
+            syn.dendrites["length_um"].sum(), rel=0.1)
+        assert evaluate(det.spines, syn.spines).summary["f1"] > 0.75
+
+
 def test_out_of_focus_haze_is_not_traced_as_dendrites():
     """Haze in the first and last slices of a stack at 2 um steps rises above the mask's
     threshold in pieces (here 60 um of them, the dendrites' length +43 %): pieces of skeleton

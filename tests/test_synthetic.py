@@ -77,6 +77,31 @@ def test_heads_are_bright_and_psf_is_anisotropic(syn):
     assert fz > 2.5 * fx
 
 
+def test_a_soma_is_a_filled_ball_as_bright_as_the_dendrites():
+    kw = dict(shape_um=(16, 40, 40), n_dendrites=1, branch_probability=0, haze=0,
+              puncta_per_1000um3=0, seed=3)
+    plain, syn = make_stack(**kw), make_stack(soma_radius_um=5, **kw)
+    assert len(plain.somata) == 0 and len(syn.somata) == 1
+    soma = syn.somata.iloc[0]
+    centre = soma[["z_um", "y_um", "x_um"]].to_numpy(float)
+    assert soma["radius_um"] == 5
+    # away from the dendrite, inside the field; the tissue's truth is unchanged
+    cl = syn.centerlines[["z_um", "y_um", "x_um"]].to_numpy()
+    assert np.linalg.norm(cl - centre, axis=1).min() > 8
+    assert syn.spines.equals(plain.spines) and syn.dendrites.equals(plain.dendrites)
+    vs = np.array(syn.stack.voxel_size)
+    img = syn.stack.data.astype(float)
+    z, y, x = np.round(centre / vs).astype(int)
+    # filled at the dendrites' dye concentration: its middle, much wider than the blur, holds
+    # the full concentration, which a shaft of 0.5 um radius (peak 40 photons, 16 grey levels
+    # each) shows only through the blur's Gaussian (z, y sigmas 0.8, 0.2 um; its own 0.25 um)
+    s2z, s2y = 0.8**2 + 0.25**2, 0.2**2 + 0.25**2
+    full = 40 * 2 * np.sqrt(s2z * s2y) / 0.5**2 * np.exp(-centre[0] / 100) + 2  # photons
+    middle = img[z, y - 3:y + 4, x - 3:x + 4] / 16
+    assert middle.mean() == pytest.approx(full, rel=0.05)
+    assert img[z, y, x + int(7 / vs[2])] < 0.2 * img[z, y, x]  # beyond its edge: background
+
+
 def test_noise_levels(syn):
     noisy = make_stack(shape_um=(12, 30, 30), peak_photons=10, seed=11).stack.data.astype(float)
     clean = make_stack(shape_um=(12, 30, 30), peak_photons=200, seed=11).stack.data.astype(float)
