@@ -37,6 +37,10 @@ SPINE_SHAPES = {
 DEFAULT_TYPE_FRACTIONS = {"mushroom": 0.35, "thin": 0.3, "stubby": 0.25, "filopodium": 0.1}
 
 
+#: Columns of :attr:`SyntheticStack.somata`.
+SOMA_COLUMNS = ["z_um", "y_um", "x_um", "radius_um"]
+
+
 @dataclass
 class SyntheticStack:
     """A synthetic stack with its truth.
@@ -62,8 +66,7 @@ class SyntheticStack:
     dendrites: pd.DataFrame
     centerlines: pd.DataFrame
     params: dict = field(default_factory=dict)
-    somata: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(
-        columns=["z_um", "y_um", "x_um", "radius_um"]))
+    somata: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=SOMA_COLUMNS))
 
 
 def _perpendicular_basis(t):
@@ -270,6 +273,8 @@ def _render(rng, segments, spine_rows, shape, voxel_size, *, somata=(), psf_sigm
             depth_attenuation_um, dtype) -> np.ndarray:
     """The image of dendrite segments, spine rows (also sets ``relative_intensity``) and
     somata (centre, radius)."""
+    from scipy.ndimage import gaussian_filter
+
     splat = _Splatter(shape, voxel_size, psf_sigma_um)
     for seg in segments:
         splat.tube(seg["points"], seg["radius"], seg["brightness"])
@@ -290,8 +295,6 @@ def _render(rng, segments, spine_rows, shape, voxel_size, *, somata=(), psf_sigm
 
     # cell bodies: filled balls of the dendrites' dye concentration, through the PSF
     for centre, radius in somata:
-        from scipy.ndimage import gaussian_filter
-
         d2 = sum(((np.arange(n) * v - c) ** 2).reshape([-1 if a == i else 1 for a in range(3)])
                  for i, (n, v, c) in enumerate(zip(shape, voxel_size, centre)))
         ball = (d2 <= radius**2).astype(np.float32) * np.float32(np.prod(voxel_size))
@@ -316,8 +319,6 @@ def _render(rng, segments, spine_rows, shape, voxel_size, *, somata=(), psf_sigm
     punct = clutter.img * np.float32(peak_photons / ref)
     haze_img = np.zeros(shape, np.float32)
     if haze > 0:
-        from scipy.ndimage import gaussian_filter
-
         seeds = rng.random(shape).astype(np.float32) < 2e-4
         blur = gaussian_filter(seeds.astype(np.float32), np.array([4.0, 4.0, 4.0]) / voxel_size)
         if blur.max() > 0:
@@ -464,8 +465,7 @@ def _assemble(data, voxel_size, segments, spine_rows, planted, params, seed,
     dendrites["planted_density_per_um"] = dendrites["dendrite_id"].map(planted)
     stack = Stack(data, voxel_size, None, None,
                   {"format": "synthetic", "voxel_size_source": "synthetic", "seed": seed})
-    soma_table = pd.DataFrame([[*c, r] for c, r in somata],
-                              columns=["z_um", "y_um", "x_um", "radius_um"], dtype=float)
+    soma_table = pd.DataFrame([[*c, r] for c, r in somata], columns=SOMA_COLUMNS, dtype=float)
     return SyntheticStack(stack, spines, dendrites, centerlines, params, soma_table)
 
 
