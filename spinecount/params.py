@@ -70,7 +70,7 @@ class DetectionParams:
              "shaft (rejects bulges of the shaft itself)")
     min_spine_separation_um: float = _p(0.7, "two spine heads closer than this are one")
     candidate_threshold: float = _p(
-        3.0, "peaks down to this contrast (noise SDs) are kept as candidates, not counted: "
+        2.5, "peaks down to this contrast (noise SDs) are kept as candidates, not counted: "
              "time-lapse linking looks among them for a spine seen in the session before or after")
     candidate_protrusion_fraction: float = _p(
         0.2, "likewise, candidates need only this protrusion fraction")
