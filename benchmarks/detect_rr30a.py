@@ -21,7 +21,9 @@ how it depends on the sampling and the signal, the same stack made coarser or di
 16-bit grey values (x 16 plus an offset of 200), and a quarter of the signal with its Poisson
 noise (grey values taken as photon counts); and, for how far a single F1 can be trusted, the
 same stack moved by one pixel or mirrored (``moved_or_mirrored``), with the spread of the four
-F1s.
+F1s. Where there are two sessions or more, it then runs the real part of
+``benchmarks/timelapse.py`` (``--seeds 0``): the detector's formation and elimination against
+the annotated rates, which every change to the detector moves too.
 
     python benchmarks/detect_rr30a.py [--data ../shared/data/rr30a] [--sessions 0 1 ...]
 
@@ -237,6 +239,10 @@ def main():
                           for k, (f1, pr, re) in r["moved"].items())
               + f"; F1 over the four {min(f1s):.3f}-{max(f1s):.3f}, mean "
                 f"{sum(f1s) / len(f1s):.3f}")
+    if len(sessions) > 1:
+        print("time-lapse (benchmarks/timelapse.py --seeds 0):", flush=True)
+        subprocess.run([sys.executable, str(HERE / "timelapse.py"), "--data", str(data),
+                        "--sessions", *map(str, sessions), "--seeds", "0"], check=True)
 
 
 if __name__ == "__main__":

@@ -179,7 +179,7 @@ def main():
                     help="session numbers N, in order (default: every annotated session in "
                          "--data)")
     ap.add_argument("--no-real", action="store_true")
-    ap.add_argument("--seeds", type=int, default=3, help="synthetic time-lapses")
+    ap.add_argument("--seeds", type=int, default=3, help="synthetic time-lapses (0: none)")
     a = ap.parse_args()
     data = Path(a.data)
     if not a.no_real:
@@ -196,7 +196,8 @@ def main():
         print(f"(registration {time.perf_counter() - t:.1f} s)")
         true_rates = annotated(data, sessions, regs)
         detected(data, sessions, stacks, regs, Path(a.out), true_rates)
-    synthetic(range(a.seeds))
+    if a.seeds:
+        synthetic(range(a.seeds))
 
 
 if __name__ == "__main__":
