@@ -1499,7 +1499,8 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
                          / np.asarray(vs)).astype(int)
         rows = [rows[i] for i in sorted(_suppress(final, np.array([r["contrast"] for r in rows]),
                                                   vs, p.min_spine_separation_um, shape))]
-    rows += [r for r in _drop_necks(measured, p.min_spine_separation_um) if r["_candidate"]]
+    rows += _apart([r for r in _drop_necks(measured, p.min_spine_separation_um)
+                    if r["_candidate"]], rows, p.min_spine_separation_um)
     del parts
     t = lap("spines", t)
     yield "spines"
@@ -1546,6 +1547,20 @@ def _centerline_table(ids, lines, offset) -> pd.DataFrame:
         [pd.DataFrame({"dendrite_id": int(i), "z_um": q[:, 0] + offset[0],
                        "y_um": q[:, 1] + offset[1], "x_um": q[:, 2] + offset[2]})
          for i, q in zip(ids, lines)], ignore_index=True)
+
+
+def _apart(rows: list[dict], spines: list[dict], separation_um: float) -> list[dict]:
+    """`rows` (candidates) not closer than `separation_um` (z scaled by the PSF elongation) to
+    any of `spines`: a spine moved to its brightest depth may have come that close to one,
+    which would then be the same head counted twice (time-lapse linking takes candidates)."""
+    from scipy.spatial import cKDTree
+
+    if not rows or not spines:
+        return rows
+    scale = np.array([1 / AXIAL_RATIO, 1.0, 1.0])
+    at = [np.array([[r["z_um"], r["y_um"], r["x_um"]] for r in t]) * scale for t in (rows, spines)]
+    dist, _ = cKDTree(at[1]).query(at[0])
+    return [r for r, d in zip(rows, dist) if d >= separation_um]
 
 
 def _drop_necks(rows: list[dict], separation_um: float) -> list[dict]:
