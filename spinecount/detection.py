@@ -1557,10 +1557,15 @@ def _apart(rows: list[dict], spines: list[dict], separation_um: float) -> list[d
 
     if not rows or not spines:
         return rows
-    scale = np.array([1 / AXIAL_RATIO, 1.0, 1.0])
-    at = [np.array([[r["z_um"], r["y_um"], r["x_um"]] for r in t]) * scale for t in (rows, spines)]
-    dist, _ = cKDTree(at[1]).query(at[0])
+    dist, _ = cKDTree(_scaled(spines)).query(_scaled(rows))
     return [r for r, d in zip(rows, dist) if d >= separation_um]
+
+
+def _scaled(rows: list[dict], key: str | None = None) -> np.ndarray:
+    """The heads of `rows` (or their point `key`, given as z, y, x um), z scaled by the PSF's
+    elongation: the space in which peaks are thinned out."""
+    at = np.array([r[key] if key else (r["z_um"], r["y_um"], r["x_um"]) for r in rows], float)
+    return at * np.array([1 / AXIAL_RATIO, 1.0, 1.0])
 
 
 def _drop_necks(rows: list[dict], separation_um: float) -> list[dict]:
@@ -1572,9 +1577,7 @@ def _drop_necks(rows: list[dict], separation_um: float) -> list[dict]:
 
     if len(rows) < 2:
         return rows
-    scale = np.array([1 / AXIAL_RATIO, 1.0, 1.0])
-    head = np.array([[r["z_um"], r["y_um"], r["x_um"]] for r in rows]) * scale
-    base = np.array([r["_inner"] for r in rows]) * scale
+    head, base = _scaled(rows), _scaled(rows, "_inner")
     surface = np.array([r["shaft_distance_um"] for r in rows])
     seg = head - base
     length2 = np.maximum((seg**2).sum(axis=1), 1e-12)
