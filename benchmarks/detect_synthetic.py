@@ -3,7 +3,9 @@
 Prints per case: precision, recall, F1, total dendrite length against the truth, the fraction
 of matched spines whose type is right, how measured head diameters of matched spines compare
 with the true ones (median relative error, correlation), and the median relative error of their
-total lengths.
+total lengths. Then a dendrite beside one 3 and 10 times brighter (the mask's threshold, from the
+whole stack, is set by the bright one): how much of the dim dendrite is traced and the F1 of
+its spines.
 
     python benchmarks/detect_synthetic.py [--seeds 3]
 """
@@ -14,7 +16,7 @@ import time
 import numpy as np
 
 from spinecount.detection import detect
-from spinecount.evaluate import evaluate
+from spinecount.evaluate import evaluate, in_tube
 from spinecount.synthetic import make_stack
 
 CASES = [  # voxel size (z, y, x) um, photons at a shaft centre
@@ -55,6 +57,24 @@ def main():
               f"{np.median(np.abs(h[:, 0] / h[:, 1] - 1)):.0%} (median), r = "
               f"{np.corrcoef(h[:, 0], h[:, 1])[0, 1]:.2f}; spine length error "
               f"{np.median(np.abs(h[:, 2] / h[:, 3] - 1)):.0%}; {np.mean(secs):.1f} s/stack")
+    dim_beside_bright(a.seeds + 1)
+
+
+def dim_beside_bright(seeds: int) -> None:
+    for ratio in (3, 10):
+        traced, f1 = [], []
+        for seed in range(seeds):
+            syn = make_stack(shape_um=(16, 50, 50), n_dendrites=2, branch_probability=0,
+                             dendrite_brightness=(1, ratio), seed=seed)
+            det = detect(syn.stack)
+            dim = syn.centerlines[syn.centerlines["dendrite_id"] == 0]
+            traced.append(in_tube(dim[["z_um", "y_um", "x_um"]].to_numpy(), det.centerlines,
+                                  lateral_radius=1.0, axial_radius=2.0).mean())
+            f1.append(evaluate(det.spines, syn.spines[syn.spines["dendrite_id"] == 0],
+                               centerlines=dim).summary["f1"])
+        print(f"a dendrite beside one {ratio} times brighter ({seeds} stacks): traced "
+              f"{', '.join(f'{t:.0%}' for t in traced)}; F1 of its spines "
+              f"{', '.join(f'{f:.2f}' for f in f1)}")
 
 
 if __name__ == "__main__":

@@ -14,17 +14,19 @@ The method, in order (all distances in micrometres, converted with the stack's v
 3. **Dendrites.** The image smoothed by ``dendrite_smoothing_um`` is thresholded at
    ``dendrite_threshold`` noise SDs above background or, where higher, at ``otsu_fraction`` of
    Otsu's threshold of the smoothed stack (in vivo, dim neuropil and out-of-focus processes lie
-   many noise SDs above the background; Otsu's split puts them with the background); parts
-   thicker than ``max_dendrite_radius_um`` (soma, blobs) are removed. The mask is skeletonised
-   in 3D (carried on beyond the stack's sides, so that a dendrite leaving the field is traced
-   to its edge) and turned into a graph with skan (pieces on their own whose centre line is
-   nowhere clearly brighter than the mask's threshold, below ``HAZE_RATIO`` times it, are
-   out-of-focus haze and left out); tip branches that reach, in a straight line from their
-   junction, no further than ``max_spine_length_um`` beyond the dendrite's radius there
-   (spines; the skeleton's path staircases between slices) are pruned repeatedly (where a
-   dendrite ends just past a spine, the one that continues the dendrite is kept,
-   :func:`_continuation`) and isolated
-   pieces shorter than ``min_dendrite_length_um`` dropped; where a free end runs on into a
+   many noise SDs above the background; Otsu's split puts them with the background) or, where
+   the brightest smoothed value within :data:`LOCAL_REACH_UM` is lower, at
+   ``local_threshold_fraction`` of it (a dendrite much dimmer than the brightest in the field);
+   parts thicker than ``max_dendrite_radius_um`` (soma, blobs) are removed. The mask is
+   skeletonised in 3D (carried on beyond the stack's sides, so that a dendrite leaving the
+   field is traced to its edge) and turned into a graph with skan (pieces on their own whose
+   centre line is nowhere clearly brighter than the mask's threshold, below ``HAZE_RATIO``
+   times it, are out-of-focus haze and left out, as are pieces traced under a lowered
+   threshold that are not long, narrow lines, :func:`_dim_dendrite`); tip branches that reach,
+   in a straight line from their junction, no further than ``max_spine_length_um`` beyond the
+   dendrite's radius there (spines; the skeleton's path staircases between slices) are
+   pruned repeatedly (where a dendrite ends just past a spine, the one that continues the
+   dendrite is kept, :func:`_continuation`) and isolated pieces shorter than ``min_dendrite_length_um`` dropped; where a free end runs on into a
    spine with no tip of its own to prune (it dims to a neck and turns away), the spine is cut
    off (:func:`_end_spine`) and the dendrite carried on along its direction to the mask's
    end. Each remaining
@@ -160,6 +162,17 @@ END_SPINE_COS = 0.7
 #: either way, the moves taken as their running median over the second (um) along the line
 #: (a spine beside the shaft does not pull it), then smoothed over the third (um).
 RECENTRE_UM = (0.6, 3.0, 0.5)
+#: The mask threshold is lowered to ``local_threshold_fraction`` of the brightest smoothed value
+#: within this reach (um, each axis) around a voxel (:func:`_local_threshold`).
+LOCAL_REACH_UM = 3.0
+#: A piece of skeleton traced where the threshold was lowered is a dim dendrite, not neuropil
+#: or haze (:func:`_drop_haze`), where it is at least ``DIM_MIN_LENGTH_UM`` long, has no
+#: cycle, and its cross profile is narrow: the image ``DIM_SIDE[0]`` um to its dimmer side (in
+#: the image plane) at most ``DIM_SIDE[1]`` times as bright as the centre line (medians along
+#: it). On rr30a the pieces traced through hazy patches read 0.39-0.90 there, synthetic dim
+#: dendrites 0.11-0.18.
+DIM_MIN_LENGTH_UM = 15.0
+DIM_SIDE = (1.0, 0.35)
 #: Stages of the detection, in order (yielded by :func:`detect_steps`, timed in ``timings``).
 STAGES = ("prepare", "dendrites", "shaft model", "spines")
 
@@ -388,13 +401,31 @@ def _thick(mask: np.ndarray, dist: np.ndarray, vs, p: DetectionParams):
     return mask & (reach <= p.max_dendrite_radius_um + max(vs))
 
 
+def _local_threshold(zs: np.ndarray, vs, threshold: float, p: DetectionParams):
+    """Each voxel's mask threshold (noise SDs): the global `threshold` or, where lower,
+    ``local_threshold_fraction`` of the brightest smoothed value `zs` within
+    :data:`LOCAL_REACH_UM`, never under ``dendrite_threshold``. A dendrite much dimmer than the
+    brightest ones in the field lies under a global threshold (Otsu's split of the whole stack)
+    but stands out of its own surroundings."""
+    from scipy import ndimage as ndi
+
+    if p.local_threshold_fraction <= 0 or threshold <= p.dendrite_threshold:
+        return np.float32(threshold)
+    size = [2 * int(round(LOCAL_REACH_UM / v)) + 1 for v in vs]
+    local = ndi.maximum_filter(zs, size=size, mode="nearest")
+    local *= p.local_threshold_fraction
+    return np.clip(local, p.dendrite_threshold, threshold, out=local)
+
+
 def _tile_mask(zs: np.ndarray, tile: Tile, shape, vs, threshold: float, p: DetectionParams):
     """A tile's dendrite mask (soma and blobs removed) and, at its mask voxels, the distance
-    to the mask's edge (um) and the brightness `zs`, as (mask, global flat index, distance,
-    brightness)."""
+    to the mask's edge (um), the brightness `zs` and the mask's threshold there
+    (:func:`_local_threshold`), as (mask, global flat index, distance, brightness,
+    threshold)."""
     import edt
 
-    mask = zs > threshold
+    local = _local_threshold(zs, vs, threshold, p)
+    mask = zs > local
     # the exact distance transform (seung-lab's edt: the same values as scipy's, about 7 times
     # faster); where a tile has no background voxel, everything is far inside
     dist = (edt.edt(mask, anisotropy=vs, parallel=1) if not mask.all()
@@ -407,12 +438,13 @@ def _tile_mask(zs: np.ndarray, tile: Tile, shape, vs, threshold: float, p: Detec
     where = np.nonzero(core)
     flat = np.ravel_multi_index(
         tuple(w + c for w, c in zip(where, (0, tile.core[0].start, tile.core[1].start))), shape)
+    local = np.broadcast_to(local, zs.shape)
     return (core, flat, dist[tile.inner][where].astype(np.float32),
-            zs[tile.inner][where].astype(np.float32))
+            zs[tile.inner][where].astype(np.float32), local[tile.inner][where].astype(np.float32))
 
 
 def _trace_dendrites(mask: np.ndarray, edt_at, vs, p: DetectionParams, brightness=None,
-                     threshold: float = np.inf, bright_at=None):
+                     threshold: float = np.inf, bright_at=None, thr_at=None):
     """Centre lines (list of (n,3) um arrays), the mask without small pieces and which centre
     lines make up each dendrite (:func:`_junction_chains`), from the dendrite mask;
     ``edt_at(index)`` gives the distance to the mask's edge at voxels (n, 3), and
@@ -484,7 +516,8 @@ def _trace_dendrites(mask: np.ndarray, edt_at, vs, p: DetectionParams, brightnes
     if brightness is not None and p.max_gap_um > 0:
         branches = _bridge_gaps(branches, deg, brightness, vs, p.max_gap_um, 0.5 * threshold)
     if bright_at is not None:
-        branches = _drop_haze(branches, bright_at, vs, threshold)
+        branches = _drop_haze(branches, bright_at, vs, threshold, thr_at=thr_at,
+                              brightness=brightness)
     nodes = np.unique([b[1] for b in branches]) if branches else np.zeros(0, int)
     radius = dict(zip(nodes, edt_at(np.round(sk.coordinates[nodes]).astype(int))))
     chains = _junction_chains([b[0] for b in branches], [b[1] for b in branches],
@@ -612,10 +645,7 @@ def _recentre(lines: list, sample, *, step_um: float = CENTERLINE_STEP_UM) -> li
     offsets = np.arange(-reach, reach + 1e-9, 0.04)
     normals, points = [], []
     for line in lines:
-        t = np.gradient(line, axis=0) if len(line) > 1 else np.zeros_like(line)
-        n = np.column_stack([np.zeros(len(t)), -t[:, 2], t[:, 1]])  # in the image plane
-        norm = np.linalg.norm(n, axis=1, keepdims=True)
-        n = np.where(norm > 1e-9, n / np.maximum(norm, 1e-9), 0.0)  # a line along z stays
+        n = _normals(line)
         normals.append(n)
         points.append(line[:, None, :] + offsets[None, :, None] * n[:, None, :])
     values = sample(np.concatenate(points).reshape(-1, 3)) if points else np.zeros(0)
@@ -632,11 +662,14 @@ def _recentre(lines: list, sample, *, step_um: float = CENTERLINE_STEP_UM) -> li
     return out
 
 
-def _drop_haze(branches: list, bright_at, vs, threshold: float) -> list:
+def _drop_haze(branches: list, bright_at, vs, threshold: float, *, thr_at=None,
+               brightness=None) -> list:
     """The branches ``(points in um, (first, last) node ids, length)`` less out-of-focus haze:
     pieces of skeleton on their own (branches connected to each other only) whose centre lines
-    are nowhere clearly brighter than the mask's `threshold` (their median brightness,
-    ``bright_at(index)``, below ``HAZE_RATIO`` times it)."""
+    are nowhere clearly brighter than the mask's threshold (their median brightness,
+    ``bright_at(index)``, below ``HAZE_RATIO`` times the median of the threshold there,
+    ``thr_at(index)``, else the global `threshold`), and pieces traced under a lowered
+    threshold that are not dim dendrites (:func:`_dim_dendrite`)."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
@@ -648,14 +681,53 @@ def _drop_haze(branches: list, bright_at, vs, threshold: float) -> list:
     links = coo_matrix((np.ones(2 * n_b), (np.repeat(np.arange(n_b), 2), n_b + at.ravel())),
                        shape=(n, n))
     piece = connected_components(links, directed=False)[1][:n_b]
-    value = [bright_at(np.round(b[0] / np.asarray(vs)).astype(int)) for b in branches]
+    index = [np.round(b[0] / np.asarray(vs)).astype(int) for b in branches]
+    value = [bright_at(i) for i in index]
+    local = [thr_at(i) if thr_at is not None else np.full(len(i), threshold) for i in index]
     haze = set()
     for k in np.unique(piece):
-        v = np.concatenate([value[i] for i in np.flatnonzero(piece == k)])
-        v = v[~np.isnan(v)]  # bridges across dim gaps lie outside the mask
-        if len(v) and np.median(v) < HAZE_RATIO * threshold:
+        members = np.flatnonzero(piece == k)
+        v = np.concatenate([value[i] for i in members])
+        t = np.concatenate([local[i] for i in members])
+        inside = ~np.isnan(v)  # bridges across dim gaps lie outside the mask
+        if not inside.any():
+            continue
+        own = np.median(t[inside])  # float32, as the thresholds were stored
+        if np.median(v[inside]) < HAZE_RATIO * own:
+            haze.add(k)
+        elif own < np.float32(threshold) and not _dim_dendrite(
+                [branches[i] for i in members], ends[members], brightness, vs):
             haze.add(k)
     return [b for b, k in zip(branches, piece) if k not in haze]
+
+
+def _dim_dendrite(branches: list, ends: np.ndarray, brightness, vs) -> bool:
+    """Whether a piece of skeleton traced under a lowered threshold, its `branches` (points
+    in um, ..., length) with their (first, last) node ids `ends`, is a dim dendrite
+    (:data:`DIM_MIN_LENGTH_UM`, :data:`DIM_SIDE`): hazy patches and neuropil give short curls,
+    rings and wide ridges. ``brightness(box)`` is the smoothed image in noise SDs."""
+    from scipy import ndimage as ndi
+
+    if (sum(b[2] for b in branches) < DIM_MIN_LENGTH_UM
+            or len(branches) >= len(np.unique(ends))):  # a graph with a cycle
+        return False
+    lines = [b[0] for b in branches]
+    sides = [line + sign * DIM_SIDE[0] * _normals(line) for sign in (1, -1) for line in lines]
+    at = np.vstack(lines + sides) / np.asarray(vs)
+    lo = np.maximum(np.floor(at.min(0)).astype(int) - 1, 0)
+    img = brightness(tuple(slice(a, b) for a, b in zip(lo, np.ceil(at.max(0)).astype(int) + 2)))
+    value = ndi.map_coordinates(img, (at - lo).T, order=1, mode="nearest")
+    n = sum(len(line) for line in lines)
+    centre, side = value[:n], np.minimum(value[n:2 * n], value[2 * n:])
+    return np.median(side) <= DIM_SIDE[1] * np.median(centre)
+
+
+def _normals(line: np.ndarray) -> np.ndarray:
+    """Unit normals (n, 3) of a line (n, 3) in the image plane (zero where it runs along z)."""
+    t = np.gradient(line, axis=0) if len(line) > 1 else np.zeros_like(line)
+    n = np.column_stack([np.zeros(len(t)), -t[:, 2], t[:, 1]])
+    norm = np.linalg.norm(n, axis=1, keepdims=True)
+    return np.where(norm > 1e-9, n / np.maximum(norm, 1e-9), 0.0)
 
 
 def _continuation(sk, summ, node, tips: np.ndarray, other: np.ndarray, vs) -> int:
@@ -1161,7 +1233,8 @@ def _halo_px(vs, p: DetectionParams) -> int:
     def gauss(sigma_um):
         return int(4 * sigma_um / vs[1] + 0.5) + 1
 
-    mask = gauss(p.dendrite_smoothing_um) + 2 * int(np.ceil(p.max_dendrite_radius_um / vs[1]))
+    mask = (gauss(p.dendrite_smoothing_um) + 2 * int(np.ceil(p.max_dendrite_radius_um / vs[1]))
+            + int(np.ceil(LOCAL_REACH_UM / vs[1])))
     spines = 2 * int(np.ceil(reach / vs[1])) + gauss(max(p.head_sigma_um, 0.3))
     return max(mask, spines) + 3
 
@@ -1283,8 +1356,9 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
         flat = np.concatenate([a[1] for a in parts])
         order = np.argsort(flat)
         flat = flat[order]
-        edt_at, bright_at = (_lookup(flat, np.concatenate([a[k] for a in parts])[order], shape,
-                                     missing=m) for k, m in ((2, 0.0), (3, np.nan)))
+        edt_at, bright_at, thr_at = (
+            _lookup(flat, np.concatenate([a[k] for a in parts])[order], shape, missing=m)
+            for k, m in ((2, 0.0), (3, np.nan), (4, np.nan)))
         del parts, flat, order
 
     def brightness(box):
@@ -1315,8 +1389,8 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
 
     if traces is None:
         paths, mask, chains = _trace_dendrites(mask, edt_at, vs, p, brightness, threshold,
-                                               bright_at)
-        del edt_at, bright_at  # whole-field arrays the later stages do not need
+                                               bright_at, thr_at)
+        del edt_at, bright_at, thr_at  # whole-field arrays the later stages do not need
     else:
         paths = [g[POSITION].to_numpy(float) - offset
                  for _, g in traces.groupby("dendrite_id", sort=True)]

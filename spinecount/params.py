@@ -42,6 +42,11 @@ class DetectionParams:
     otsu_fraction: float = _p(
         0.75, "the dendrite mask threshold is at least this fraction of Otsu's threshold of the "
              "smoothed stack, which separates dendrites from dim neuropil (0 turns it off)")
+    local_threshold_fraction: float = _p(
+        0.5, "where the brightest smoothed value within 3 um is lower, the dendrite mask "
+             "threshold is this fraction of it (never under dendrite_threshold): a dendrite much "
+             "dimmer than the brightest in the field is still traced, if it is a long, narrow "
+             "line (0 turns it off)")
     dendrite_smoothing_um: float = _p(0.4, "Gaussian smoothing before the dendrite mask")
     min_dendrite_length_um: float = _p(6.0, "shorter isolated skeletons are not dendrites")
     max_gap_um: float = _p(

@@ -154,7 +154,7 @@ def _draw_dendrites(rng, shape_um, n_dendrites, branch_probability):
             if far.sum() > 8 and np.all(_min_dist(bp[far, 1:], others) > 4.0):
                 branches.append({"points": bp, "r0": 0.8 * m["r0"],
                                  "brightness": m["brightness"] * rng.uniform(0.8, 1.1),
-                                 "parent": (mi, k)})
+                                 "parent": (mi, k), "main": mi})
                 break
     # Split mains at their branch points: truth dendrites are branches between junctions and tips.
     cuts = {}
@@ -165,7 +165,7 @@ def _draw_dendrites(rng, shape_um, n_dendrites, branch_probability):
     for mi, m in enumerate(mains):
         bounds = [0, *sorted(cuts.get(mi, [])), len(m["points"]) - 1]
         for a, b in zip(bounds[:-1], bounds[1:]):
-            segments.append({**m, "points": m["points"][a:b + 1]})
+            segments.append({**m, "points": m["points"][a:b + 1], "main": mi})
     segments += branches
     for s in segments:
         n = len(s["points"])
@@ -347,7 +347,8 @@ def make_stack(*, shape_um=(16.0, 40.0, 40.0), voxel_size=(1.0, 0.12, 0.12),
                background_photons: float = 2.0, read_noise: float = 1.0,
                haze: float = 0.15, puncta_per_1000um3: float = 1.0,
                depth_attenuation_um: float = 100.0, soma_radius_um: float = 0.0,
-               dtype: str = "uint16", seed: int = 0) -> SyntheticStack:
+               dendrite_brightness=None, dtype: str = "uint16",
+               seed: int = 0) -> SyntheticStack:
     """Make a synthetic two-photon stack of spiny dendrites with its truth.
 
     Parameters
@@ -384,6 +385,10 @@ def make_stack(*, shape_um=(16.0, 40.0, 40.0), voxel_size=(1.0, 0.12, 0.12),
         A cell body of this radius (a filled ball as bright as the dendrites) lies in the field
         at mid-depth, at least 3 um from every dendrite (0: none). It is not a dendrite and
         carries no spines (``somata`` of the result).
+    dendrite_brightness : sequence of float, optional
+        Brightness of each main dendrite and its branch relative to a typical one (which peaks
+        at `peak_photons`), one per dendrite: for example ``(1, 10)`` for a dendrite beside one
+        ten times brighter. Haze and puncta stay as bright as for a typical dendrite.
     dtype : {"uint16", "uint8", "float32"}
     seed : int
 
@@ -407,6 +412,12 @@ def make_stack(*, shape_um=(16.0, 40.0, 40.0), voxel_size=(1.0, 0.12, 0.12),
     segments, spine_rows, planted = _geometry(
         rng, shape_um, n_dendrites, branch_probability, spine_density, density_cv, fractions,
         max_elevation_deg)
+    if dendrite_brightness is not None:
+        if len(dendrite_brightness) != n_dendrites:
+            raise ValueError(f"dendrite_brightness needs one value per dendrite "
+                             f"({n_dendrites}), got {len(dendrite_brightness)}")
+        for seg in segments:
+            seg["brightness"] *= dendrite_brightness[seg["main"]]
     somata = _place_somata(rng, segments, shape_um, soma_radius_um)
     data = _render(rng, segments, spine_rows, shape, voxel_size, somata=somata,
                    **{k: params[k] for k in _RENDER_ARGS})

@@ -648,3 +648,47 @@ def test_ends_facing_each_other_across_a_dim_stretch_are_joined():
                           np.full(40, 100 * vs[2])])  # starts at the gap, runs off sideways
     assert len(_bridge_gaps([branches[0], (up, (2, 3), 10.0)], deg, brightness, vs, 10.0,
                             10.0)) == 2
+
+
+def test_pieces_traced_under_a_lowered_threshold_must_be_long_narrow_lines():
+    """Under a locally lowered mask threshold, hazy patches and neuropil trace short curls,
+    rings and wide ridges; a dim dendrite is a long line as narrow as a dendrite."""
+    from spinecount.detection import _dim_dendrite
+
+    vs = (1.0, 0.24, 0.24)
+    z, y, _ = np.meshgrid(*(np.arange(n) * v for n, v in zip((10, 120, 120), vs)),
+                          indexing="ij")
+
+    def ridge(width_um):  # the smoothed image (noise SDs) of a ridge along x
+        img = 20 * np.exp(-(y - 14.4) ** 2 / (2 * width_um**2) - (z - 5) ** 2 / 8)
+        return lambda box: img[box]
+
+    line = np.column_stack([np.full(100, 5.0), np.full(100, 14.4), np.linspace(2, 26, 100)])
+    piece, ends = [(line, (0, 1), 24.0)], np.array([[0, 1]])
+    assert _dim_dendrite(piece, ends, ridge(0.5), vs)
+    assert not _dim_dendrite(piece, ends, ridge(1.0), vs)  # as wide as a hazy patch
+    assert not _dim_dendrite([(line[:50], (0, 1), 12.0)], ends, ridge(0.5), vs)  # short
+    assert not _dim_dendrite([(line, (0, 0), 24.0)], np.array([[0, 0]]), ridge(0.5), vs)  # ring
+
+
+def test_a_dendrite_beside_one_ten_times_brighter_is_traced():
+    """Otsu's split of the whole stack falls between the bright dendrite and the rest, above
+    the dim one: the threshold lowered to half the brightest within 3 um finds it and its
+    spines; without the lowering it is not traced at all."""
+    from spinecount.evaluate import in_tube
+    from spinecount.params import DetectionParams
+
+    syn = make_stack(shape_um=(16, 50, 50), n_dendrites=2, branch_probability=0,
+                     dendrite_brightness=(1, 10), seed=0)
+    dim = syn.centerlines[syn.centerlines["dendrite_id"] == 0]
+
+    def traced(det):  # the fraction of the dim dendrite's centre line a detected one runs along
+        return in_tube(dim[["z_um", "y_um", "x_um"]].to_numpy(), det.centerlines,
+                       lateral_radius=1.0, axial_radius=2.0).mean()
+
+    det = spinecount.detect(syn.stack)
+    assert traced(det) > 0.9
+    ev = evaluate(det.spines, syn.spines[syn.spines["dendrite_id"] == 0], centerlines=dim)
+    assert ev.summary["f1"] > 0.85
+    off = spinecount.detect(syn.stack, params=DetectionParams(local_threshold_fraction=0))
+    assert traced(off) < 0.1

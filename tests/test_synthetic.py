@@ -117,3 +117,20 @@ def test_written_files_round_trip(tmp_path, syn):
     back = read_spines(paths["spines"])
     np.testing.assert_allclose(back["x_um"], syn.spines["x_um"])
     assert paths["centerlines"].exists() and paths["dendrites"].exists()
+
+
+def test_dendrite_brightness_scales_each_dendrite_alone():
+    """The same geometry and noise draws; the second dendrite's shaft ten times brighter,
+    the first's as before."""
+    kw = dict(shape_um=(12, 30, 30), n_dendrites=2, branch_probability=0, dtype="float32",
+              background_photons=0, read_noise=0, haze=0, puncta_per_1000um3=0, seed=3)
+    plain, bright = make_stack(**kw), make_stack(dendrite_brightness=(1, 10), **kw)
+    assert plain.spines.equals(bright.spines)
+    vs = np.asarray(plain.stack.voxel_size)
+    for did, factor in ((0, 1), (1, 10)):
+        line = plain.centerlines[plain.centerlines["dendrite_id"] == did]
+        idx = np.round(line[["z_um", "y_um", "x_um"]].to_numpy() / vs).astype(int)
+        ratio = bright.stack.data[tuple(idx.T)].sum() / plain.stack.data[tuple(idx.T)].sum()
+        assert ratio == pytest.approx(factor, rel=0.1)
+    with pytest.raises(ValueError, match="one value per dendrite"):
+        make_stack(dendrite_brightness=(1, 10, 3), **kw)
