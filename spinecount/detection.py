@@ -26,11 +26,11 @@ The method, in order (all distances in micrometres, converted with the stack's v
    in a straight line from their junction, no further than ``max_spine_length_um`` beyond the
    dendrite's radius there (spines; the skeleton's path staircases between slices) are
    pruned repeatedly (where a dendrite ends just past a spine, the one that continues the
-   dendrite is kept, :func:`_continuation`) and isolated pieces shorter than ``min_dendrite_length_um`` dropped; where a free end runs on into a
-   spine with no tip of its own to prune (it dims to a neck and turns away), the spine is cut
-   off (:func:`_end_spine`) and the dendrite carried on along its direction to the mask's
-   end. Each remaining
-   branch between junctions and tips is one dendrite (a branch between two junctions closer
+   dendrite is kept, :func:`_continuation`) and isolated pieces shorter than
+   ``min_dendrite_length_um`` dropped; where a free end runs on into a spine with no tip of
+   its own to prune (it dims to a neck and turns away), the spine is cut off
+   (:func:`_end_spine`) and the dendrite carried on along its direction to the mask's end.
+   Each remaining branch between junctions and tips is one dendrite (a branch between two junctions closer
    than the sum of the dendrite's diameters there, where the skeleton splits a crossing into
    several junctions, is part of the dendrite it continues best, and two ends that face each
    other across a gap of up to ``max_gap_um`` are joined along the brightest route between them
