@@ -30,8 +30,8 @@ The method, in order (all distances in micrometres, converted with the stack's v
    ``min_dendrite_length_um`` dropped; where a free end runs on into a spine with no tip of
    its own to prune (it dims to a neck and turns away), the spine is cut off
    (:func:`_end_spine`) and the dendrite carried on along its direction to the mask's end.
-   Each remaining branch between junctions and tips is one dendrite (a branch between two junctions closer
-   than the sum of the dendrite's diameters there, where the skeleton splits a crossing into
+   Each remaining branch between junctions and tips is one dendrite (a branch between two
+   junctions closer than the sum of the dendrite's diameters there, where the skeleton splits a crossing into
    several junctions, is part of the dendrite it continues best, and two ends that face each
    other across a gap of up to ``max_gap_um`` are joined along the brightest route between them
    where it is nowhere dimmer than half the mask's threshold). Its centre line, smoothed over
