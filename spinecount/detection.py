@@ -21,25 +21,25 @@ The method, in order (all distances in micrometres, converted with the stack's v
    skeletonised in 3D (carried on beyond the stack's sides, so that a dendrite leaving the
    field is traced to its edge) and turned into a graph with skan (pieces on their own whose
    centre line is nowhere clearly brighter than the mask's threshold, below ``HAZE_RATIO``
-   times it, are out-of-focus haze and left out, as are pieces traced under a lowered
-   threshold that are not long, narrow lines, :func:`_dim_dendrite`); tip branches that reach,
-   in a straight line from their junction, no further than ``max_spine_length_um`` beyond the
-   dendrite's radius there (spines; the skeleton's path staircases between slices) are
-   pruned repeatedly (where a dendrite ends just past a spine, the one that continues the
-   dendrite is kept, :func:`_continuation`) and isolated pieces shorter than
-   ``min_dendrite_length_um`` dropped; where a free end runs on into a spine with no tip of
-   its own to prune (it dims to a neck and turns away), the spine is cut off
-   (:func:`_end_spine`) and the dendrite carried on along its direction to the mask's end.
-   Each remaining branch between junctions and tips is one dendrite (a branch between two
-   junctions closer than the sum of the dendrite's diameters there, where the skeleton splits a crossing into
-   several junctions, is part of the dendrite it continues best, and two ends that face each
-   other across a gap of up to ``max_gap_um`` are joined along the brightest route between them
-   where it is nowhere dimmer than half the mask's threshold). Its centre line, smoothed over
-   ``length_smoothing_um``, is moved across the dendrite in the image plane onto the ridge of
-   the smoothed image (:func:`_recentre`): the skeleton runs off the shaft's middle where a
-   spine widens the mask on one side, and steps by whole working pixels. Its length is measured
-   along it, with the true voxel size in each axis. Alternatively the caller gives the centre
-   lines (``traces``), which are used as they are.
+   times it, are out-of-focus haze and left out, as are pieces traced under a lowered threshold
+   that are not long, narrow lines, :func:`_dim_dendrite`); tip branches that reach, in a
+   straight line from their junction, no further than ``max_spine_length_um`` beyond the
+   dendrite's radius there (spines; the skeleton's path staircases between slices) are pruned
+   repeatedly (where a dendrite ends just past a spine, the one that continues the dendrite is
+   kept, :func:`_continuation`) and isolated pieces shorter than ``min_dendrite_length_um``
+   dropped; where a free end runs on into a spine with no tip of its own to prune (it dims to a
+   neck and turns away), the spine is cut off (:func:`_end_spine`) and the dendrite carried on
+   along its direction to the mask's end. Each remaining branch between junctions and tips is
+   one dendrite (a branch between two junctions closer than the sum of the dendrite's diameters
+   there, where the skeleton splits a crossing into several junctions, is part of the dendrite
+   it continues best, and two ends that face each other across a gap of up to ``max_gap_um``
+   are joined along the brightest route between them where it is nowhere dimmer than half the
+   mask's threshold). Its centre line, smoothed over ``length_smoothing_um``, is moved across
+   the dendrite in the image plane onto the ridge of the smoothed image (:func:`_recentre`):
+   the skeleton runs off the shaft's middle where a spine widens the mask on one side, and
+   steps by whole working pixels. Its length is measured along it, with the true voxel size in
+   each axis. Alternatively the caller gives the centre lines (``traces``), which are used as
+   they are.
 4. **Shaft model.** Every voxel near a dendrite is assigned to its nearest centre line point
    (z scaled by the PSF's axial elongation). Per 4 um stretch of dendrite, the median intensity
    by side, lateral distance (0.2 um bins) and z offset (slices) is the shaft, forced never to get
