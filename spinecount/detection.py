@@ -683,7 +683,8 @@ def _drop_haze(branches: list, bright_at, vs, threshold: float, *, thr_at=None,
     piece = connected_components(links, directed=False)[1][:n_b]
     index = [np.round(b[0] / np.asarray(vs)).astype(int) for b in branches]
     value = [bright_at(i) for i in index]
-    local = [thr_at(i) if thr_at is not None else np.full(len(i), threshold) for i in index]
+    top = np.float32(threshold)  # as the thresholds at the voxels were stored
+    local = [thr_at(i) if thr_at is not None else np.full(len(i), top) for i in index]
     haze = set()
     for k in np.unique(piece):
         members = np.flatnonzero(piece == k)
@@ -692,10 +693,10 @@ def _drop_haze(branches: list, bright_at, vs, threshold: float, *, thr_at=None,
         inside = ~np.isnan(v)  # bridges across dim gaps lie outside the mask
         if not inside.any():
             continue
-        own = np.median(t[inside])  # float32, as the thresholds were stored
+        own = np.median(t[inside])
         if np.median(v[inside]) < HAZE_RATIO * own:
             haze.add(k)
-        elif own < np.float32(threshold) and not _dim_dendrite(
+        elif own < top and not _dim_dendrite(
                 [branches[i] for i in members], ends[members], brightness, vs):
             haze.add(k)
     return [b for b, k in zip(branches, piece) if k not in haze]
@@ -711,15 +712,20 @@ def _dim_dendrite(branches: list, ends: np.ndarray, brightness, vs) -> bool:
     if (sum(b[2] for b in branches) < DIM_MIN_LENGTH_UM
             or len(branches) >= len(np.unique(ends))):  # a graph with a cycle
         return False
-    lines = [b[0] for b in branches]
-    sides = [line + sign * DIM_SIDE[0] * _normals(line) for sign in (1, -1) for line in lines]
-    at = np.vstack(lines + sides) / np.asarray(vs)
-    lo = np.maximum(np.floor(at.min(0)).astype(int) - 1, 0)
-    img = brightness(tuple(slice(a, b) for a, b in zip(lo, np.ceil(at.max(0)).astype(int) + 2)))
-    value = ndi.map_coordinates(img, (at - lo).T, order=1, mode="nearest")
-    n = sum(len(line) for line in lines)
-    centre, side = value[:n], np.minimum(value[n:2 * n], value[2 * n:])
-    return np.median(side) <= DIM_SIDE[1] * np.median(centre)
+    centre, side = [], []
+    for line in (b[0] for b in branches):
+        normal = DIM_SIDE[0] * _normals(line)
+        for k in range(0, len(line), 100):  # in short runs: a box over a whole line is large
+            q = line[k:k + 100]
+            at = np.vstack([q, q + normal[k:k + 100], q - normal[k:k + 100]]) / np.asarray(vs)
+            lo = np.maximum(np.floor(at.min(0)).astype(int) - 1, 0)
+            hi = np.ceil(at.max(0)).astype(int) + 2
+            img = brightness(tuple(slice(a, b) for a, b in zip(lo, hi)))
+            value = ndi.map_coordinates(img, (at - lo).T, order=1, mode="nearest")
+            n = len(q)
+            centre.append(value[:n])
+            side.append(np.minimum(value[n:2 * n], value[2 * n:]))
+    return np.median(np.concatenate(side)) <= DIM_SIDE[1] * np.median(np.concatenate(centre))
 
 
 def _normals(line: np.ndarray) -> np.ndarray:
