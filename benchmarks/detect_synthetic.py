@@ -51,7 +51,7 @@ def main():
                     for table, i in ((det.spines, "pred_index"), (syn.spines, "gt_index"))]))
         h = np.vstack(sizes)  # measured head, true head, measured length, true length
         print(f"voxel {vs} um, {photons} photons: precision {np.mean(p):.2f} recall "
-              f"{np.mean(r):.2f} F1 {np.mean(f1):.2f}; dendrite length error "
+              f"{np.mean(r):.2f} F1 {np.mean(f1):.3f}; dendrite length error "
               f"{np.mean(lerr):+.1%}; "
               f"type right {np.mean(tacc):.0%}; head diameter error "
               f"{np.median(np.abs(h[:, 0] / h[:, 1] - 1)):.0%} (median), r = "

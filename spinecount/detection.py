@@ -500,9 +500,16 @@ def _trace_dendrites(mask: np.ndarray, edt_at, vs, p: DetectionParams, brightnes
             if deg[node] - len(at) == 1:
                 other = np.flatnonzero(~tips & ((src == node) | (dst == node)))
                 tips[_continuation(sk, summ, node, at, other, vs)] = False
-        if not tips.any():
+        # A hole in the mask (a spine bent back to the shaft, two heads touching) closes a
+        # ring round it: of each short cycle the dimmest branch goes (:func:`_short_cycles`).
+        strength = None if bright_at is None else (
+            lambda i: np.nanmedian(bright_at(np.round(sk.path_coordinates(i)).astype(int))))
+        drop = tips | _short_cycles(src, dst, summ["branch_distance"].to_numpy(),
+                                    4 * p.max_spine_length_um,
+                                    strength)
+        if not drop.any():
             break
-        sk = sk.prune_paths(np.flatnonzero(tips))
+        sk = sk.prune_paths(np.flatnonzero(drop))
         if sk.n_paths == 0:
             return paths, mask, []
     summ = skan.summarize(sk, separator="_")
@@ -553,6 +560,64 @@ def _trace_dendrites(mask: np.ndarray, edt_at, vs, p: DetectionParams, brightnes
             pts = line if end == 0 else line[::-1]
         paths.append(pts)
     return paths, mask, chains
+
+
+def _short_cycles(src: np.ndarray, dst: np.ndarray, length: np.ndarray, limit: float,
+                  strength=None) -> np.ndarray:
+    """Which branches (node ids `src`, `dst`, `length` in um) to drop so that no cycle of the
+    graph is at most `limit` um long: taken strongest first (``strength(i)``, else the
+    shortest), a branch that closes such a cycle with those kept before it is dropped, so
+    each short cycle loses its weakest branch. Longer cycles (dendrites that cross twice) are
+    kept.
+
+    Two branches between nodes 0 and 1 (3 and 5 um: the longer goes), a ring at node 1 and a
+    third branch between 0 and 1 that makes a long cycle (kept):
+
+    >>> src, dst = np.array([0, 1, 0, 1, 0]), np.array([1, 2, 1, 1, 1])
+    >>> _short_cycles(src, dst, np.array([3.0, 9.0, 5.0, 4.0, 20.0]), 12.0).tolist()
+    [False, False, True, True, False]
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components, dijkstra
+
+    drop = np.zeros(len(src), bool)
+    nodes, at = np.unique(np.r_[src, dst], return_inverse=True)
+    a, b = at[:len(src)], at[len(src):]
+    n = len(nodes)
+    comp = connected_components(coo_matrix((np.ones(len(a)), (a, b)), shape=(n, n)),
+                                directed=False)[1]
+    cyclic = np.bincount(comp[a], minlength=n) >= np.bincount(comp, minlength=n)
+    candidates = np.flatnonzero(cyclic[comp[a]])  # branches of graphs with a cycle
+    if not len(candidates):
+        return drop
+    key = (-np.array([strength(i) for i in candidates]) if strength is not None
+           else length[candidates])
+    parent = np.arange(n)
+
+    def root(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    kept = []
+    for i in candidates[np.argsort(key, kind="stable")]:
+        ra, rb = root(a[i]), root(b[i])
+        if ra != rb:
+            parent[ra] = rb
+        else:  # a cycle: how long is the way round through the branches kept?
+            k = np.array(kept, int)
+            k = k[np.argsort(length[k])]  # of parallel branches the shortest (csr sums them)
+            k = k[np.unique(np.c_[np.minimum(a[k], b[k]), np.maximum(a[k], b[k])], axis=0,
+                            return_index=True)[1]]
+            graph = coo_matrix((length[k], (a[k], b[k])), shape=(n, n)).tocsr()
+            way = 0.0 if a[i] == b[i] else dijkstra(
+                graph, directed=False, indices=a[i], limit=limit)[b[i]]
+            if way + length[i] <= limit:
+                drop[i] = True
+                continue
+        kept.append(i)
+    return drop
 
 
 def _along(pts: np.ndarray, um: float) -> int:

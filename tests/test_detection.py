@@ -479,6 +479,47 @@ def test_a_spine_that_climbs_between_slices_is_not_taken_for_a_dendrite():
     assert paths[0][:, 2].min() < 0.5 and paths[0][:, 2].max() > 29.5
 
 
+def test_a_hole_in_the_mask_does_not_make_a_ring_of_dendrites():
+    """A spine that bends back onto the shaft encloses a hole in the mask, and the skeleton
+    closes a ring round it: its branches were kept as dendrites (a short cycle has no tip to
+    prune) and counted in the length. The weakest branch of a short cycle goes, and the spine
+    is then a tip that is pruned; a long cycle (a dendrite that rejoins another) is kept."""
+    from scipy import ndimage as ndi
+
+    from spinecount.detection import _trace_dendrites
+    from spinecount.params import DetectionParams
+
+    vs = (1.0, 0.2, 0.2)
+    zyx = np.stack(np.meshgrid(*(np.arange(n) * v for n, v in zip((9, 100, 150), vs)),
+                               indexing="ij"), axis=-1)
+    scale = np.array([0.4, 1.0, 1.0])  # the cross-sections are 2.5 times longer in z
+
+    def tube(mask, points, radius):
+        points = np.asarray(points, float) * scale
+        for a, b in zip(points[:-1], points[1:]):
+            t = np.clip((zyx * scale - a) @ (b - a) / ((b - a) @ (b - a)), 0, 1)
+            mask |= np.linalg.norm(zyx * scale - (a + t[..., None] * (b - a)), axis=-1) < radius
+        return mask
+
+    def traced(mask):
+        dist = ndi.distance_transform_edt(mask, sampling=vs)
+        paths, _, _ = _trace_dendrites(
+            mask, lambda idx: dist[tuple(np.clip(idx, 0, np.array(dist.shape) - 1).T)], vs,
+            DetectionParams())
+        return paths
+
+    shaft = tube(np.zeros(zyx.shape[:3], bool), [(4, 8, 0), (4, 8, 29.8)], 0.6)
+    bent = tube(shaft.copy(), [(4, 8, 12), (4, 10.4, 13), (4, 10.4, 15.5), (4, 8, 16.5)], 0.35)
+    assert ndi.label(~bent[4])[1] == 3  # either side of the shaft, and the hole
+    paths = traced(bent)
+    assert len(paths) == 1
+    assert np.abs(paths[0][:, 1] - 8).max() < 0.5  # along the shaft, not round the spine
+    assert 29 < np.linalg.norm(np.diff(paths[0], axis=0), axis=1).sum() < 31
+    # a branch that leaves the dendrite and rejoins it 15 um further on: a cycle of 35 um
+    loop = tube(shaft.copy(), [(4, 8, 7), (4, 13, 9), (4, 13, 20), (4, 8, 22)], 0.5)
+    assert sum(np.linalg.norm(np.diff(q, axis=0), axis=1).sum() for q in traced(loop)) > 45
+
+
 def test_a_dendrite_that_leaves_the_field_is_traced_to_its_edge():
     """A dendrite that runs out of the field sideways, with a spine 1 um before the edge:
     the skeleton of a mask stops about a radius short of its end, which would leave the last
