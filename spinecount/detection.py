@@ -26,7 +26,8 @@ The method, in order (all distances in micrometres, converted with the stack's v
    straight line from their junction, no further than ``max_spine_length_um`` beyond the
    dendrite's radius there (spines; the skeleton's path staircases between slices) are pruned
    repeatedly (where a dendrite ends just past a spine, the one that continues the dendrite is
-   kept, :func:`_continuation`) and isolated pieces shorter than ``min_dendrite_length_um``
+   kept, :func:`_continuation`), short cycles round holes in the mask broken at their dimmest
+   branch (:func:`_short_cycles`) and isolated pieces shorter than ``min_dendrite_length_um``
    dropped; where a free end runs on into a spine with no tip of its own to prune (it dims to a
    neck and turns away), the spine is cut off (:func:`_end_spine`) and the dendrite carried on
    along its direction to the mask's end. Each remaining branch between junctions and tips is

@@ -54,7 +54,8 @@ class DetectionParams:
               "where a path at least half as bright as the dendrite mask's threshold runs "
               "between them (a dendrite dimmer for a stretch; 0 turns it off)")
     max_spine_length_um: float = _p(
-        3.5, "longest spine, shaft surface to head tip; also prunes skeleton side branches")
+        3.5, "longest spine, shaft surface to head tip; also prunes skeleton side branches "
+             "and breaks skeleton cycles up to 4 times as long round (holes in the mask)")
     max_dendrite_radius_um: float = _p(
         2.5, "structures thicker than this (soma, blobs) are not dendrites")
     max_axial_offset_um: float = _p(
