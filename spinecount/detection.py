@@ -506,8 +506,7 @@ def _trace_dendrites(mask: np.ndarray, edt_at, vs, p: DetectionParams, brightnes
         strength = None if bright_at is None else (
             lambda i: np.nanmedian(bright_at(np.round(sk.path_coordinates(i)).astype(int))))
         drop = tips | _short_cycles(src, dst, summ["branch_distance"].to_numpy(),
-                                    4 * p.max_spine_length_um,
-                                    strength)
+                                    4 * p.max_spine_length_um, strength)
         if not drop.any():
             break
         sk = sk.prune_paths(np.flatnonzero(drop))
