@@ -433,21 +433,35 @@ def test_a_dendrite_that_runs_on_into_a_spine_at_its_end_ends_at_the_spine():
     mask = shaft | neck | head
     dist = ndi.distance_transform_edt(mask, sampling=vs)
     value = np.where(shaft, 30.0, np.where(head, 20.0, np.where(neck, 8.0, np.nan)))
-
-    def at(a):
-        return lambda idx: a[tuple(np.clip(idx, 0, np.array(a.shape) - 1).T)]
-
-    paths, _, _ = _trace_dendrites(mask, at(dist), vs, DetectionParams(), threshold=5,
-                                   bright_at=at(value))
+    paths, _, _ = _trace_dendrites(mask, _values_at(dist), vs, DetectionParams(), threshold=5,
+                                   bright_at=_values_at(value))
     assert len(paths) == 1
     line = paths[0]
     assert np.abs(line[:, 1] - 10).max() < 1.0  # not into the neck (which ends at 12 um)
     assert line[:, 2].max() == pytest.approx(30, abs=0.5)
     # a dendrite that dims at its end but runs on straight (out of focus) keeps its end
     value = np.where(shaft, np.where(x > 27, 8.0, 30.0), np.nan)
-    paths, _, _ = _trace_dendrites(shaft, at(ndi.distance_transform_edt(shaft, sampling=vs)),
-                                   vs, DetectionParams(), threshold=5, bright_at=at(value))
+    paths, _, _ = _trace_dendrites(
+        shaft, _values_at(ndi.distance_transform_edt(shaft, sampling=vs)), vs,
+        DetectionParams(), threshold=5, bright_at=_values_at(value))
     assert len(paths) == 1 and paths[0][:, 2].max() == pytest.approx(30, abs=0.5)
+
+
+def _near_polyline(zyx, points, radius: float, *, scale=(1.0, 1.0, 1.0)) -> np.ndarray:
+    """Which voxels (positions `zyx`, (..., 3) um) lie within `radius` of the polyline
+    `points` (um), with each axis's distances multiplied by `scale` first."""
+    scale = np.asarray(scale, float)
+    at, points = zyx * scale, np.asarray(points, float) * scale
+    near = np.zeros(zyx.shape[:-1], bool)
+    for a, b in zip(points[:-1], points[1:]):
+        t = np.clip((at - a) @ (b - a) / ((b - a) @ (b - a)), 0, 1)
+        near |= np.linalg.norm(at - (a + t[..., None] * (b - a)), axis=-1) < radius
+    return near
+
+
+def _values_at(a: np.ndarray):
+    """A lookup of the array `a` at voxel indices (n, 3), clipped to its shape."""
+    return lambda idx: a[tuple(np.clip(idx, 0, np.array(a.shape) - 1).T)]
 
 
 def test_a_spine_that_climbs_between_slices_is_not_taken_for_a_dendrite():
@@ -465,15 +479,11 @@ def test_a_spine_that_climbs_between_slices_is_not_taken_for_a_dendrite():
     zyx = np.stack(np.meshgrid(*(np.arange(n) * v for n, v in zip((14, 80, 125), vs)),
                                indexing="ij"), axis=-1)
     mask = ((zyx[..., 0] - 4) / 1.5) ** 2 + ((zyx[..., 1] - 8) / 0.6) ** 2 < 1  # along x
-    scale = np.array([0.4, 1.0, 1.0])  # the neck's cross-section is 2.5 times longer in z
-    neck = np.array([(4, 8, 15.0), (5, 9.0, 15.6), (6, 9.8, 14.9), (7, 10.6, 15.4)]) * scale
-    for a, b in zip(neck[:-1], neck[1:]):
-        t = np.clip((zyx * scale - a) @ (b - a) / ((b - a) @ (b - a)), 0, 1)
-        mask |= np.linalg.norm(zyx * scale - (a + t[..., None] * (b - a)), axis=-1) < 0.4
+    # the neck's cross-section is 2.5 times longer in z
+    mask |= _near_polyline(zyx, [(4, 8, 15.0), (5, 9.0, 15.6), (6, 9.8, 14.9), (7, 10.6, 15.4)],
+                           0.4, scale=(0.4, 1.0, 1.0))
     dist = ndi.distance_transform_edt(mask, sampling=vs)
-    paths, _, _ = _trace_dendrites(
-        mask, lambda idx: dist[tuple(np.clip(idx, 0, np.array(dist.shape) - 1).T)], vs,
-        DetectionParams())
+    paths, _, _ = _trace_dendrites(mask, _values_at(dist), vs, DetectionParams())
     assert len(paths) == 1
     assert np.abs(paths[0][:, 1] - 8).max() < 0.5  # never turns into the spine
     assert paths[0][:, 2].min() < 0.5 and paths[0][:, 2].max() > 29.5
@@ -492,31 +502,23 @@ def test_a_hole_in_the_mask_does_not_make_a_ring_of_dendrites():
     vs = (1.0, 0.2, 0.2)
     zyx = np.stack(np.meshgrid(*(np.arange(n) * v for n, v in zip((9, 100, 150), vs)),
                                indexing="ij"), axis=-1)
-    scale = np.array([0.4, 1.0, 1.0])  # the cross-sections are 2.5 times longer in z
 
-    def tube(mask, points, radius):
-        points = np.asarray(points, float) * scale
-        for a, b in zip(points[:-1], points[1:]):
-            t = np.clip((zyx * scale - a) @ (b - a) / ((b - a) @ (b - a)), 0, 1)
-            mask |= np.linalg.norm(zyx * scale - (a + t[..., None] * (b - a)), axis=-1) < radius
-        return mask
+    def tube(points, radius):  # the cross-sections are 2.5 times longer in z
+        return _near_polyline(zyx, points, radius, scale=(0.4, 1.0, 1.0))
 
     def traced(mask):
         dist = ndi.distance_transform_edt(mask, sampling=vs)
-        paths, _, _ = _trace_dendrites(
-            mask, lambda idx: dist[tuple(np.clip(idx, 0, np.array(dist.shape) - 1).T)], vs,
-            DetectionParams())
-        return paths
+        return _trace_dendrites(mask, _values_at(dist), vs, DetectionParams())[0]
 
-    shaft = tube(np.zeros(zyx.shape[:3], bool), [(4, 8, 0), (4, 8, 29.8)], 0.6)
-    bent = tube(shaft.copy(), [(4, 8, 12), (4, 10.4, 13), (4, 10.4, 15.5), (4, 8, 16.5)], 0.35)
+    shaft = tube([(4, 8, 0), (4, 8, 29.8)], 0.6)
+    bent = shaft | tube([(4, 8, 12), (4, 10.4, 13), (4, 10.4, 15.5), (4, 8, 16.5)], 0.35)
     assert ndi.label(~bent[4])[1] == 3  # either side of the shaft, and the hole
     paths = traced(bent)
     assert len(paths) == 1
     assert np.abs(paths[0][:, 1] - 8).max() < 0.5  # along the shaft, not round the spine
     assert 29 < np.linalg.norm(np.diff(paths[0], axis=0), axis=1).sum() < 31
     # a branch that leaves the dendrite and rejoins it 15 um further on: a cycle of 35 um
-    loop = tube(shaft.copy(), [(4, 8, 7), (4, 13, 9), (4, 13, 20), (4, 8, 22)], 0.5)
+    loop = shaft | tube([(4, 8, 7), (4, 13, 9), (4, 13, 20), (4, 8, 22)], 0.5)
     assert sum(np.linalg.norm(np.diff(q, axis=0), axis=1).sum() for q in traced(loop)) > 45
 
 
