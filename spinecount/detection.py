@@ -174,6 +174,9 @@ LOCAL_REACH_UM = 3.0
 #: dendrites 0.11-0.18.
 DIM_MIN_LENGTH_UM = 15.0
 DIM_SIDE = (1.0, 0.35)
+#: Where skeleton branches are pruned, the skeleton is thinned again within this many voxels of
+#: them (:func:`_prune_paths`); thinning a skeleton changes it only next to what was removed.
+PRUNE_MARGIN_PX = 3
 #: Stages of the detection, in order (yielded by :func:`detect_steps`, timed in ``timings``).
 STAGES = ("prepare", "dendrites", "shaft model", "spines")
 
@@ -509,7 +512,7 @@ def _trace_dendrites(mask: np.ndarray, edt_at, vs, p: DetectionParams, brightnes
                                     4 * p.max_spine_length_um, strength)
         if not drop.any():
             break
-        sk = sk.prune_paths(np.flatnonzero(drop))
+        sk = _prune_paths(sk, np.flatnonzero(drop))
         if sk.n_paths == 0:
             return paths, mask, []
     summ = skan.summarize(sk, separator="_")
@@ -560,6 +563,40 @@ def _trace_dendrites(mask: np.ndarray, edt_at, vs, p: DetectionParams, brightnes
             pts = line if end == 0 else line[::-1]
         paths.append(pts)
     return paths, mask, chains
+
+
+def _prune_paths(sk, indices):
+    """``sk.prune_paths(indices)`` (skan), the skeleton thinned again only within
+    ``PRUNE_MARGIN_PX`` voxels of the removed paths, where it can change, rather than as a
+    whole (0.3-0.5 s a pass on a 70 x 512 x 512 mask)."""
+    from scipy.sparse.csgraph import connected_components
+    import skan
+    from skimage.morphology import skeletonize
+
+    img = sk.skeleton_image.copy()
+    lo, hi = [], []
+    for i in indices:
+        ids = sk.path(i)
+        at = np.round(sk.coordinates[ids]).astype(int)
+        img[tuple(at[sk.degrees[ids] <= 2].T)] = 0
+        lo.append(at.min(0)), hi.append(at.max(0) + 1)
+    m = PRUNE_MARGIN_PX + 1  # one voxel more each side than is written back (below)
+    lo = np.maximum(np.array(lo) - m, 0)
+    hi = np.minimum(np.array(hi) + m, img.shape)
+    while True:  # overlapping boxes are thinned as one, as they would be in the whole image
+        n, group = connected_components(
+            np.all((lo[:, None] < hi[None]) & (hi[:, None] > lo[None]), axis=2), directed=False)
+        if n == len(lo):
+            break
+        lo = np.array([lo[group == k].min(0) for k in range(n)])
+        hi = np.array([hi[group == k].max(0) for k in range(n)])
+    for a, b in zip(lo, hi):
+        thin = skeletonize(img[tuple(map(slice, a, b))])
+        # the box's faces cut the skeleton, which can make a junction voxel on them look
+        # removable: those inside the image are not written back
+        a1, b1 = a + (a > 0), b - (b < img.shape)
+        img[tuple(map(slice, a1, b1))] = thin[tuple(map(slice, a1 - a, b1 - a))]
+    return skan.Skeleton(img, spacing=sk.spacing)
 
 
 def _short_cycles(src: np.ndarray, dst: np.ndarray, length: np.ndarray, limit: float,
