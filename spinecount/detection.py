@@ -64,7 +64,10 @@ The method, in order (all distances in micrometres, converted with the stack's v
    below ``BULGE_FRACTION`` of its peak, as a stubby spine is), and do not lie on the neck of a
    spine further out. Peaks that pass these tests only with ``candidate_threshold`` and
    ``candidate_protrusion_fraction`` (or score under ``min_score``) are the candidates: not
-   counted; time-lapse linking looks among them for a spine missed on one day.
+   counted; time-lapse linking looks among them for a spine missed on one day. Last,
+   stretches of traced dendrite that run more than ``max_dendrite_tilt_deg`` out of the image
+   plane are left out with their spines (:func:`_flat_pieces`): along a dendrite diving
+   through the stack the axial blur hides spines, and most peaks there are not spines.
    Each is attached to its nearest dendrite, its head placed at the depth where the image is
    brightest at its position (within the axial PSF's FWHM of the peak: the residual is pushed
    away from the shaft in z, where the model's long axial blur is taken off), its base on the
@@ -174,6 +177,9 @@ LOCAL_REACH_UM = 3.0
 #: dendrites 0.11-0.18.
 DIM_MIN_LENGTH_UM = 15.0
 DIM_SIDE = (1.0, 0.35)
+#: A dendrite's tilt out of the image plane is measured over this stretch (um) of its centre
+#: line (:func:`_tilted`); flat pieces shorter than it are left out (:func:`_flat_pieces`).
+TILT_WINDOW_UM = 3.0
 #: Where skeleton branches are pruned, the skeleton is thinned again within this many voxels of
 #: them (:func:`_prune_paths`); thinning a skeleton changes it only next to what was removed.
 PRUNE_MARGIN_PX = 3
@@ -1715,10 +1721,66 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
     if traces is None:
         for table in (spines, candidates):
             table["dendrite_id"] = owner[table["dendrite_id"].to_numpy(int)]
+        # stretches that run steeply through z are left out, with their spines
+        lines, source, (spines, candidates) = _flat_pieces(
+            lines, out_ids, [spines, candidates], p.max_dendrite_tilt_deg, offset)
+        out_ids, diam = list(range(len(lines))), {k: diam[d] for k, d in enumerate(source)}
     centerlines = _centerline_table(out_ids, lines, offset)
     dendrites = dendrite_table(centerlines, spines, diam, smooth_um=0)
     return Detection(spines, dendrites, centerlines, [q + offset for q in lines], mask, timings,
                      candidates)
+
+
+def _tilted(line: np.ndarray, max_deg: float) -> np.ndarray:
+    """Which points of the centre line `line` (n, 3 um) lie on a stretch running more than
+    `max_deg` degrees out of the image plane: the chord over ``TILT_WINDOW_UM`` round each
+    point (shorter at the ends).
+
+    A line 10 um along x, then 5 um straight up, points 0.5 um apart:
+
+    >>> x, z = np.r_[np.arange(20), np.full(10, 19)] / 2, np.r_[np.zeros(20), np.arange(1, 11)] / 2
+    >>> _tilted(np.c_[z, np.zeros(30), x], 60).astype(int).tolist()[15:]
+    [0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]
+    """
+    if max_deg >= 90 or len(line) < 2:
+        return np.zeros(len(line), bool)
+    run = np.r_[0, np.cumsum(np.linalg.norm(np.diff(line, axis=0), axis=1))]
+    lo = np.searchsorted(run, run - TILT_WINDOW_UM / 2)
+    hi = np.searchsorted(run, run + TILT_WINDOW_UM / 2, side="right") - 1
+    chord = line[hi] - line[lo]
+    return np.abs(chord[:, 0]) > np.tan(np.radians(max_deg)) * np.hypot(chord[:, 1], chord[:, 2])
+
+
+def _flat_pieces(lines: list, ids: list, tables: list, max_deg: float, offset):
+    """The dendrites cut where they run more than `max_deg` out of the image plane, where
+    the axial blur hides spines: each stretch in between at least ``TILT_WINDOW_UM`` long is
+    a dendrite (`lines`, numbered anew; which old id each came from) and the spine `tables`
+    keep the spines whose base (less `offset`) lies next to one, with its id."""
+    pieces, source, label = [], [], {}
+    for did, line in zip(ids, lines):
+        lab = np.full(len(line), -1)
+        flat = ~_tilted(line, max_deg)
+        edges = np.flatnonzero(np.diff(np.r_[0, flat.astype(int), 0]))
+        for a, b in zip(edges[::2], edges[1::2]):
+            if polyline_length(line[a:b]) >= TILT_WINDOW_UM:
+                lab[a:b] = len(pieces)
+                pieces.append(line[a:b])
+                source.append(did)
+        label[did] = lab
+    out = []
+    for table in tables:
+        keep = np.zeros(len(table), bool)
+        new = np.zeros(len(table), int)
+        base = table[BASE].to_numpy(float) - offset
+        for did, line in zip(ids, lines):
+            mine = np.flatnonzero(table["dendrite_id"].to_numpy() == did)
+            if len(mine):
+                near = np.argmin(np.linalg.norm(base[mine, None] - line[None], axis=2), axis=1)
+                new[mine] = label[did][near]
+                keep[mine] = new[mine] >= 0
+        out.append(conform_spines(table[keep].assign(dendrite_id=new[keep]).reset_index(
+            drop=True).assign(spine_id=np.arange(keep.sum()))))
+    return pieces, source, out
 
 
 def _centerline_table(ids, lines, offset) -> pd.DataFrame:

@@ -58,6 +58,10 @@ class DetectionParams:
              "and breaks skeleton cycles up to 4 times as long round (holes in the mask)")
     max_dendrite_radius_um: float = _p(
         2.5, "structures thicker than this (soma, blobs) are not dendrites")
+    max_dendrite_tilt_deg: float = _p(
+        60.0, "stretches of dendrite running more steeply than this (degrees) out of the image "
+              "plane are left out, with their spines: along them the axial blur hides spines "
+              "and most peaks are not spines (traced dendrites only; 90 turns it off)")
     max_axial_offset_um: float = _p(
         3.0, "spine heads further than this above or below their dendrite's centre line are not "
              "counted (the two-photon PSF is about 2 um long in z)")
