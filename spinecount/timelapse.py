@@ -70,9 +70,9 @@ TRACK_COLUMNS = ["session", "row", "spine_id", "track_id", "fate", "dendrite", *
 AUTOMATIC_TURNOVER_CAVEAT = (
     "formation and elimination from automatic detections are not reliable: most spines they "
     "call formed or lost are detection errors, a spine wrongly found in one session or missed "
-    "in the other (on the real benchmark sessions 6 of 44 such calls are true changes, though "
-    "the rates, 15 and 13 %, come near a human's 12 and 16 %); review the spines of every "
-    "session (napari plugin) before reporting turnover")
+    "in the other (on the real benchmark sessions 6 of 34 such calls are true changes, and "
+    "the rates, 14 and 10 % against a human's 12 and 16 %, come near them by chance); review "
+    "the spines of every session (napari plugin) before reporting turnover")
 #: Default gate (um): registered heads further apart than this are different spines.
 GATE_UM = 2.0
 #: z distances count this much in the linking cost (axial resolution and click z are poor).
