@@ -64,10 +64,7 @@ The method, in order (all distances in micrometres, converted with the stack's v
    below ``BULGE_FRACTION`` of its peak, as a stubby spine is), and do not lie on the neck of a
    spine further out. Peaks that pass these tests only with ``candidate_threshold`` and
    ``candidate_protrusion_fraction`` (or score under ``min_score``) are the candidates: not
-   counted; time-lapse linking looks among them for a spine missed on one day. Last,
-   stretches of traced dendrite that run more than ``max_dendrite_tilt_deg`` out of the image
-   plane are left out with their spines (:func:`_flat_pieces`): along a dendrite diving
-   through the stack the axial blur hides spines, and most peaks there are not spines.
+   counted; time-lapse linking looks among them for a spine missed on one day.
    Each is attached to its nearest dendrite, its head placed at the depth where the image is
    brightest at its position (within the axial PSF's FWHM of the peak: the residual is pushed
    away from the shaft in z, where the model's long axial blur is taken off), its base on the
@@ -89,6 +86,9 @@ The method, in order (all distances in micrometres, converted with the stack's v
    ``NECK_RATIO`` (0.6) as bright as the head, no neck narrower than the head is seen and the
    neck is as wide as it; such a protrusion at least ``TUBE_RATIO`` (1.5) times as long as its
    head is a tube (a thin spine or filopodium), whose width is the cylinder of its peak.
+   Last, stretches of traced dendrite that run more than ``max_dendrite_tilt_deg`` out of the
+   image plane are left out with their spines (:func:`_flat_pieces`): along a dendrite diving
+   through the stack the axial blur hides spines, and most peaks there are not spines.
 6. **Chunks.** Every step works in lateral chunks with a margin (:mod:`spinecount.chunks`), and
    what needs the whole stack (background and noise, Otsu's threshold, the shaft model's cell
    medians, the noise curve, close peaks) is gathered from all chunks first, so the result is
@@ -574,7 +574,7 @@ def _trace_dendrites(mask: np.ndarray, edt_at, vs, p: DetectionParams, brightnes
 def _prune_paths(sk, indices):
     """``sk.prune_paths(indices)`` (skan), the skeleton thinned again only within
     ``PRUNE_MARGIN_PX`` voxels of the removed paths, where it can change, rather than as a
-    whole (0.3-0.5 s a pass on a 70 x 512 x 512 mask)."""
+    whole (0.4-0.6 s a pass on a 70 x 512 x 512 mask)."""
     from scipy.sparse.csgraph import connected_components
     import skan
     from skimage.morphology import skeletonize

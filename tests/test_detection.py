@@ -548,9 +548,9 @@ def test_pruning_gives_the_skeleton_skan_gives():
 def test_stretches_that_dive_steeply_are_left_out_with_their_spines():
     """A dendrite runs 14 um in the image plane, then dives at 69 degrees; three spines on
     the flat stretch, two on the dive. Along a dive the axial blur hides spines (on rr30a 21 of
-    the 22 detections in the annotated tube on stretches steeper than 60 degrees were false): the dive and
-    its spines are left out of the dendrite, its length and its density, unless the limit is
-    lifted to 90 degrees."""
+    the 22 detections in the annotated tube on stretches steeper than 60 degrees were false):
+    the dive and its spines are left out of the dendrite, its length and its density, unless
+    the limit is lifted to 90 degrees."""
     from spinecount.io import Stack
     from spinecount.params import DetectionParams
     from spinecount.synthetic import _render
