@@ -1704,8 +1704,7 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
         spines["type"] = classify_spine(spines["head_diameter_um"], spines["neck_diameter_um"],
                                         spines["length_um"])
         weak = spines.pop("_candidate").to_numpy(bool) | (spines["score"] < p.min_score)
-        spines, candidates = (conform_spines(part.reset_index(drop=True).assign(
-            spine_id=np.arange(len(part)))) for part in (spines[~weak], spines[weak]))
+        spines, candidates = _numbered(spines[~weak]), _numbered(spines[weak])
     else:
         spines = empty_spines()
     # the branches of one dendrite (pieces at junctions) joined: spines as they were found
@@ -1778,9 +1777,14 @@ def _flat_pieces(lines: list, ids: list, tables: list, max_deg: float, offset):
                 near = np.argmin(np.linalg.norm(base[mine, None] - line[None], axis=2), axis=1)
                 new[mine] = label[did][near]
                 keep[mine] = new[mine] >= 0
-        out.append(conform_spines(table[keep].assign(dendrite_id=new[keep]).reset_index(
-            drop=True).assign(spine_id=np.arange(keep.sum()))))
+        out.append(_numbered(table[keep].assign(dendrite_id=new[keep])))
     return pieces, source, out
+
+
+def _numbered(spines: pd.DataFrame) -> pd.DataFrame:
+    """The spines (or candidates) table in the column contract, its rows numbered in order
+    (``spine_id``)."""
+    return conform_spines(spines.reset_index(drop=True).assign(spine_id=np.arange(len(spines))))
 
 
 def _centerline_table(ids, lines, offset) -> pd.DataFrame:
