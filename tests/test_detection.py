@@ -524,7 +524,7 @@ def test_a_hole_in_the_mask_does_not_make_a_ring_of_dendrites():
 
 def test_pruning_gives_the_skeleton_skan_gives():
     """Pruned branches are wiped and the skeleton thinned again only around them (skan thins
-    the whole image again, 0.3-0.5 s a pass): the same skeleton, also in a tangle of short
+    the whole image again, 0.4-0.6 s a pass): the same skeleton, also in a tangle of short
     branches next to each other (a porous blob), where thinning box by box differed."""
     import skan
     from skimage.morphology import skeletonize
