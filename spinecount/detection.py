@@ -88,7 +88,8 @@ The method, in order (all distances in micrometres, converted with the stack's v
    head is a tube (a thin spine or filopodium), whose width is the cylinder of its peak.
    Last, stretches of traced dendrite that run more than ``max_dendrite_tilt_deg`` out of the
    image plane are left out with their spines (:func:`_flat_pieces`): along a dendrite diving
-   through the stack the axial blur hides spines, and most peaks there are not spines.
+   through the stack the axial blur hides spines, and most peaks there are not spines. Spine
+   heads within ``DIVE_REACH_UM`` of such a stretch go too, whatever dendrite they belong to.
 6. **Chunks.** Every step works in lateral chunks with a margin (:mod:`spinecount.chunks`), and
    what needs the whole stack (background and noise, Otsu's threshold, the shaft model's cell
    medians, the noise curve, close peaks) is gathered from all chunks first, so the result is
@@ -180,6 +181,10 @@ DIM_SIDE = (1.0, 0.35)
 #: A dendrite's tilt out of the image plane is measured over this stretch (um) of its centre
 #: line (:func:`_tilted`); flat pieces shorter than it are left out (:func:`_flat_pieces`).
 TILT_WINDOW_UM = 3.0
+#: Spine heads within this distance (um, z scaled by ``AXIAL_RATIO``) of a stretch left out as
+#: steep go with it, whatever dendrite they were attached to: the dive's own axial blur (about
+#: 2 um) lies there. On rr30a 6 detections in the annotated tube lay that close, all false.
+DIVE_REACH_UM = 2.0
 #: Where skeleton branches are pruned, the skeleton is thinned again within this many voxels of
 #: them (:func:`_prune_paths`); thinning a skeleton changes it only next to what was removed.
 PRUNE_MARGIN_PX = 3
@@ -1754,11 +1759,16 @@ def _flat_pieces(lines: list, ids: list, tables: list, max_deg: float, offset):
     """The dendrites cut where they run more than `max_deg` out of the image plane, where
     the axial blur hides spines: each stretch in between at least ``TILT_WINDOW_UM`` long is
     a dendrite (`lines`, numbered anew; which old id each came from) and the spine `tables`
-    keep the spines whose base (less `offset`) lies next to one, with its id."""
-    pieces, source, label = [], [], {}
+    keep the spines whose base (less `offset`) lies next to one, with its id, and whose head
+    lies no nearer than ``DIVE_REACH_UM`` to a stretch left out as steep."""
+    from scipy.spatial import cKDTree
+
+    pieces, source, label, steep = [], [], {}, [np.zeros((0, 3))]
+    scale = np.array([1 / AXIAL_RATIO, 1.0, 1.0])
     for did, line in zip(ids, lines):
         lab = np.full(len(line), -1)
         flat = ~_tilted(line, max_deg)
+        steep.append(line[~flat] * scale)
         edges = np.flatnonzero(np.diff(np.r_[0, flat.astype(int), 0]))
         for a, b in zip(edges[::2], edges[1::2]):
             if polyline_length(line[a:b]) >= TILT_WINDOW_UM:
@@ -1766,6 +1776,7 @@ def _flat_pieces(lines: list, ids: list, tables: list, max_deg: float, offset):
                 pieces.append(line[a:b])
                 source.append(did)
         label[did] = lab
+    steep = np.vstack(steep)
     out = []
     for table in tables:
         keep = np.zeros(len(table), bool)
@@ -1777,6 +1788,9 @@ def _flat_pieces(lines: list, ids: list, tables: list, max_deg: float, offset):
                 near = np.argmin(np.linalg.norm(base[mine, None] - line[None], axis=2), axis=1)
                 new[mine] = label[did][near]
                 keep[mine] = new[mine] >= 0
+        if len(steep) and len(table):
+            head = (table[POSITION].to_numpy(float) - offset) * scale
+            keep &= cKDTree(steep).query(head)[0] > DIVE_REACH_UM
         out.append(_numbered(table[keep].assign(dendrite_id=new[keep])))
     return pieces, source, out
 

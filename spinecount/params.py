@@ -60,8 +60,9 @@ class DetectionParams:
         2.5, "structures thicker than this (soma, blobs) are not dendrites")
     max_dendrite_tilt_deg: float = _p(
         60.0, "stretches of dendrite running more steeply than this (degrees) out of the image "
-              "plane are left out, with their spines: along them the axial blur hides spines "
-              "and most peaks are not spines (traced dendrites only; 90 turns it off)")
+              "plane are left out, with their spines and heads within 2 um of them: along them "
+              "the axial blur hides spines and most peaks are not spines (traced dendrites "
+              "only; 90 turns it off)")
     max_axial_offset_um: float = _p(
         3.0, "spine heads further than this above or below their dendrite's centre line are not "
              "counted (the two-photon PSF is about 2 um long in z)")
