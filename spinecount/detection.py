@@ -122,6 +122,8 @@ from .tables import (BASE, CENTERLINE_STEP_UM, POSITION, conform_spines, dendrit
 MEASURED_Z_STEP_UM, MEASURED_PIXEL_UM = 2.0, 0.3
 #: Axial / lateral elongation of the two-photon PSF, used to scale z in the shaft model.
 AXIAL_RATIO = 3.0
+#: Multiplies (z, y, x) um so that distances count z as much as the PSF's elongation allows.
+AXIAL_SCALE = np.array([1 / AXIAL_RATIO, 1.0, 1.0])
 #: full width at half maximum of a Gaussian, in standard deviations
 FWHM_PER_SIGMA = 2.3548
 #: lateral smoothing (um) of the image in which a dendrite's centre line brightness is read
@@ -890,7 +892,6 @@ def _bridge_gaps(branches: list, deg, brightness, vs, max_gap_um: float,
     from skimage.graph import MCP_Geometric
 
     vs = np.asarray(vs, float)
-    weight = np.array([1 / AXIAL_RATIO, 1.0, 1.0])
 
     def tip(pts, at_start):  # the end point and its outward direction over about 2 um
         q = pts if at_start else pts[::-1]
@@ -910,7 +911,7 @@ def _bridge_gaps(branches: list, deg, brightness, vs, max_gap_um: float,
         dist = float(np.linalg.norm(gap))
         if free[m][0] == free[n][0] or dist == 0:
             continue
-        g, u, v = gap * weight, da * weight, db * weight
+        g, u, v = gap * AXIAL_SCALE, da * AXIAL_SCALE, db * AXIAL_SCALE
         if (u @ g >= 0.7 * np.linalg.norm(u) * np.linalg.norm(g)
                 and -(v @ g) >= 0.7 * np.linalg.norm(v) * np.linalg.norm(g)):
             pairs.append((dist, free[m], free[n]))
@@ -1764,11 +1765,10 @@ def _flat_pieces(lines: list, ids: list, tables: list, max_deg: float, offset):
     from scipy.spatial import cKDTree
 
     pieces, source, label, steep = [], [], {}, [np.zeros((0, 3))]
-    scale = np.array([1 / AXIAL_RATIO, 1.0, 1.0])
     for did, line in zip(ids, lines):
         lab = np.full(len(line), -1)
         flat = ~_tilted(line, max_deg)
-        steep.append(line[~flat] * scale)
+        steep.append(line[~flat] * AXIAL_SCALE)
         edges = np.flatnonzero(np.diff(np.r_[0, flat.astype(int), 0]))
         for a, b in zip(edges[::2], edges[1::2]):
             if polyline_length(line[a:b]) >= TILT_WINDOW_UM:
@@ -1789,7 +1789,7 @@ def _flat_pieces(lines: list, ids: list, tables: list, max_deg: float, offset):
                 new[mine] = label[did][near]
                 keep[mine] = new[mine] >= 0
         if len(steep) and len(table):
-            head = (table[POSITION].to_numpy(float) - offset) * scale
+            head = (table[POSITION].to_numpy(float) - offset) * AXIAL_SCALE
             keep &= cKDTree(steep).query(head)[0] > DIVE_REACH_UM
         out.append(_numbered(table[keep].assign(dendrite_id=new[keep])))
     return pieces, source, out
@@ -1827,7 +1827,7 @@ def _scaled(rows: list[dict], key: str | None = None) -> np.ndarray:
     """The heads of `rows` (or their point `key`, given as z, y, x um), z scaled by the PSF's
     elongation: the space in which peaks are thinned out."""
     at = np.array([r[key] if key else (r["z_um"], r["y_um"], r["x_um"]) for r in rows], float)
-    return at * np.array([1 / AXIAL_RATIO, 1.0, 1.0])
+    return at * AXIAL_SCALE
 
 
 def _drop_necks(rows: list[dict], separation_um: float) -> list[dict]:
