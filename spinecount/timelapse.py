@@ -70,8 +70,8 @@ TRACK_COLUMNS = ["session", "row", "spine_id", "track_id", "fate", "dendrite", *
 AUTOMATIC_TURNOVER_CAVEAT = (
     "formation and elimination from automatic detections are not reliable: most spines they "
     "call formed or lost are detection errors, a spine wrongly found in one session or missed "
-    "in the other (on the real benchmark sessions 6 of 34 such calls are true changes, and "
-    "the rates, 15 and 9 % against a human's 12 and 16 %, come near them by chance); review "
+    "in the other (on the real benchmark sessions 6 of 35 such calls are true changes, and "
+    "the rates, 16 and 10 % against a human's 12 and 16 %, come near them by chance); review "
     "the spines of every session (napari plugin) before reporting turnover")
 #: Default gate (um): registered heads further apart than this are different spines.
 GATE_UM = 2.0
