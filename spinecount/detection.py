@@ -90,10 +90,11 @@ The method, in order (all distances in micrometres, converted with the stack's v
    image plane are left out with their spines (:func:`_flat_pieces`): along a dendrite diving
    through the stack the axial blur hides spines, and most peaks there are not spines. Spine
    heads within ``DIVE_REACH_UM`` of such a stretch go too, whatever dendrite they belong to,
-   and so do heads more than ``PAST_END_UM`` past an end of their own dendrite, within 45
-   degrees of its direction (the dendrite's rounded end, or its dim continuation past where
-   the tracing stopped, :func:`_past_end`), and heads within ``OTHER_DENDRITE_UM`` of another
-   dendrite's centre line (where two dendrites cross or touch).
+   and so do heads more than ``PAST_END_UM`` past an end of their own dendrite (nearest to
+   that end, within 45 degrees of its direction: the dendrite's rounded end, or its dim
+   continuation past where the tracing stopped, :func:`_past_end`), and heads within
+   ``OTHER_DENDRITE_UM`` of another dendrite's centre line (where two dendrites cross or
+   touch).
 6. **Chunks.** Every step works in lateral chunks with a margin (:mod:`spinecount.chunks`), and
    what needs the whole stack (background and noise, Otsu's threshold, the shaft model's cell
    medians, the noise curve, close peaks) is gathered from all chunks first, so the result is
@@ -192,9 +193,10 @@ TILT_WINDOW_UM = 3.0
 #: 2 um) lies there. On rr30a 6 detections in the annotated tube lay that close, all false.
 DIVE_REACH_UM = 2.0
 #: Spine heads lying more than this (um, z scaled by ``AXIAL_RATIO``) past an end of their own
-#: traced dendrite, within 45 degrees of its direction over ``CONTINUE_UM``, go: there lies the
-#: dendrite's own rounded end, or the dendrite going on dimmer past where the tracing stopped,
-#: not a spine standing out of its side (:func:`_flat_pieces`, :func:`_past_end`).
+#: traced dendrite (the end their nearest point of it, within 45 degrees of its direction over
+#: ``CONTINUE_UM``) go: there lies the dendrite's own rounded end, or the dendrite going on
+#: dimmer past where the tracing stopped, not a spine standing out of its side
+#: (:func:`_flat_pieces`, :func:`_past_end`).
 PAST_END_UM = 0.5
 #: Spine heads within this distance (um, z scaled by ``AXIAL_RATIO``) of another dendrite's
 #: centre line go: they lie at its surface, where two dendrites cross or touch and one's spine

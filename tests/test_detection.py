@@ -593,7 +593,7 @@ def test_heads_off_their_dendrite_are_left_out(monkeypatch, seed):
     """A head more than 0.5 um past an end of its own dendrite, within 45 degrees of the
     dendrite's direction there, is the dendrite's rounded end or its dim continuation; one
     within 1.5 um of another dendrite's centre line lies where the two touch. On these
-    synthetic stacks one detection lies 1.3 um from another dendrite (seed 3) and one 1.9 um
+    synthetic stacks one detection lies 1.0 um from another dendrite (seed 3) and one 1.9 um
     past an end (seed 5), both false; they go, with no true spine lost."""
     import spinecount.detection as detection
 
