@@ -1862,12 +1862,12 @@ def _off_their_dendrite(lines: list, heads: np.ndarray, owner: np.ndarray) -> np
     off = np.zeros(len(heads), bool)
     for k, line in enumerate(lines):
         mine = np.flatnonzero(owner == k)
-        if not len(mine):
-            continue
-        off[mine] = _past_end(line, heads[mine]) > PAST_END_UM
-        others = [q for j, q in enumerate(lines) if j != k]
-        if others:
-            off[mine] |= cKDTree(np.vstack(others)).query(heads[mine])[0] <= OTHER_DENDRITE_UM
+        if len(mine):
+            off[mine] = _past_end(line, heads[mine]) > PAST_END_UM
+    if OTHER_DENDRITE_UM > 0 and len(heads):
+        label = np.repeat(np.arange(len(lines)), [len(q) for q in lines])
+        near = cKDTree(np.vstack(lines)).query_ball_point(heads, OTHER_DENDRITE_UM)
+        off |= np.array([np.any(label[n] != k) for n, k in zip(near, owner)], bool)
     return off
 
 
