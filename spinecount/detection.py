@@ -201,7 +201,7 @@ PAST_END_UM = 0.5
 #: Spine heads within this distance (um, z scaled by ``AXIAL_RATIO``) of another dendrite's
 #: centre line go: they lie at its surface, where two dendrites cross or touch and one's spine
 #: cannot be told from the other's shaft (:func:`_off_their_dendrite`; in rr30a's annotated
-#: tubes and on 15 synthetic stacks 6 detections lay that close, all false).
+#: tubes and on the 15 synthetic benchmark stacks 6 detections lay that close, all false).
 OTHER_DENDRITE_UM = 1.5
 #: Where skeleton branches are pruned, the skeleton is thinned again within this many voxels of
 #: them (:func:`_prune_paths`); thinning a skeleton changes it only next to what was removed.
