@@ -940,8 +940,7 @@ def _bridge_gaps(branches: list, deg, brightness, vs, max_gap_um: float,
 
     def tip(pts, at_start):  # the end point and its outward direction over about 2 um
         q = pts if at_start else pts[::-1]
-        along = np.r_[0, np.cumsum(np.linalg.norm(np.diff(q, axis=0), axis=1))]
-        return q[0], q[0] - q[min(np.searchsorted(along, 2.0), len(q) - 1)]
+        return q[0], q[0] - q[_along(q, 2.0)]
 
     branches = list(branches)
     free = [(b, k == 0) for b, (_, ends, _) in enumerate(branches) for k, node in enumerate(ends)
@@ -1823,6 +1822,7 @@ def _flat_pieces(lines: list, ids: list, tables: list, max_deg: float, offset):
                 source.append(did)
         label[did] = lab
     steep = np.vstack(steep)
+    scaled = [q * AXIAL_SCALE for q in pieces]
     out = []
     for table in tables:
         keep = np.zeros(len(table), bool)
@@ -1837,8 +1837,7 @@ def _flat_pieces(lines: list, ids: list, tables: list, max_deg: float, offset):
         head = (table[POSITION].to_numpy(float) - offset) * AXIAL_SCALE
         if len(steep) and len(table):
             keep &= cKDTree(steep).query(head)[0] > DIVE_REACH_UM
-        keep[keep] = ~_off_their_dendrite([q * AXIAL_SCALE for q in pieces], head[keep],
-                                          new[keep])
+        keep[keep] = ~_off_their_dendrite(scaled, head[keep], new[keep])
         out.append(_numbered(table[keep].assign(dendrite_id=new[keep])))
     return pieces, source, out
 
