@@ -4,7 +4,7 @@ code compiled, which would otherwise cost each worker about 3 s before its first
 
 import importlib
 
-from .detection import _warm_skan
+from .tracing import _warm_skan
 
 for _name in ("experiment", "plots", "results"):  # what process_stack imports
     importlib.import_module(f"{__package__}.{_name}")

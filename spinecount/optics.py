@@ -18,6 +18,13 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import erf, erfc
 
+#: Axial / lateral elongation of the two-photon PSF, used to scale z in the shaft model.
+AXIAL_RATIO = 3.0
+#: Multiplies (z, y, x) um so that distances count z as much as the PSF's elongation allows.
+AXIAL_SCALE = np.array([1 / AXIAL_RATIO, 1.0, 1.0])
+#: full width at half maximum of a Gaussian, in standard deviations
+FWHM_PER_SIGMA = 2.3548
+
 _T = np.linspace(-1.0, 1.0, 161)  # quadrature nodes across the object, in units of its radius
 
 

@@ -138,7 +138,7 @@ def register(reference, moving, *, block_um: float = 30.0, max_shift_um: float =
     >>> np.round(reg.shift_um, 1).tolist()  # moved + shift = reference
     [-1.0, -1.2, 1.8]
     """
-    from .detection import downsample_xy
+    from .grid import downsample_xy
 
     vz, vy, vx = reference.voxel_size
     if not np.allclose(moving.voxel_size[1:], (vy, vx), rtol=1e-3):

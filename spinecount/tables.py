@@ -80,6 +80,12 @@ def conform_spines(df: pd.DataFrame) -> pd.DataFrame:
     return df[list(SPINE_COLUMNS) + extra].reset_index(drop=True)
 
 
+def _numbered(spines: pd.DataFrame) -> pd.DataFrame:
+    """The spines (or candidates) table in the column contract, its rows numbered in order
+    (``spine_id``)."""
+    return conform_spines(spines.reset_index(drop=True).assign(spine_id=np.arange(len(spines))))
+
+
 def conform_dendrites(df: pd.DataFrame) -> pd.DataFrame:
     """Return `df` with the dendrite contract columns first, in order."""
     df = df.copy()

@@ -144,7 +144,7 @@ def test_tiles_cover_the_grid_once():
 def test_isotonic_fit_is_the_least_squares_monotone_fit():
     from scipy.optimize import isotonic_regression
 
-    from spinecount.detection import _isotonic
+    from spinecount.shaft import _isotonic
 
     rng = np.random.default_rng(0)
     y = rng.normal(size=(40, 7, 3))
@@ -266,7 +266,7 @@ def test_no_two_spines_are_closer_than_the_separation():
     together there (in this noisy stack two did, 0.68 um apart), and only the stronger stays."""
     from scipy.spatial import cKDTree
 
-    from spinecount.detection import AXIAL_RATIO
+    from spinecount.optics import AXIAL_RATIO
 
     syn = make_stack(voxel_size=(1.0, 0.12, 0.12), peak_photons=15, seed=0)
     p = spinecount.DetectionParams()
@@ -381,7 +381,7 @@ def test_relative_intensity_does_not_depend_on_the_voxel_size():
 def test_more_small_blobs_than_16_bit_labels_hold():
     """Tracing labels the mask in 16 bits where it can; with more pieces than that it falls
     back to 32 bits and still removes every piece too small to be a dendrite."""
-    from spinecount.detection import _trace_dendrites
+    from spinecount.tracing import _trace_dendrites
     from spinecount.params import DetectionParams
 
     vs = (1.0, 0.24, 0.24)
@@ -399,7 +399,7 @@ def test_a_spine_near_a_dendrite_end_is_not_taken_for_the_dendrite():
     """A dendrite that ends 1.5 um past a spine 2.5 um long: of the two short tips at the
     last junction the dendrite goes on along the one that continues it, not the longer one
     (which made the spine the dendrite, and the dendrite's real end a spine)."""
-    from spinecount.detection import _trace_dendrites
+    from spinecount.tracing import _trace_dendrites
     from spinecount.params import DetectionParams
 
     vs = (0.5, 0.2, 0.2)
@@ -421,7 +421,7 @@ def test_a_dendrite_that_runs_on_into_a_spine_at_its_end_ends_at_the_spine():
     dendrite. The dim neck and the turn tell the spine, and the dendrite ends at its base."""
     from scipy import ndimage as ndi
 
-    from spinecount.detection import _trace_dendrites
+    from spinecount.tracing import _trace_dendrites
     from spinecount.params import DetectionParams
 
     vs = (0.5, 0.2, 0.2)
@@ -472,7 +472,7 @@ def test_a_spine_that_climbs_between_slices_is_not_taken_for_a_dendrite():
     judged by its straight reach from the junction it is pruned as a spine."""
     from scipy import ndimage as ndi
 
-    from spinecount.detection import _trace_dendrites
+    from spinecount.tracing import _trace_dendrites
     from spinecount.params import DetectionParams
 
     vs = (1.0, 0.24, 0.24)
@@ -496,7 +496,7 @@ def test_a_hole_in_the_mask_does_not_make_a_ring_of_dendrites():
     is then a tip that is pruned; a long cycle (a dendrite that rejoins another) is kept."""
     from scipy import ndimage as ndi
 
-    from spinecount.detection import _trace_dendrites
+    from spinecount.tracing import _trace_dendrites
     from spinecount.params import DetectionParams
 
     vs = (1.0, 0.2, 0.2)
@@ -529,7 +529,7 @@ def test_pruning_gives_the_skeleton_skan_gives():
     import skan
     from skimage.morphology import skeletonize
 
-    from spinecount.detection import _prune_paths
+    from spinecount.tracing import _prune_paths
 
     syn = make_stack(shape_um=(10, 30, 30), seed=2)
     mask = spinecount.detect(syn.stack, return_mask=True).mask.copy()
@@ -595,23 +595,24 @@ def test_heads_off_their_dendrite_are_left_out(monkeypatch, seed):
     within 1.5 um of another dendrite's centre line lies where the two touch. On these
     synthetic stacks one detection lies 1.0 um from another dendrite (seed 3) and one 1.9 um
     past an end (seed 5), both false; they go, with no true spine lost."""
-    import spinecount.detection as detection
+    import spinecount.pieces as pieces
+    from spinecount.optics import AXIAL_SCALE
 
     syn = make_stack(seed=seed)
-    rules = {"PAST_END_UM": detection.PAST_END_UM,
-             "OTHER_DENDRITE_UM": detection.OTHER_DENDRITE_UM}
+    rules = {"PAST_END_UM": pieces.PAST_END_UM,
+             "OTHER_DENDRITE_UM": pieces.OTHER_DENDRITE_UM}
     found = []
     for limits in ({"PAST_END_UM": np.inf, "OTHER_DENDRITE_UM": -1}, rules):
         for name, value in limits.items():
-            monkeypatch.setattr(detection, name, value)
+            monkeypatch.setattr(pieces, name, value)
         det = spinecount.detect(syn.stack)
         ids = np.unique(det.centerlines["dendrite_id"])
         lines = [det.centerlines.loc[det.centerlines["dendrite_id"] == k, ["z_um", "y_um", "x_um"]]
-                 .to_numpy() * detection.AXIAL_SCALE for k in ids]
+                 .to_numpy() * AXIAL_SCALE for k in ids]
         for name, value in rules.items():
-            monkeypatch.setattr(detection, name, value)
-        off = detection._off_their_dendrite(
-            lines, det.spines[["z_um", "y_um", "x_um"]].to_numpy() * detection.AXIAL_SCALE,
+            monkeypatch.setattr(pieces, name, value)
+        off = pieces._off_their_dendrite(
+            lines, det.spines[["z_um", "y_um", "x_um"]].to_numpy() * AXIAL_SCALE,
             np.searchsorted(ids, det.spines["dendrite_id"]))
         ev = evaluate(det.spines, syn.spines).matched
         found.append((set(ev.loc[ev.status == "tp", "gt_index"].astype(int)), np.flatnonzero(off),
@@ -626,7 +627,7 @@ def test_a_dendrite_that_leaves_the_field_is_traced_to_its_edge():
     """A dendrite that runs out of the field sideways, with a spine 1 um before the edge:
     the skeleton of a mask stops about a radius short of its end, which would leave the last
     stretch of the dendrite to read as a spine, and the spine taken for the dendrite."""
-    from spinecount.detection import _trace_dendrites
+    from spinecount.tracing import _trace_dendrites
     from spinecount.params import DetectionParams
 
     vs = (0.5, 0.2, 0.2)
@@ -683,7 +684,7 @@ def test_candidates_hold_missed_spines_and_never_change_the_spines(tmp_path):
     # elongation), also after heads moved to their brightest depth
     from scipy.spatial import cKDTree
 
-    from spinecount.detection import AXIAL_RATIO
+    from spinecount.optics import AXIAL_RATIO
 
     scale = np.array([1 / AXIAL_RATIO, 1, 1])
     key = ["z_um", "y_um", "x_um"]
@@ -714,7 +715,7 @@ def test_pieces_between_split_junctions_join_a_neighbouring_dendrite():
     """Where two dendrites cross, the skeleton splits the crossing into two junctions with a
     short branch between them: that branch is part of the dendrite it continues, not a
     dendrite of its own; a second branch between the same junctions adds no line."""
-    from spinecount.detection import _junction_chains
+    from spinecount.tracing import _junction_chains
 
     def line(a, b, n=20):
         return np.linspace(a, b, n)
@@ -746,7 +747,7 @@ def test_pieces_between_split_junctions_join_a_neighbouring_dendrite():
 def test_ends_facing_each_other_across_a_dim_stretch_are_joined():
     """A dendrite that runs dimmer than the mask's threshold for a few micrometres is traced as
     two pieces; they are one dendrite again where a bright enough path joins their ends."""
-    from spinecount.detection import _bridge_gaps
+    from spinecount.tracing import _bridge_gaps
 
     vs = (1.0, 0.25, 0.25)
     field = np.zeros((5, 40, 200), np.float32)  # noise SDs: a dendrite along row 20, slice 2
@@ -796,7 +797,7 @@ def test_ends_facing_each_other_across_a_dim_stretch_are_joined():
 def test_pieces_traced_under_a_lowered_threshold_must_be_long_narrow_lines():
     """Under a locally lowered mask threshold, hazy patches and neuropil trace short curls,
     rings and wide ridges; a dim dendrite is a long line as narrow as a dendrite."""
-    from spinecount.detection import _dim_dendrite
+    from spinecount.tracing import _dim_dendrite
 
     vs = (1.0, 0.24, 0.24)
     z, y, _ = np.meshgrid(*(np.arange(n) * v for n, v in zip((10, 120, 120), vs)),

@@ -1,0 +1,173 @@
+"""Arrays on the detector's working grid: the stack block-averaged laterally and interpolated in
+z to it, and the small array operations the stages of :func:`spinecount.detection.detect` share
+(smoothing in micrometres, per-slice statistics, a box maximum, nearest-zero lookups)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+def downsample_xy(data: np.ndarray, f: int) -> np.ndarray:
+    """Block-mean a (z, y, x) stack by `f` in y and x, as float32 (the input is not converted
+    as a whole); rows and columns that do not fill a block are dropped.
+
+    Examples
+    --------
+    >>> downsample_xy(np.arange(18).reshape(1, 3, 6), 2).tolist()
+    [[[3.5, 5.5, 7.5]]]
+    """
+    if f == 1:
+        return data.astype(np.float32)
+    z, y, x = data.shape
+    y2, x2 = y // f * f, x // f * f
+    # summed a block offset at a time: numpy's mean over the two block axes is 5 times slower
+    out = np.zeros((z, y2 // f, x2 // f), np.float32)
+    for i in range(f):
+        for j in range(f):
+            out += data[:, i:y2:f, j:x2:f]
+    out /= f * f
+    return out
+
+
+def upsample_z(data: np.ndarray, m: int) -> np.ndarray:
+    """Interpolate `m` - 1 slices between each two of a (z, y, x) stack (a cubic spline along
+    z), as float32; the stack's own slices are kept.
+
+    Examples
+    --------
+    >>> upsample_z(np.array([0.0, 1.0, 8.0, 27.0])[:, None, None], 2).ravel().tolist()
+    [0.0, 0.125, 1.0, 3.375, 8.0, 15.625, 27.0]
+    """
+    n = data.shape[0]
+    if m == 1 or n < 2:
+        return data.astype(np.float32, copy=False)
+    from scipy.interpolate import make_interp_spline
+
+    spline = make_interp_spline(np.arange(n), data, k=min(3, n - 1), axis=0)
+    return spline(np.arange((n - 1) * m + 1) / m).astype(np.float32)
+
+
+def _slice_stats(sample: np.ndarray):
+    """Per-slice background (median) and noise SD (1.4826 x MAD) of a (z, ...) sample, shaped
+    (z, 1, 1)."""
+    flat = sample.reshape(sample.shape[0], -1)
+    bg = np.median(flat, axis=1)
+    mad = np.median(np.abs(flat - bg[:, None]), axis=1) * 1.4826
+    mad = np.maximum(mad, max(float(np.median(mad)) * 0.1, 1e-6))
+    return bg[:, None, None].astype(np.float32), mad[:, None, None].astype(np.float32)
+
+
+def _box_max(a: np.ndarray, size) -> np.ndarray:
+    """``scipy.ndimage.maximum_filter(a, size=size, mode="nearest")`` for odd sizes: the
+    maximum over a box, one axis at a time, each by doubling windows (maxima of two windows
+    offset by their width), about three times faster than scipy's running maximum.
+
+    Examples
+    --------
+    >>> from scipy import ndimage as ndi
+    >>> a = np.random.default_rng(0).random((6, 40, 33)).astype(np.float32)
+    >>> bool(np.array_equal(_box_max(a, (3, 25, 7)),
+    ...                     ndi.maximum_filter(a, size=(3, 25, 7), mode="nearest")))
+    True
+    """
+    src = a
+    for axis, w in enumerate(size):
+        r = w // 2
+        if r == 0:
+            continue
+        pad = [(0, 0)] * a.ndim
+        pad[axis] = (r, r)
+        a = np.pad(a, pad, mode="edge")
+        lead = (slice(None),) * axis
+        span = 1  # `a` holds the maxima over windows of `span` from each position
+        while 2 * span <= w:
+            a = np.maximum(a[lead + (slice(None, -span),)], a[lead + (slice(span, None),)])
+            span *= 2
+        if span < w:
+            a = np.maximum(a[lead + (slice(None, span - w),)], a[lead + (slice(w - span, None),)])
+    return a.copy() if a is src else a  # never the input itself: callers scale it in place
+
+
+def _gaussian_at(img: np.ndarray, at: np.ndarray, sigma_vox) -> np.ndarray:
+    """``scipy.ndimage.gaussian_filter(img, sigma_vox)`` at voxels `at` (n, ndim) only (float32;
+    the same kernel and edge mode, summed in float64): for a few voxels of a large image.
+
+    Examples
+    --------
+    >>> from scipy import ndimage as ndi
+    >>> img = np.random.default_rng(0).random((4, 30, 30)).astype(np.float32)
+    >>> at = np.array([[0, 0, 0], [2, 15, 29], [3, 7, 8]])
+    >>> full = ndi.gaussian_filter(img, (0, 1.2, 2.0))[tuple(at.T)]
+    >>> bool(np.allclose(_gaussian_at(img, at, (0, 1.2, 2.0)), full, atol=1e-6))
+    True
+    """
+    at = np.asarray(at)
+    weights, offsets = np.ones(1), np.zeros((1, img.ndim), int)
+    for a, sd in enumerate(sigma_vox):
+        if sd <= 0:
+            continue
+        r = int(4.0 * sd + 0.5)  # scipy's radius at its default truncate
+        x = np.arange(-r, r + 1)
+        w = np.exp(-0.5 * (x / sd) ** 2)
+        weights = np.outer(weights, w / w.sum()).ravel()
+        o = np.zeros((len(x), img.ndim), int)
+        o[:, a] = x
+        offsets = (offsets[:, None] + o[None]).reshape(-1, img.ndim)
+    out = np.empty(len(at), np.float32)
+    n = img.shape
+    for s in range(0, len(at), 4096):
+        idx = at[s:s + 4096, None] + offsets[None]
+        # scipy's 'reflect' edge: (c b a | a b c | c b a)
+        idx = np.where(idx < 0, -idx - 1, np.where(idx >= n, 2 * np.asarray(n) - idx - 1, idx))
+        out[s:s + 4096] = img[tuple(np.clip(idx, 0, np.asarray(n) - 1).transpose(2, 0, 1))
+                              ] @ weights
+    return out
+
+
+def _sigma_vox(sigma_um, vs):
+    s = np.broadcast_to(np.asarray(sigma_um, float), (3,))
+    return tuple(si / v for si, v in zip(s, vs))
+
+
+def _nearest_zero(a: np.ndarray, sampling) -> tuple[np.ndarray, np.ndarray]:
+    """Index (int32, shape (3, ...)) of the nearest zero of `a` for every voxel, and the
+    distance to it (um, float32). The distances are computed a slice at a time: scipy's own
+    step holds about 40 bytes per voxel at once. Where `a` has no zero (a chunk that no
+    centre line crosses), every distance is infinite."""
+    from scipy import ndimage as ndi
+
+    if a.all():  # scipy would return indices of -1
+        return np.zeros((3, *a.shape), np.int32), np.full(a.shape, np.inf, np.float32)
+    near = np.empty((3, *a.shape), np.int32)
+    ndi.distance_transform_edt(a, sampling=sampling, return_distances=False,
+                               return_indices=True, indices=near)
+    dist = np.empty(a.shape, np.float32)
+    yy, xx = np.arange(a.shape[1])[:, None], np.arange(a.shape[2])[None, :]
+    for z in range(a.shape[0]):
+        d2 = ((near[0, z] - z) * sampling[0]) ** 2
+        d2 += ((near[1, z] - yy) * sampling[1]) ** 2
+        d2 += ((near[2, z] - xx) * sampling[2]) ** 2
+        dist[z] = np.sqrt(d2)
+    return near, dist
+
+
+def _vertex(a, b, c):
+    """Where the parabola through ``(-1, a), (0, b), (1, c)`` peaks (steps from the middle
+    point, within half a step either way); 0 where it has no maximum.
+
+    >>> round(float(_vertex(1.0, 2.0, 1.5)), 3)
+    0.167
+    """
+    curve = np.asarray(a - 2 * b + c)
+    return np.where(curve < 0, np.clip(0.5 * (a - c) / np.where(curve < 0, curve, -1.0),
+                                       -0.5, 0.5), 0.0)
+
+
+def _lookup(flat: np.ndarray, values: np.ndarray, shape, *, missing: float = 0.0):
+    """``f(index)``: `values` at voxels (n, 3) given by their sorted flat indices; `missing`
+    elsewhere."""
+    def at(index):
+        q = np.ravel_multi_index(tuple(np.asarray(index).T), shape)
+        i = np.clip(np.searchsorted(flat, q), 0, max(len(flat) - 1, 0))
+        found = (flat[i] == q) if len(flat) else np.zeros(len(q), bool)
+        return np.where(found, values[i] if len(flat) else missing, missing)
+    return at
