@@ -1,5 +1,6 @@
 """The detector on synthetic truth (first version; the accuracy goals are benchmarked)."""
 
+import dataclasses
 import warnings
 
 import numpy as np
@@ -323,6 +324,24 @@ def test_stacks_coarser_than_measured_are_detected_with_a_warning():
         spinecount.detect(make_stack(shape_um=(12, 30, 30), voxel_size=(2.0, 0.3, 0.3),
                                      n_dendrites=1, seed=1).stack)
     assert not [w for w in caught if "coarser than" in str(w.message)]
+
+
+def test_a_single_plane_is_detected_with_a_warning():
+    """A projection or one optical section hides spines above and below the dendrites: the
+    detection runs, and says so (the file's own z spacing, or a coarse one, plays no part)."""
+    syn = make_stack(shape_um=(12, 30, 30), n_dendrites=1, branch_probability=0, seed=1)
+    plane = dataclasses.replace(syn.stack, data=syn.stack.data.max(axis=0)[None],
+                                voxel_size=(5.0, 0.12, 0.12))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        det = spinecount.detect(plane)
+    said = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+    assert len(said) == 1 and "one plane" in said[0] and "not a z-stack" in said[0]
+    assert len(det.dendrites) >= 1 and len(det.spines) >= 1
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        spinecount.detect(syn.stack)
+    assert not [w for w in caught if "one plane" in str(w.message)]
 
 
 @pytest.mark.parametrize("radius_um", [4.0, 7.0])
