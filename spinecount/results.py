@@ -8,6 +8,7 @@ import platform
 import shutil
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 from ._version import __version__
@@ -118,12 +119,16 @@ def detect_to_folder(path, outdir, params, *, command: str, channel=None, voxel_
     from .traces import read_traces
 
     t0 = time.perf_counter()
-    stack = read_stack(path, channel=channel, voxel_size=voxel_size, timepoint=timepoint)
-    det = detect(stack, params=params, traces=read_traces(traces) if traces else None,
-                 progress=progress, chunk_um=chunk_um, threads=threads)
+    with warnings.catch_warnings(record=True) as caught:
+        stack = read_stack(path, channel=channel, voxel_size=voxel_size, timepoint=timepoint)
+        det = detect(stack, params=params, traces=read_traces(traces) if traces else None,
+                     progress=progress, chunk_um=chunk_um, threads=threads)
+    for w in caught:  # shown as they would have been; the UserWarnings (spinecount's) kept
+        warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    said = [str(w.message) for w in caught if w.category is UserWarning]
     wall = time.perf_counter() - t0
     info = detection_info(stack, det, params, wall_time_s=wall, command=command, sha256=sha256,
                           extra={"traces": str(Path(traces).resolve()) if traces else "automatic",
-                                 **(extra or {})})
+                                 "warnings": said, **(extra or {})})
     write_result(outdir, det, info)
     return stack, det, wall

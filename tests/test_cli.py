@@ -80,6 +80,12 @@ def test_stacks_coarser_than_measured_get_a_one_line_warning(tmp_path):
     assert ("spinecount: warning: s.tif: voxel size 3 x 0.12 x 0.12 um (z, y, x) is coarser "
             "than the detector is measured at") in err
     assert "UserWarning" not in err
+    # and the result keeps it: a batch's warnings are not lost in a worker's output
+    said = json.loads((tmp_path / "out" / "run.json").read_text())["warnings"]
+    assert len(said) == 1 and "is coarser than the detector is measured at" in said[0]
+    code, _, err = run_cli("detect", tif, "-o", tmp_path / "out2", "-q")
+    assert code == 0 and "warning" not in err
+    assert json.loads((tmp_path / "out2" / "run.json").read_text())["warnings"] == []
 
 
 def test_params_file_and_voxel_size_override(tmp_path):
