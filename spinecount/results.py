@@ -70,6 +70,12 @@ def provenance(stack, params, *, wall_time_s: float | None = None, extra: dict |
     return info
 
 
+def warning_messages(caught) -> list[str]:
+    """The messages of spinecount's own warnings (plain ``UserWarning``) among `caught` (from
+    ``warnings.catch_warnings(record=True)``), as ``run.json`` keeps them."""
+    return [str(w.message) for w in caught if w.category is UserWarning]
+
+
 def detection_info(stack, det, params, *, wall_time_s: float, command: str,
                    sha256: str | None = None, extra: dict | None = None) -> dict:
     """``run.json`` of a detection: its provenance, the command, time per stage and counts."""
@@ -123,12 +129,11 @@ def detect_to_folder(path, outdir, params, *, command: str, channel=None, voxel_
         stack = read_stack(path, channel=channel, voxel_size=voxel_size, timepoint=timepoint)
         det = detect(stack, params=params, traces=read_traces(traces) if traces else None,
                      progress=progress, chunk_um=chunk_um, threads=threads)
-    for w in caught:  # shown as they would have been; the UserWarnings (spinecount's) kept
+    for w in caught:  # shown as they would have been
         warnings.showwarning(w.message, w.category, w.filename, w.lineno)
-    said = [str(w.message) for w in caught if w.category is UserWarning]
     wall = time.perf_counter() - t0
     info = detection_info(stack, det, params, wall_time_s=wall, command=command, sha256=sha256,
                           extra={"traces": str(Path(traces).resolve()) if traces else "automatic",
-                                 "warnings": said, **(extra or {})})
+                                 "warnings": warning_messages(caught), **(extra or {})})
     write_result(outdir, det, info)
     return stack, det, wall

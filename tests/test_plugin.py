@@ -227,6 +227,27 @@ def test_missed_spines_are_added_from_the_candidates(make_napari_viewer, qtbot, 
     assert len(again) == 1 and len(again[0].data) == len(table) - 2
 
 
+def test_a_single_plane_is_detected_with_its_warning_kept(make_napari_viewer, qtbot,
+                                                          tmp_path):
+    """A projection opened as a 2D layer is detected; the warning that it hides spines reaches
+    the user (status line, notification) and the result's run.json."""
+    from spinecount.synthetic import make_stack
+
+    viewer = make_napari_viewer()
+    syn = make_stack(shape_um=(10, 24, 24), n_dendrites=1, branch_probability=0, seed=2)
+    viewer.add_image(syn.stack.data.max(axis=0), name="mip", scale=syn.stack.voxel_size[1:])
+    _, det = viewer.window.add_plugin_dock_widget("spinecount", "Detect spines")
+    det._image.value = viewer.layers["mip"]
+    for w, v in zip(det._voxel, syn.stack.voxel_size):
+        w.value = v
+    det._output.value = tmp_path / "mip"
+    assert det.start() is not None, det._status.value
+    qtbot.waitUntil(lambda: det.worker is None, timeout=120_000)
+    assert "1 warning(s)" in det._status.value, det._status.value
+    said = json.loads((tmp_path / "mip" / "run.json").read_text())["warnings"]
+    assert len(said) == 1 and "one plane" in said[0]
+
+
 def test_detection_can_be_cancelled(make_napari_viewer, qtbot, tmp_path):
     viewer = make_napari_viewer()
     viewer.open_sample("spinecount", "rr30a_crop")

@@ -109,7 +109,7 @@ class DetectWidget(Container):
 
         from spinecount.detection import STAGES, detect_steps
         from spinecount.io import Stack
-        from spinecount.results import detection_info, write_result
+        from spinecount.results import detection_info, warning_messages, write_result
 
         layer = self._image.value
         if layer is None:
@@ -135,21 +135,24 @@ class DetectWidget(Container):
 
         def work():
             import time
+            import warnings
 
             t0 = time.perf_counter()
-            det = yield from detect_steps(stack, params=params)
+            with warnings.catch_warnings(record=True) as caught:
+                det = yield from detect_steps(stack, params=params)
+            said = warning_messages(caught)
             yield "saving"
             write_result(folder, det, detection_info(
                 stack, det, params, wall_time_s=time.perf_counter() - t0, command="napari",
-                extra={"stack": name}))
-            return folder
+                extra={"stack": name, "warnings": said}))
+            return folder, said
 
         self._progress.max = len(STAGES) + 1
         self._progress.value = 0
         self._status.value = "detecting..."
         self.worker = thread_worker(work)()
         self.worker.yielded.connect(self._on_stage)
-        self.worker.returned.connect(lambda f: self._on_done(f, name))
+        self.worker.returned.connect(lambda done: self._on_done(*done, name))
         self.worker.errored.connect(lambda exc: setattr(self._status, "value", f"error: {exc}"))
         self.worker.finished.connect(self._on_finished)
         self._run.enabled, self._cancel.enabled = False, True
@@ -171,7 +174,9 @@ class DetectWidget(Container):
         self._run.enabled, self._cancel.enabled = True, False
         self.worker = None
 
-    def _on_done(self, folder, name):
+    def _on_done(self, folder, said, name):
+        from napari.utils.notifications import show_warning
+
         from spinecount.review import ReviewSession
 
         session = ReviewSession(folder, autosave=False)
@@ -181,6 +186,10 @@ class DetectWidget(Container):
         add_layers(self.viewer, result_layers(session, name=name))
         n, length = len(session.spines), session.summary()["length_um"].sum()
         self._status.value = f"{n} spines on {length:.0f} um of dendrite; saved in {folder}"
+        if said:  # in full where napari shows its messages, and in run.json
+            self._status.value += f"; {len(said)} warning(s), see the notifications"
+        for message in said:
+            show_warning(message)
         review_widget(self.viewer)
 
 
