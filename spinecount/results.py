@@ -125,12 +125,16 @@ def detect_to_folder(path, outdir, params, *, command: str, channel=None, voxel_
     from .traces import read_traces
 
     t0 = time.perf_counter()
-    with warnings.catch_warnings(record=True) as caught:
-        stack = read_stack(path, channel=channel, voxel_size=voxel_size, timepoint=timepoint)
-        det = detect(stack, params=params, traces=read_traces(traces) if traces else None,
-                     progress=progress, chunk_um=chunk_um, threads=threads)
-    for w in caught:  # shown as they would have been
-        warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    caught = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            stack = read_stack(path, channel=channel, voxel_size=voxel_size,
+                               timepoint=timepoint)
+            det = detect(stack, params=params, traces=read_traces(traces) if traces else None,
+                         progress=progress, chunk_um=chunk_um, threads=threads)
+    finally:  # shown as they would have been, also when the detection failed
+        for w in caught:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     wall = time.perf_counter() - t0
     info = detection_info(stack, det, params, wall_time_s=wall, command=command, sha256=sha256,
                           extra={"traces": str(Path(traces).resolve()) if traces else "automatic",

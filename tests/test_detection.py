@@ -400,8 +400,8 @@ def test_relative_intensity_does_not_depend_on_the_voxel_size():
 def test_more_small_blobs_than_16_bit_labels_hold():
     """Tracing labels the mask in 16 bits where it can; with more pieces than that it falls
     back to 32 bits and still removes every piece too small to be a dendrite."""
-    from spinecount.tracing import _trace_dendrites
     from spinecount.params import DetectionParams
+    from spinecount.tracing import _trace_dendrites
 
     vs = (1.0, 0.24, 0.24)
     mask = np.zeros((5, 600, 600), bool)
@@ -418,8 +418,8 @@ def test_a_spine_near_a_dendrite_end_is_not_taken_for_the_dendrite():
     """A dendrite that ends 1.5 um past a spine 2.5 um long: of the two short tips at the
     last junction the dendrite goes on along the one that continues it, not the longer one
     (which made the spine the dendrite, and the dendrite's real end a spine)."""
-    from spinecount.tracing import _trace_dendrites
     from spinecount.params import DetectionParams
+    from spinecount.tracing import _trace_dendrites
 
     vs = (0.5, 0.2, 0.2)
     z, y, x = np.meshgrid(*(np.arange(n) * v for n, v in zip((10, 100, 200), vs)),
@@ -440,8 +440,8 @@ def test_a_dendrite_that_runs_on_into_a_spine_at_its_end_ends_at_the_spine():
     dendrite. The dim neck and the turn tell the spine, and the dendrite ends at its base."""
     from scipy import ndimage as ndi
 
-    from spinecount.tracing import _trace_dendrites
     from spinecount.params import DetectionParams
+    from spinecount.tracing import _trace_dendrites
 
     vs = (0.5, 0.2, 0.2)
     z, y, x = np.meshgrid(*(np.arange(n) * v for n, v in zip((10, 100, 200), vs)),
@@ -491,8 +491,8 @@ def test_a_spine_that_climbs_between_slices_is_not_taken_for_a_dendrite():
     judged by its straight reach from the junction it is pruned as a spine."""
     from scipy import ndimage as ndi
 
-    from spinecount.tracing import _trace_dendrites
     from spinecount.params import DetectionParams
+    from spinecount.tracing import _trace_dendrites
 
     vs = (1.0, 0.24, 0.24)
     zyx = np.stack(np.meshgrid(*(np.arange(n) * v for n, v in zip((14, 80, 125), vs)),
@@ -515,8 +515,8 @@ def test_a_hole_in_the_mask_does_not_make_a_ring_of_dendrites():
     is then a tip that is pruned; a long cycle (a dendrite that rejoins another) is kept."""
     from scipy import ndimage as ndi
 
-    from spinecount.tracing import _trace_dendrites
     from spinecount.params import DetectionParams
+    from spinecount.tracing import _trace_dendrites
 
     vs = (1.0, 0.2, 0.2)
     zyx = np.stack(np.meshgrid(*(np.arange(n) * v for n, v in zip((9, 100, 150), vs)),
@@ -646,8 +646,8 @@ def test_a_dendrite_that_leaves_the_field_is_traced_to_its_edge():
     """A dendrite that runs out of the field sideways, with a spine 1 um before the edge:
     the skeleton of a mask stops about a radius short of its end, which would leave the last
     stretch of the dendrite to read as a spine, and the spine taken for the dendrite."""
-    from spinecount.tracing import _trace_dendrites
     from spinecount.params import DetectionParams
+    from spinecount.tracing import _trace_dendrites
 
     vs = (0.5, 0.2, 0.2)
     z, y, x = np.meshgrid(*(np.arange(n) * v for n, v in zip((10, 100, 150), vs)),
