@@ -34,9 +34,9 @@ def _cmd_detect(args) -> int:
         voxel_size=args.voxel_size, timepoint=args.timepoint, traces=args.traces,
         progress=not args.quiet, chunk_um=args.chunk_um)
     total_len = float(det.dendrites["length_um"].sum())
+    density = f"{len(det.spines) / total_len:.3f} spines/um" if total_len else "no density"
     print(f"{stack.name}: {len(det.spines)} spines on {len(det.dendrites)} dendrites "
-          f"({total_len:.1f} um, {len(det.spines) / total_len if total_len else 0:.3f} "
-          f"spines/um) in {wall:.1f} s")
+          f"({total_len:.1f} um, {density}) in {wall:.1f} s")
     print(f"results: {Path(args.output)}")
     return 0
 
@@ -228,6 +228,9 @@ def _cmd_run(args) -> int:
     n = len(res.failures)
     print(f"{res.n_computed} stacks analysed, {res.n_cached} reused from an earlier run, "
           f"{n} failed" + (f" (see {res.outdir / 'failures.csv'})" if n else ""))
+    if res.warnings:
+        print(f"{len(res.warnings)} stack(s) gave warnings (see {res.report}): "
+              + ", ".join(res.warnings))
     if len(res.turnover):
         print(f"time-lapse: {res.turnover['field'].nunique()} field(s) tracked over sessions "
               f"(see {res.outdir / 'turnover.csv'})")

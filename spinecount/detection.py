@@ -426,6 +426,12 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
     else:
         ids = np.array(sorted(traces["dendrite_id"].unique()))
     if not smooth_paths:
+        if traces is None:
+            which = "" if stack.channel is None else f" (channel {stack.channel})"
+            warnings.warn(
+                f"{stack.name}: no dendrite found, nothing bright, long and thin enough: check "
+                f"that the stack shows the dendrites in this channel{which} and that its voxel "
+                f"size is right; no spine density can be given", stacklevel=3)
         spines = empty_spines()
         centerlines = _centerline_table([], [], offset)
         dendrites = dendrite_table(centerlines, spines, smooth_um=0)

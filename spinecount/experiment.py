@@ -34,7 +34,7 @@ import multiprocessing
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -63,6 +63,7 @@ class ExperimentResult:
     n_computed: int
     n_cached: int
     turnover: pd.DataFrame  # time-lapse fields only (empty otherwise)
+    warnings: dict = field(default_factory=dict)  # stack -> the warnings its detection gave
 
     @property
     def ok(self) -> bool:
@@ -79,6 +80,14 @@ def cache_key(task: dict) -> str:
     doc = {k: task[k] for k in ("sha256", "channel", "voxel_size", "traces_sha256", "params")}
     doc["version"] = __version__
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+def _warnings(task: dict) -> list[str]:
+    """The warnings a stack's detection gave, from its ``run.json``."""
+    try:
+        return json.loads((Path(task["folder"]) / RUN_FILE).read_text()).get("warnings", [])
+    except (OSError, json.JSONDecodeError):
+        return []
 
 
 def _is_cached(folder: Path, key: str) -> bool:
@@ -319,7 +328,9 @@ def run_experiment(manifest, outdir, *, params: DetectionParams | None = None,
                       "stacks": round(t_stacks - clock["ready"], 3),
                       "aggregation": round(time.perf_counter() - t_stacks, 3)},
         "stacks": {t["stack"]: {"path": t["row"].get("path"), "sha256": t["sha256"],
-                                "cache_key": t["key"]} for t in tasks},
+                                "cache_key": t["key"],
+                                "warnings": [] if t["stack"] in failed_names else _warnings(t)}
+                   for t in tasks},
     }
     (outdir / "experiment.json").write_text(json.dumps(info, indent=2, default=str))
     from .report import write_report
@@ -327,7 +338,9 @@ def run_experiment(manifest, outdir, *, params: DetectionParams | None = None,
     report = write_report(outdir, res, info)
     return ExperimentResult(outdir, res["spines"], res["dendrites"], res["animals"],
                             res["conditions"], res["stats"], failures, report,
-                            info["n_computed"], info["n_cached"], res["turnover"])
+                            info["n_computed"], info["n_cached"], res["turnover"],
+                            {k: v["warnings"] for k, v in info["stacks"].items()
+                             if v["warnings"]})
 
 
 def _aggregate(tasks, meta, outdir: Path, failures, *, reference, min_length_um,

@@ -98,6 +98,11 @@ def write_report(outdir, res: dict, info: dict) -> Path:
     if len(fails):
         parts.append(f"<p class='fail'><b>{len(fails)} stack(s) failed</b> and are not in the "
                      "results (see Failures below).</p>")
+    warned = {k: v["warnings"] for k, v in info["stacks"].items() if v.get("warnings")}
+    if warned:
+        parts.append(f"<p class='warn'><b>{len(warned)} stack(s) gave warnings</b>:</p><ul>"
+                     + "".join(f"<li>{html.escape(m)}</li>" for ms in warned.values()
+                               for m in ms) + "</ul>")
     parts += ["<h2>Methods</h2>", f"<p>{html.escape(methods_text(res, info))}</p>"]
     if res["plots"]:
         parts.append("<h2>Figures</h2>")

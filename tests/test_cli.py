@@ -88,6 +88,20 @@ def test_stacks_coarser_than_measured_get_a_one_line_warning(tmp_path):
     assert json.loads((tmp_path / "out2" / "run.json").read_text())["warnings"] == []
 
 
+def test_a_stack_without_dendrites_says_so_and_gives_no_density(tmp_path):
+    """A channel that shows no dendrites (here: noise only) is no error, but the user is told
+    what to check, and the density is not given as 0."""
+    tif = tmp_path / "noise.tif"
+    write_imagej(tif, np.random.default_rng(0).poisson(5, (12, 160, 160)).astype(np.uint8),
+                 (1.0, 0.12, 0.12))
+    code, out, err = run_cli("detect", tif, "-o", tmp_path / "out", "-q")
+    assert code == 0
+    assert "spinecount: warning: noise.tif: no dendrite found" in err
+    assert "0 spines on 0 dendrites (0.0 um, no density)" in out
+    said = json.loads((tmp_path / "out" / "run.json").read_text())["warnings"]
+    assert len(said) == 1 and "this channel" in said[0]
+
+
 def test_params_file_and_voxel_size_override(tmp_path):
     tif = tmp_path / "syn.tif"
     main(["synth", str(tif), "--seed", "1", "--shape-um", "8", "20", "20"])

@@ -67,9 +67,10 @@ def test_swc_traces(tmp_path, syn):
     np.testing.assert_allclose(traces[["z_um", "y_um", "x_um"]], cl[["z_um", "y_um", "x_um"]])
 
 
-def test_empty_of_dendrites_gives_empty_tables():
+def test_empty_of_dendrites_gives_empty_tables_and_says_what_to_check():
     quiet = make_stack(shape_um=(6, 15, 15), n_dendrites=0, puncta_per_1000um3=0, seed=1)
-    det = spinecount.detect(quiet.stack)
+    with pytest.warns(UserWarning, match="no dendrite found.*in this channel"):
+        det = spinecount.detect(quiet.stack)
     assert len(det.spines) == 0 and len(det.dendrites) == 0
     assert "spine_id" in det.spines.columns
 

@@ -146,6 +146,28 @@ def test_failing_stack_amid_good_ones_and_resume(tmp_path, experiment):
     assert pd.read_csv(out / "failures.csv").empty
 
 
+def test_warnings_of_a_stack_reach_the_report_and_survive_the_cache(tmp_path, experiment):
+    """A stack that shows no dendrite (noise only) is analysed with a warning; the batch
+    reports it (report, experiment.json, the result) also when the stack is reused from the
+    cache."""
+    from spinecount.io import read_stack, write_imagej
+
+    manifest = _copy(experiment, tmp_path)
+    tif = manifest.parent / "stacks/m02_1.tif"
+    st = read_stack(tif)
+    noise = np.random.default_rng(0).poisson(3, st.data.shape).astype(st.data.dtype)
+    write_imagej(tif, noise, st.voxel_size)
+    out = tmp_path / "out"
+    for computed in (4, 0):
+        res = run_experiment(manifest, out, workers=0, progress=False)
+        assert res.ok and res.n_computed == computed
+        assert list(res.warnings) == ["stacks__m02_1"]
+        assert "no dendrite found" in res.warnings["stacks__m02_1"][0]
+    info = json.loads((out / "experiment.json").read_text())["stacks"]
+    assert [k for k, v in info.items() if v["warnings"]] == ["stacks__m02_1"]
+    assert "1 stack(s) gave warnings" in (out / "report.html").read_text()
+
+
 def test_interrupted_run_resumes(tmp_path, experiment):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "spinecount.cli", "run", str(experiment), "-o", str(out),
