@@ -22,6 +22,10 @@ from .errors import InputError
 __all__ = ["Stack", "read_stack", "write_imagej", "file_sha256", "check_voxel_size"]
 
 VOXEL_HINT = "give it with --voxel-size Z Y X (micrometres) or voxel_size=(z, y, x)"
+#: Voxel sizes (um) outside these ranges are refused as a mistake (most often nanometres or
+#: millimetres taken for micrometres): no spine can be seen at coarser pixels, and none of
+#: today's microscopes samples finer. Within them, the detector warns where it is not measured.
+PLAUSIBLE_Z_STEP_UM, PLAUSIBLE_PIXEL_UM = (0.01, 20.0), (0.005, 2.0)
 
 # Length units to micrometres. Keys are lower case.
 _UNIT_UM = {
@@ -102,6 +106,13 @@ def check_voxel_size(voxel_size, *, path=None) -> tuple[float, float, float]:
     if not all(np.isfinite(v) and v > 0 for v in vs):
         raise InputError(f"voxel size {vs} must be positive and finite (micrometres)", path=path,
                          hint=VOXEL_HINT)
+    (lo_z, hi_z), (lo_xy, hi_xy) = PLAUSIBLE_Z_STEP_UM, PLAUSIBLE_PIXEL_UM
+    if not (lo_z <= vs[0] <= hi_z and lo_xy <= min(vs[1:]) and max(vs[1:]) <= hi_xy):
+        raise InputError(
+            f"voxel size {vs[0]:g} x {vs[1]:g} x {vs[2]:g} um (z, y, x) is not that of a stack "
+            f"in which spines can be seen (z steps {lo_z:g}-{hi_z:g} um, pixels {lo_xy:g}-"
+            f"{hi_xy:g} um): is it in nanometres or millimetres?", path=path,
+            hint="give it in micrometres with --voxel-size Z Y X or voxel_size=(z, y, x)")
     return vs
 
 

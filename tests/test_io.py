@@ -219,3 +219,16 @@ def test_non_positive_voxel_size(tmp_path, vs):
     write_imagej(path, _vol(), (1, 0.1, 0.1))
     with pytest.raises(InputError, match="positive"):
         read_stack(path, voxel_size=vs)
+
+
+@pytest.mark.parametrize("vs", [(1000, 120, 120), (1, 0.12, 120), (0.001, 0.00012, 0.00012),
+                                (50, 0.1, 0.1)])
+def test_a_voxel_size_in_the_wrong_unit_is_refused(tmp_path, vs):
+    """Nanometres or millimetres taken for micrometres give a clear error, not a detection at
+    1000 times the scale."""
+    path = tmp_path / "a.tif"
+    write_imagej(path, _vol(), (1, 0.1, 0.1))
+    with pytest.raises(InputError) as e:
+        read_stack(path, voxel_size=vs)
+    assert "nanometres or millimetres" in _one_line(e, "a.tif")
+    assert read_stack(path, voxel_size=(20, 2, 0.005)).voxel_size == (20, 2, 0.005)
