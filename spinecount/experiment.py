@@ -333,14 +333,14 @@ def run_experiment(manifest, outdir, *, params: DetectionParams | None = None,
                    for t in tasks},
     }
     (outdir / "experiment.json").write_text(json.dumps(info, indent=2, default=str))
+    res["warnings"] = {k: v["warnings"] for k, v in info["stacks"].items() if v["warnings"]}
     from .report import write_report
 
     report = write_report(outdir, res, info)
     return ExperimentResult(outdir, res["spines"], res["dendrites"], res["animals"],
                             res["conditions"], res["stats"], failures, report,
                             info["n_computed"], info["n_cached"], res["turnover"],
-                            {k: v["warnings"] for k, v in info["stacks"].items()
-                             if v["warnings"]})
+                            res["warnings"])
 
 
 def _aggregate(tasks, meta, outdir: Path, failures, *, reference, min_length_um,

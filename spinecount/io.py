@@ -111,8 +111,7 @@ def check_voxel_size(voxel_size, *, path=None) -> tuple[float, float, float]:
         raise InputError(
             f"voxel size {vs[0]:g} x {vs[1]:g} x {vs[2]:g} um (z, y, x) is not that of a stack "
             f"in which spines can be seen (z steps {lo_z:g}-{hi_z:g} um, pixels {lo_xy:g}-"
-            f"{hi_xy:g} um): is it in nanometres or millimetres?", path=path,
-            hint="give it in micrometres with --voxel-size Z Y X or voxel_size=(z, y, x)")
+            f"{hi_xy:g} um): is it in nanometres or millimetres?", path=path, hint=VOXEL_HINT)
     return vs
 
 

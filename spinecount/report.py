@@ -98,7 +98,7 @@ def write_report(outdir, res: dict, info: dict) -> Path:
     if len(fails):
         parts.append(f"<p class='fail'><b>{len(fails)} stack(s) failed</b> and are not in the "
                      "results (see Failures below).</p>")
-    warned = {k: v["warnings"] for k, v in info["stacks"].items() if v.get("warnings")}
+    warned = res.get("warnings", {})
     if warned:
         parts.append(f"<p class='warn'><b>{len(warned)} stack(s) gave warnings</b>:</p><ul>"
                      + "".join(f"<li>{html.escape(m)}</li>" for ms in warned.values()
