@@ -646,5 +646,3 @@ def _centerline_table(ids, lines, offset) -> pd.DataFrame:
         [pd.DataFrame({"dendrite_id": int(i), "z_um": q[:, 0] + offset[0],
                        "y_um": q[:, 1] + offset[1], "x_um": q[:, 2] + offset[2]})
          for i, q in zip(ids, lines)], ignore_index=True)
-
-

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
+
 def downsample_xy(data: np.ndarray, f: int) -> np.ndarray:
     """Block-mean a (z, y, x) stack by `f` in y and x, as float32 (the input is not converted
     as a whole); rows and columns that do not fill a block are dropped.
