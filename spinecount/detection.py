@@ -136,6 +136,9 @@ from .tracing import (LOCAL_REACH_UM, _mask_threshold, _recentre, _tile_mask, _t
 #: The coarsest z step and lateral pixel (um) the detector is measured at (README, Measured
 #: accuracy); coarser stacks are detected with a warning.
 MEASURED_Z_STEP_UM, MEASURED_PIXEL_UM = 2.0, 0.3
+#: Where at least this fraction of the dendrites' centre line lies at the stack's highest grey
+#: value, the dendrites are saturated and the detection warns (:func:`_warn_if_saturated`).
+SATURATED_FRACTION = 0.05
 #: Stages of the detection, in order (yielded by :func:`detect_steps`, timed in ``timings``).
 STAGES = ("prepare", "dendrites", "shaft model", "spines")
 
@@ -634,6 +637,7 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
         out_ids, diam = list(range(len(lines))), {k: diam[d] for k, d in enumerate(source)}
     centerlines = _centerline_table(out_ids, lines, offset)
     dendrites = dendrite_table(centerlines, spines, diam, smooth_um=0)
+    _warn_if_saturated(stack, centerlines, spines)
     return Detection(spines, dendrites, centerlines, [q + offset for q in lines], mask, timings,
                      candidates)
 
@@ -646,3 +650,23 @@ def _centerline_table(ids, lines, offset) -> pd.DataFrame:
         [pd.DataFrame({"dendrite_id": int(i), "z_um": q[:, 0] + offset[0],
                        "y_um": q[:, 1] + offset[1], "x_um": q[:, 2] + offset[2]})
          for i, q in zip(ids, lines)], ignore_index=True)
+
+
+def _warn_if_saturated(stack: Stack, centerlines: pd.DataFrame, spines: pd.DataFrame) -> None:
+    """Warn where at least ``SATURATED_FRACTION`` of the centre line points lie on a voxel at
+    the stack's highest grey value: the shaft's brightness is clipped there, and the sizes and
+    intensities read from brightness against it are biased."""
+    top = stack.data.max()
+
+    def share(table):
+        idx = np.round(table[POSITION].to_numpy(float) / np.asarray(stack.voxel_size))
+        idx = np.clip(idx.astype(int), 0, np.asarray(stack.data.shape) - 1)
+        return float(np.mean(stack.data[tuple(idx.T)] == top)) if len(idx) else 0.0
+    line = share(centerlines)
+    if line >= SATURATED_FRACTION:
+        warnings.warn(
+            f"{stack.name}: {line:.0%} of the dendrites' centre line and {share(spines):.0%} of "
+            f"the spine heads lie at the stack's highest grey value ({top:g}), saturated: head "
+            f"and neck diameters and relative intensities, read from brightness against the "
+            f"shaft's, are biased there; image with less laser power or detector gain",
+            stacklevel=4)

@@ -345,6 +345,23 @@ def test_a_single_plane_is_detected_with_a_warning():
     assert not [w for w in caught if "one plane" in str(w.message)]
 
 
+def test_saturated_dendrites_are_warned_about():
+    """A stack clipped at the brightness of its dendrites' middle (as a detector at too high a
+    gain clips it) warns that sizes read from brightness are biased; the same stack unclipped
+    does not."""
+    syn = make_stack(shape_um=(12, 30, 30), n_dendrites=1, branch_probability=0, seed=1)
+    idx = np.round(syn.centerlines[["z_um", "y_um", "x_um"]].to_numpy()
+                   / np.asarray(syn.stack.voxel_size)).astype(int)
+    level = np.median(syn.stack.data[tuple(idx.T)])
+    clipped = dataclasses.replace(syn.stack, data=np.minimum(syn.stack.data, level))
+    with pytest.warns(UserWarning, match="of the dendrites' centre line .* saturated"):
+        spinecount.detect(clipped)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        spinecount.detect(syn.stack)
+    assert not [w for w in caught if "saturated" in str(w.message)]
+
+
 @pytest.mark.parametrize("radius_um", [4.0, 7.0])
 def test_a_soma_in_the_field_is_left_out_and_the_dendrites_are_still_found(radius_um):
     """A cell body is not a dendrite: nothing is traced in it and no spine sits on it. It
