@@ -25,7 +25,7 @@ VOXEL_HINT = "give it with --voxel-size Z Y X (micrometres) or voxel_size=(z, y,
 #: Voxel sizes (um) outside these ranges are refused as a mistake (most often nanometres or
 #: millimetres taken for micrometres): no spine can be seen at coarser pixels, and none of
 #: today's microscopes samples finer. Within them, the detector warns where it is not measured.
-PLAUSIBLE_Z_STEP_UM, PLAUSIBLE_PIXEL_UM = (0.01, 20.0), (0.005, 2.0)
+ACCEPTED_Z_STEP_UM, ACCEPTED_PIXEL_UM = (0.01, 20.0), (0.005, 2.0)
 
 # Length units to micrometres. Keys are lower case.
 _UNIT_UM = {
@@ -36,7 +36,9 @@ _UNIT_UM = {
     "cm": 1e4, "centimeter": 1e4, "m": 1e6, "meter": 1e6, "metre": 1e6,
 }  # fmt: skip
 
-# A pixel bigger or smaller than this is not a microscope pixel but a default (72 dpi etc).
+# A resolution tag bigger or smaller than this is not a microscope pixel but a default (72 dpi
+# etc) and counts as missing. Wider than ACCEPTED_PIXEL_UM: a real calibration of a coarse
+# image is read as it is, and then refused with its own message.
 _PLAUSIBLE_PIXEL_UM = (0.005, 50.0)
 
 
@@ -106,7 +108,7 @@ def check_voxel_size(voxel_size, *, path=None) -> tuple[float, float, float]:
     if not all(np.isfinite(v) and v > 0 for v in vs):
         raise InputError(f"voxel size {vs} must be positive and finite (micrometres)", path=path,
                          hint=VOXEL_HINT)
-    (lo_z, hi_z), (lo_xy, hi_xy) = PLAUSIBLE_Z_STEP_UM, PLAUSIBLE_PIXEL_UM
+    (lo_z, hi_z), (lo_xy, hi_xy) = ACCEPTED_Z_STEP_UM, ACCEPTED_PIXEL_UM
     if not (lo_z <= vs[0] <= hi_z and lo_xy <= min(vs[1:]) and max(vs[1:]) <= hi_xy):
         raise InputError(
             f"voxel size {vs[0]:g} x {vs[1]:g} x {vs[2]:g} um (z, y, x) is not that of a stack "
