@@ -73,8 +73,8 @@ class Stack:
     path: str | None = None
     metadata: dict = field(default_factory=dict)
 
-    def __post_init__(self):
-        self.voxel_size = tuple(float(v) for v in self.voxel_size)
+    def __post_init__(self):  # every stack, read or made, gets the same check
+        self.voxel_size = check_voxel_size(self.voxel_size, path=self.path)
 
     @property
     def shape_um(self) -> tuple[float, float, float]:
@@ -454,7 +454,7 @@ def _channel_stack(zcyx, c, file_vs, voxel_size, path, meta) -> Stack:
             missing = ", ".join(a for a, v in zip("zyx", (z, y, x)) if v is None)
             raise InputError(f"voxel size ({missing}) is not in the file's metadata", path=path,
                              hint=VOXEL_HINT)
-        vs, source = check_voxel_size((z, y, x), path=path), "file"
+        vs, source = (z, y, x), "file"  # checked by Stack
     return Stack(
         data=data,
         voxel_size=vs,

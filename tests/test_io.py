@@ -7,7 +7,7 @@ import pytest
 import tifffile
 
 from spinecount.errors import InputError
-from spinecount.io import read_stack, write_imagej
+from spinecount.io import Stack, read_stack, write_imagej
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_stacks"
 
@@ -232,3 +232,5 @@ def test_a_voxel_size_in_the_wrong_unit_is_refused(tmp_path, vs):
         read_stack(path, voxel_size=vs)
     assert "nanometres or millimetres" in _one_line(e, "a.tif")
     assert read_stack(path, voxel_size=(20, 2, 0.005)).voxel_size == (20, 2, 0.005)
+    with pytest.raises(InputError, match="nanometres or millimetres"):  # a stack made in code
+        Stack(_vol(), vs)

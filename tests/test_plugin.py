@@ -246,6 +246,8 @@ def test_a_single_plane_is_detected_with_its_warning_kept(make_napari_viewer, qt
     assert "1 warning(s)" in det._status.value, det._status.value
     said = json.loads((tmp_path / "mip" / "run.json").read_text())["warnings"]
     assert len(said) == 1 and "one plane" in said[0]
+    det._voxel[0].value = 30  # a z step no stack of spines has: refused as files are
+    assert det.start() is None and "nanometres or millimetres" in det._status.value
 
 
 def test_detection_can_be_cancelled(make_napari_viewer, qtbot, tmp_path):

@@ -108,6 +108,7 @@ class DetectWidget(Container):
         from napari.qt.threading import thread_worker
 
         from spinecount.detection import STAGES, detect_steps
+        from spinecount.errors import InputError
         from spinecount.io import Stack
         from spinecount.results import detection_info, warning_messages, write_result
 
@@ -128,9 +129,13 @@ class DetectWidget(Container):
         if data.ndim != 3:
             self._status.value = f"{layer.name}: expected a 3D stack, got {data.ndim} dimensions"
             return None
-        stack = Stack(data, tuple(w.value for w in self._voxel),
-                      channel=layer.metadata.get("spinecount_channel"),
-                      path=layer.metadata.get("spinecount_path"))
+        try:
+            stack = Stack(data, tuple(w.value for w in self._voxel),
+                          channel=layer.metadata.get("spinecount_channel"),
+                          path=layer.metadata.get("spinecount_path"))
+        except InputError as exc:
+            self._status.value = str(exc)
+            return None
         params, name = self.params(), layer.name
 
         def work():
