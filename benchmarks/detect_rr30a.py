@@ -9,7 +9,8 @@ spines of detected dendrites that run along the traced ones
 (``spines_along``: spines of dendrites crossing the tube were never annotated); per
 traced segment, the length of the detected dendrites that run along it against its traced length
 and the density of their spines against the annotated density (``match_dendrites``; the density
-of all detected spines in the segment's tube, crossing dendrites' included, in brackets); time
+of all detected spines in the segment's tube, crossing dendrites' included, in brackets); what
+lies near each missed spine and the recall of short and long spines (``misses``); time
 per stage, for the stack read and detected in a fresh process and again for the same stack
 detected a second time (as every stack after the first of a batch is: numba compiling skan's
 graph code, about 3.5 s of work, falls on the first stack of a process only), and peak
@@ -79,10 +80,59 @@ def run_one(data: Path, session: int) -> dict:
             "timings_s": {"read": round(t_read, 2), **det.timings}, "wall_s": round(wall, 2),
             "again_s": round(wall_again, 2), "again_timings_s": again,
             "n_dendrites": len(det.dendrites), "peak_rss_mb": peak_mb,
+            "misses": misses(ev.matched, det.candidates, gt),
             "fields": smaller_fields(stack, det.spines, gt, cl),
             "resampled": resampled(stack, gt, cl),
             "moved": moved_or_mirrored(stack, det.spines, gt, cl),
             "projected": projected(stack, det.spines, gt, cl)}
+
+
+def misses(matched, candidates, gt) -> dict:
+    """What lies near each annotated spine the detector missed (``status`` fn of
+    ``evaluate(...).matched``, compared at the distal edge), the first that holds of: a false
+    detection within 2 um laterally and 2 um axially (the same spine found at another point, or
+    a bump on the shaft found instead of it), a detection matched to another annotated spine
+    that near (two spines close together, one detection), a candidate (``candidates.csv``)
+    within the matching distances, nothing; and the recall by how far each annotated head lies
+    from its annotated base in the image plane (short spines are missed most)."""
+    import numpy as np
+
+    from spinecount.evaluate import AXIAL_TOL_UM, LATERAL_TOL_UM, distal_edge, match_points
+    from spinecount.tables import POSITION
+
+    def near(points, others, lateral, axial):
+        if not len(others):
+            return np.zeros(len(points), bool)
+        d = points[:, None] - others[None]
+        return np.any((np.hypot(d[..., 1], d[..., 2]) <= lateral)
+                      & (np.abs(d[..., 0]) <= axial), axis=1)
+
+    def at(status, who):
+        return matched.loc[matched["status"] == status,
+                           [f"{who}_{c}" for c in POSITION]].to_numpy(float)
+
+    fn = at("fn", "gt")
+    kinds = {"a false detection within 2 um": near(fn, at("fp", "pred"), 2.0, 2.0),
+             "next to a detection matched to another": near(fn, at("tp", "pred"), 2.0, 2.0),
+             "a candidate matches": np.zeros(len(fn), bool)}
+    if len(candidates) and len(fn):
+        pairs = match_points(distal_edge(candidates), fn, lateral_tol=LATERAL_TOL_UM,
+                             axial_tol=AXIAL_TOL_UM)
+        kinds["a candidate matches"][pairs[:, 1]] = True
+    left = np.ones(len(fn), bool)
+    counts = {}
+    for name, hit in kinds.items():
+        counts[name] = int((hit & left).sum())
+        left &= ~hit
+    counts["nothing within 2 um"] = int(left.sum())
+    scored = matched[matched["status"] != "fp"]
+    g = gt.iloc[scored["gt_index"].to_numpy(int)]
+    reach = np.hypot(*(g[["y_um", "x_um"]].to_numpy(float)
+                       - g[["base_y_um", "base_x_um"]].to_numpy(float)).T)
+    found = (scored["status"] == "tp").to_numpy()
+    bins = {"under 1.5 um": reach < 1.5, "1.5 um or more": reach >= 1.5}
+    by_reach = {k: [int(found[b].sum()), int(b.sum())] for k, b in bins.items()}
+    return {"kinds": counts, "by_reach": by_reach}
 
 
 def shifted(table, by, *, mirror: str = ""):
@@ -248,6 +298,10 @@ def main():
                   f"{seg['density_error'][i]:+.0%}); length "
                   f"{seg['matched_length_um'][i]:.1f} vs traced {seg['length_um'][i]:.1f} um "
                   f"(error {seg['length_error'][i]:+.0%})")
+        mi = r["misses"]
+        print("  the misses: " + ", ".join(f"{k} {n}" for k, n in mi["kinds"].items())
+              + "; found by how far the annotated head lies from its base: " + ", ".join(
+                  f"{k} {a} of {b}" for k, (a, b) in mi["by_reach"].items()))
         print(f"  time {r['wall_s']:.1f} s {r['timings_s']}; a later stack of the same "
               f"process (skan's code compiled) {r['again_s']:.1f} s {r['again_timings_s']}; "
               f"peak memory {r['peak_rss_mb']:.0f} MB")
