@@ -97,15 +97,14 @@ def misses(matched, candidates, gt) -> dict:
     from its annotated base in the image plane (short spines are missed most)."""
     import numpy as np
 
-    from spinecount.evaluate import AXIAL_TOL_UM, LATERAL_TOL_UM, distal_edge, match_points
+    from spinecount.evaluate import (AXIAL_TOL_UM, LATERAL_TOL_UM, _pairs_within, distal_edge,
+                                     match_points)
     from spinecount.tables import POSITION
 
     def near(points, others, lateral, axial):
-        if not len(others):
-            return np.zeros(len(points), bool)
-        d = points[:, None] - others[None]
-        return np.any((np.hypot(d[..., 1], d[..., 2]) <= lateral)
-                      & (np.abs(d[..., 0]) <= axial), axis=1)
+        hit = np.zeros(len(points), bool)
+        hit[_pairs_within(points, others, lateral, axial)[:, 0]] = True
+        return hit
 
     def at(status, who):
         return matched.loc[matched["status"] == status,
