@@ -42,12 +42,14 @@ The method, in order (all distances in micrometres, converted with the stack's v
    each axis. Alternatively the caller gives the centre lines (``traces``), which are used as
    they are.
 4. **Shaft model.** Every voxel near a dendrite is assigned to its nearest centre line point
-   (z scaled by the PSF's axial elongation). Per 4 um stretch of dendrite, the median intensity
-   by side, lateral distance (0.2 um bins) and z offset (slices) is the shaft, forced never to get
-   brighter further out, and interpolated in z between the slices at each voxel's own offset
-   (a centre line between two slices would otherwise leave a ridge above or below the shaft)
-   and laterally between the middles of the bins (the steep edge of the shaft would otherwise
-   leave a step of residual at every bin).
+   (z scaled by the PSF's axial elongation), up to ``max_spine_length_um`` (in whole slices)
+   above or below it: further out lie no spines, only background and structures that are not
+   traced, which would set the noise curve (step 5) too high next to the shaft. Per 4 um
+   stretch of dendrite, the median intensity by side, lateral distance (0.2 um bins) and z
+   offset (slices) is the shaft, forced never to get brighter further out, and interpolated
+   in z between the slices at each voxel's own offset (a centre line between two slices would
+   otherwise leave a ridge above or below the shaft) and laterally between the middles of the
+   bins (the steep edge of the shaft would otherwise leave a step of residual at every bin).
    The model is then fitted again without the voxels beyond ``SHAFT_CLIP_RADII`` shaft radii
    where the first model's residual stands out by ``SHAFT_CLIP_SD`` local noise SDs: where
    spines crowd one side of a stretch, they would otherwise raise its medians and be taken
@@ -65,6 +67,11 @@ The method, in order (all distances in micrometres, converted with the stack's v
    spine further out. Peaks that pass these tests only with ``candidate_threshold`` and
    ``candidate_protrusion_fraction`` (or score under ``min_score``) are the candidates: not
    counted; time-lapse linking looks among them for a spine missed on one day.
+   A peak is where the residual stands out most against the local noise, which grows
+   towards the shaft, so next to a bright shaft it lies a little further out than the head's
+   brightest point: the head is placed at the peak but measured (sizes, length, distance from
+   the shaft) at the residual's own maximum next to it (``CLIMB_STEPS`` voxels at most;
+   measured at the peak, stubby heads read small and far out, and were typed thin).
    Each is attached to its nearest dendrite, its head placed at the depth where the image is
    brightest at its position (within the axial PSF's FWHM of the peak: the residual is pushed
    away from the shaft in z, where the model's long axial blur is taken off), its base on the
@@ -120,8 +127,8 @@ import pandas as pd
 from .chunks import AUTO_CHUNK_UM, AUTO_CHUNK_VOXELS, assemble_lattice, map_tiles, plan_tiles
 from .grid import (_gaussian_at, _lookup, _sigma_vox, _slice_stats, downsample_xy,
                    upsample_z)
-from .heads import (_apart, _drop_necks, _head_sigma_um, _local_peaks, _measure, _near_enough,
-                    _sizes, _suppress)
+from .heads import (_apart, _drop_necks, _head_measured_at_maximum, _head_sigma_um,
+                    _local_peaks, _measure, _near_enough, _sizes, _suppress)
 from .io import Stack
 from .morphology import classify_spine
 from .params import DetectionParams
@@ -581,8 +588,12 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
         near = _near_enough(local, tile.origin, rz, tree, pts, shafts, vs, p)
         rows = [None] * len(local)
         for i, dc, ni, need in zip(*near):
-            rows[i] = _measure(local[i], local[i] + tile.origin, dc, ni, need, rz[i], rs, ms,
-                               pts, shafts, vs, p)
+            row = _measure(local[i], local[i] + tile.origin, dc, ni, need, rz[i], rs, ms,
+                           pts, shafts, vs, p)
+            if row is not None:
+                row = _head_measured_at_maximum(row, local[i], tile.origin, tree, need, rz[i],
+                                                rs, ms, pts, shafts, vs, p)
+            rows[i] = row
         return local + tile.origin, rz, rows
 
     parts = over_tiles(peaks)

@@ -24,6 +24,12 @@ NECK_WINDOW = (0.05, 0.55)
 #: before sizes are read from it (dim heads would otherwise come out too big and their necks
 #: too narrow)
 PEAK_BIAS_SD = 1.0
+#: a head is measured (sizes, length, distance from the shaft) at the residual's own maximum,
+#: reached by climbing the residual from the peak of contrast for at most this many voxels
+#: (its position stays at that peak: see :func:`_head_measured_at_maximum`)
+CLIMB_STEPS = 4
+#: the measurements read at the residual's maximum
+HEAD_FIELDS = ("_head", "_neck", "_tip", "_surface", "_k", "_reach")
 #: such a protrusion at least this many times as long as its head is wide is a tube
 TUBE_RATIO = 1.5
 #: a peak that fails the protrusion test is still a spine where the residual this far (um)
@@ -196,12 +202,52 @@ def _near_enough(local, origin, rz, tree, pts: _Points, shafts: _Shafts, vs,
     return which, dc[which], ni[which], p.spine_threshold + far[which]
 
 
+_NEIGHBOURS = np.argwhere(np.ones((3, 3, 3), bool)) - 1
+
+
+def _climb(li, rs: np.ndarray, steps: int) -> np.ndarray:
+    """From voxel `li` of `rs`, up the steepest of its 26 neighbours while it rises, at most
+    `steps` times: the residual's local maximum next to it (an index into `rs`)."""
+    li = np.asarray(li)
+    top = np.asarray(rs.shape) - 1
+    for _ in range(steps):
+        nb = np.clip(li + _NEIGHBOURS, 0, top)
+        v = rs[tuple(nb.T)]
+        j = int(np.argmax(v))
+        if v[j] <= rs[tuple(li)]:
+            break
+        li = nb[j]
+    return li
+
+
+def _head_measured_at_maximum(row: dict, li, origin, tree, threshold, contrast, rs, ms,
+                              pts: _Points, shafts: _Shafts, vs, p: DetectionParams) -> dict:
+    """A spine row of :func:`_measure` with its head's measurements (:data:`HEAD_FIELDS`) read
+    again at the residual's own maximum next to its peak (:func:`_climb`; `li` the peak's index
+    in the tile's arrays, whose first voxel is `origin`).
+
+    Peaks are maxima of the residual in local noise units, and the noise grows with the
+    shaft's brightness: next to a bright shaft a peak lies a little further out than the head's
+    brightest point, and a head measured there reads too small and too far out (stubby spines
+    as thin ones). The position stays at the peak."""
+    top = _climb(li, rs, CLIMB_STEPS)
+    if np.array_equal(top, li):
+        return row
+    gi = top + origin
+    dc, ni = tree.query(gi * np.asarray(vs))
+    head = _measure(top, gi, dc, ni, threshold, contrast, rs, ms, pts, shafts, vs, p,
+                    test=False)
+    row.update({k: head[k] for k in HEAD_FIELDS})
+    return row
+
+
 def _measure(li, gi, dc, ni, threshold, contrast, rs, ms, pts: _Points, shafts: _Shafts, vs,
-             p: DetectionParams) -> dict | None:
+             p: DetectionParams, *, test: bool = True) -> dict | None:
     """One residual peak (`li`: index in the tile's arrays, `gi`: on the working grid) that
     passed :func:`_near_enough` (`dc`: distance to the nearest centre line point `ni`;
     `threshold`: the contrast a spine there needs; `contrast`: its rz) as a spine row, or None
-    where it is a bulge of the shaft itself rather than a protrusion."""
+    where it is a bulge of the shaft itself rather than a protrusion (not tested where `test`
+    is false: a head measured again)."""
     zi, yi, xi = li
     hp = gi * np.asarray(vs)
     k = int(pts.owner[ni])
@@ -224,7 +270,7 @@ def _measure(li, gi, dc, ni, threshold, contrast, rs, ms, pts: _Points, shafts: 
     peak = rs[zi, yi, xi]
     cpt = pts.xyz[ni]
     fraction = peak / max(peak + ms[zi, yi, xi], 1e-12)
-    if fraction < p.min_protrusion_fraction:
+    if test and fraction < p.min_protrusion_fraction:
         # a bulge of the shaft itself, not a protrusion from it, unless compact along it
         along = smoothed_at(hp[None] + np.outer([-BULGE_UM, BULGE_UM], pts.tan[ni]))
         if along.max() > BULGE_FRACTION * peak:

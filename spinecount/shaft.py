@@ -19,7 +19,7 @@ from .tables import resample_polyline
 CENTRE_SMOOTHING_UM = (0.0, 0.3, 0.3)
 #: the shaft model is fitted again without the voxels outside this many shaft radii where the
 #: residual (smoothed at the head scale) stands this many local noise SDs above it: spines
-SHAFT_CLIP_RADII, SHAFT_CLIP_SD = 1.25, 2.5
+SHAFT_CLIP_RADII, SHAFT_CLIP_SD = 1.25, 2.0
 
 
 @dataclass
@@ -150,7 +150,13 @@ class _ShaftModel:
     def cells(self, tile: Tile, shape_e):
         """For a tile's extent: the voxels within reach (`region`), their cell, their z offset
         from the middle of its z bin (slices), and the centre line voxels (flat index into the
-        extent, and the point drawn there)."""
+        extent, and the point drawn there).
+
+        Within reach: within `reach` of the nearest centre line point (z scaled by the PSF
+        elongation) and in one of the model's z bins, at most ``max_spine_length_um`` (in
+        whole slices) above or below it. The voxels further above or below, most of the volume
+        within `reach`, hold no spine but background and structures that are not traced: they
+        set the residual's noise curve too high near the shaft, where short spines are."""
         pts, vs = self.pts, self.vs
         lab = np.zeros(shape_e, np.int32)
         local = pts.idx - tile.origin
@@ -165,18 +171,23 @@ class _ShaftModel:
         line = np.flatnonzero(lab)
         line_point = lab.ravel()[line] - 1
         del lab
+        # z offset from the nearest centre line point (slices); none beyond the last z bin
+        u = ((where[0] + tile.origin[0]) * vs[0] - pts.xyz[point, 0]) / vs[0]
+        beyond = np.abs(u) > self.n_dz + 0.5
+        region[tuple(w[beyond] for w in where)] = False
+        where, point, u = tuple(w[~beyond] for w in where), point[~beyond], u[~beyond]
+        del beyond
         # position relative to the nearest centre line point, one axis at a time (memory)
         rel = [(w + o) * v - pts.xyz[point, a]
-               for a, (w, o, v) in enumerate(zip(where, tile.origin, vs))]
-        u = rel[0] / vs[0]
+               for a, (w, o, v) in enumerate(zip(where, tile.origin, vs)) if a]
         dzb = np.clip(np.round(u).astype(int), -self.n_dz, self.n_dz)
         frac = np.where(np.abs(dzb) < self.n_dz, u - dzb, 0).astype(np.float32)
         dzb += self.n_dz
-        lat = (np.hypot(rel[1], rel[2]) / self.LAT_UM).astype(np.float32)
+        lat = (np.hypot(*rel) / self.LAT_UM).astype(np.float32)
         latb = np.minimum(lat.astype(int), self.n_lat - 1)
         # lateral position from the middle of the bin (bins), for the lateral interpolation
         lat -= latb + np.float32(0.5)
-        side = (pts.tan[point, 1] * rel[2] - pts.tan[point, 2] * rel[1] > 0).astype(int)
+        side = (pts.tan[point, 1] * rel[1] - pts.tan[point, 2] * rel[0] > 0).astype(int)
         del rel
         key = ((pts.group[point] * (2 * self.n_dz + 1) + dzb) * 2 + side) * self.n_lat + latb
         return (region, key.astype(np.int32 if self.n_cells < 2**31 else np.int64),
