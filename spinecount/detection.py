@@ -70,8 +70,8 @@ The method, in order (all distances in micrometres, converted with the stack's v
    A peak is where the residual stands out most against the local noise, which grows
    towards the shaft, so next to a bright shaft it lies a little further out than the head's
    brightest point: the head is placed at the peak but measured (sizes, length, distance from
-   the shaft) at the residual's own maximum next to it (``CLIMB_STEPS`` voxels at most;
-   measured at the peak, stubby heads read small and far out, and were typed thin).
+   the shaft) at the residual's own maximum next to it in the image plane (``CLIMB_UM`` away
+   at most; measured at the peak, stubby heads read small and far out, and were typed thin).
    Each is attached to its nearest dendrite, its head placed at the depth where the image is
    brightest at its position (within the axial PSF's FWHM of the peak: the residual is pushed
    away from the shaft in z, where the model's long axial blur is taken off), its base on the

@@ -25,9 +25,10 @@ NECK_WINDOW = (0.05, 0.55)
 #: too narrow)
 PEAK_BIAS_SD = 1.0
 #: a head is measured (sizes, length, distance from the shaft) at the residual's own maximum,
-#: reached by climbing the residual from the peak of contrast for at most this many voxels
-#: (its position stays at that peak: see :func:`_head_measured_at_maximum`)
-CLIMB_STEPS = 4
+#: reached by climbing the residual in the image plane from the peak of contrast, at most this
+#: far (um; further, the climb runs down the neck of a thin spine with a dim head); its
+#: position stays at the peak: see :func:`_head_measured_at_maximum`
+CLIMB_UM = 0.5
 #: the measurements read at the residual's maximum
 HEAD_FIELDS = ("_head", "_neck", "_tip", "_surface", "_k", "_reach")
 #: such a protrusion at least this many times as long as its head is wide is a tube
@@ -202,12 +203,13 @@ def _near_enough(local, origin, rz, tree, pts: _Points, shafts: _Shafts, vs,
     return which, dc[which], ni[which], p.spine_threshold + far[which]
 
 
-_NEIGHBOURS = np.argwhere(np.ones((3, 3, 3), bool)) - 1
+_NEIGHBOURS = np.argwhere(np.ones((1, 3, 3), bool)) - [0, 1, 1]  # in the image plane
 
 
 def _climb(li, rs: np.ndarray, steps: int) -> np.ndarray:
-    """From voxel `li` of `rs`, up the steepest of its 26 neighbours while it rises, at most
-    `steps` times: the residual's local maximum next to it (an index into `rs`)."""
+    """From voxel `li` of `rs`, up the steepest of its 8 neighbours in the image plane while it
+    rises, at most `steps` times: the residual's maximum next to it in its slice (an index into
+    `rs`; a head's depth is found apart, see :func:`_measure`)."""
     li = np.asarray(li)
     top = np.asarray(rs.shape) - 1
     for _ in range(steps):
@@ -230,7 +232,7 @@ def _head_measured_at_maximum(row: dict, li, origin, tree, threshold, contrast, 
     shaft's brightness: next to a bright shaft a peak lies a little further out than the head's
     brightest point, and a head measured there reads too small and too far out (stubby spines
     as thin ones). The position stays at the peak."""
-    top = _climb(li, rs, CLIMB_STEPS)
+    top = _climb(li, rs, int(CLIMB_UM / vs[1] + 1e-6))
     if np.array_equal(top, li):
         return row
     gi = top + origin
