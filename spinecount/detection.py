@@ -292,7 +292,7 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
         warnings.warn(
             f"{stack.name}: one plane (a projection or a single optical section), not a z-stack: "
             f"spines above and below a dendrite are hidden in it, so expect fewer (on rr30a's "
-            f"maximum projections recall was 0.39 and 0.49 against 0.68 and 0.74 in the "
+            f"maximum projections recall was 0.40 and 0.51 against 0.74 and 0.81 in the "
             f"z-stacks; README, Measured accuracy); detect in the z-stack where there is one",
             stacklevel=3)
     elif vz > MEASURED_Z_STEP_UM + 1e-9 or max(vy, vx) > MEASURED_PIXEL_UM + 1e-9:
