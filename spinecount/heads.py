@@ -29,8 +29,9 @@ PEAK_BIAS_SD = 1.0
 #: far (um; further, the climb runs down the neck of a thin spine with a dim head); its
 #: position stays at the peak: see :func:`_head_measured_at_maximum`
 CLIMB_UM = 0.5
-#: the measurements read at the residual's maximum
-HEAD_FIELDS = ("_head", "_neck", "_tip", "_surface", "_k", "_reach")
+#: the measurements read at the residual's maximum (the dendrite, whose brightness sizes
+#: them, stays the one the peak is attached to)
+HEAD_FIELDS = ("_head", "_neck", "_tip", "_surface", "_reach")
 #: such a protrusion at least this many times as long as its head is wide is a tube
 TUBE_RATIO = 1.5
 #: a peak that fails the protrusion test is still a spine where the residual this far (um)
