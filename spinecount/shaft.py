@@ -177,7 +177,7 @@ class _ShaftModel:
         region[tuple(w[beyond] for w in where)] = False
         where, point, u = tuple(w[~beyond] for w in where), point[~beyond], u[~beyond]
         del beyond
-        # position relative to the nearest centre line point, one axis at a time (memory)
+        # y and x relative to the nearest centre line point, one axis at a time (memory)
         rel = [(w + o) * v - pts.xyz[point, a]
                for a, (w, o, v) in enumerate(zip(where, tile.origin, vs)) if a]
         dzb = np.clip(np.round(u).astype(int), -self.n_dz, self.n_dz)

@@ -657,7 +657,7 @@ def test_heads_off_their_dendrite_are_left_out(monkeypatch, seed):
         found.append((set(ev.loc[ev.status == "tp", "gt_index"].astype(int)), np.flatnonzero(off),
                       ev.loc[ev.status == "fp", "pred_index"].astype(int).to_numpy()))
     (tp_all, off_all, false_all), (tp, off, _) = found
-    assert len(off_all) and set(off_all) <= set(false_all)
+    assert len(off_all) == 2 and set(off_all) <= set(false_all)
     assert len(off) == 0
     assert tp == tp_all
 
