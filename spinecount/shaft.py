@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .chunks import Tile
-from .grid import _nearest_zero
+from .grid import _nearest_point
 from .optics import AXIAL_RATIO
 from .params import DetectionParams
 from .tables import resample_polyline
@@ -162,15 +162,15 @@ class _ShaftModel:
         local = pts.idx - tile.origin
         inside = np.all((local >= 0) & (local < np.asarray(shape_e)), axis=1)
         lab[tuple(local[inside].T)] = np.flatnonzero(inside) + 1
-        near, dist = _nearest_zero(lab == 0, (vs[0] / AXIAL_RATIO, vs[1], vs[2]))
-        region = dist <= self.reach
-        del dist
-        where = np.nonzero(region)
-        point = lab[tuple(near[:, where[0], where[1], where[2]])] - 1
-        del near
         line = np.flatnonzero(lab)
         line_point = lab.ravel()[line] - 1
         del lab
+        nearest = _nearest_point(np.column_stack(np.unravel_index(line, shape_e)), line_point,
+                                 shape_e, (vs[0] / AXIAL_RATIO, vs[1], vs[2]), self.reach)
+        region = nearest >= 0
+        where = np.nonzero(region)
+        point = nearest[where]
+        del nearest
         # z offset from the nearest centre line point (slices); none beyond the last z bin
         u = ((where[0] + tile.origin[0]) * vs[0] - pts.xyz[point, 0]) / vs[0]
         beyond = np.abs(u) > self.n_dz + 0.5
