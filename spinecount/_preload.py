@@ -1,11 +1,12 @@
 """Imported once by the process that forks the workers of a local cluster (see
 ``spinecount.experiment``): every worker then starts with spinecount imported and skan's numba
-code compiled, which would otherwise cost each worker about 3 s before its first stack."""
+code compiled (and spinecount's own loaded), which would otherwise cost each worker about 3 s
+before its first stack."""
 
 import importlib
 
-from .tracing import _warm_skan
+from .tracing import _warm_numba
 
 for _name in ("experiment", "plots", "results"):  # what process_stack imports
     importlib.import_module(f"{__package__}.{_name}")
-_warm_skan(wait=True)
+_warm_numba(wait=True)

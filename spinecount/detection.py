@@ -138,7 +138,7 @@ from .shaft import (CENTRE_SMOOTHING_UM, SHAFT_CLIP_RADII, SHAFT_CLIP_SD, _pack,
 from .tables import (BASE, POSITION, _numbered, dendrite_table, empty_spines, polyline_length,
                      smooth_polyline)
 from .tracing import (LOCAL_REACH_UM, _mask_threshold, _recentre, _tile_mask, _trace_dendrites,
-                      _warm_skan)
+                      _warm_numba)
 
 #: The coarsest z step and lateral pixel (um) the detector is measured at (README, Measured
 #: accuracy); coarser stacks are detected with a warning.
@@ -279,7 +279,7 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
     p = params or DetectionParams()
     timings: dict[str, float] = {}
     if traces is None:
-        _warm_skan()
+        _warm_numba()
 
     def lap(name, t0):
         timings[name] = round(time.perf_counter() - t0, 3)

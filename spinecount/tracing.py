@@ -11,7 +11,7 @@ import threading
 import numpy as np
 
 from .chunks import Tile
-from .grid import _box_max, _vertex
+from .grid import _box_max, _nearest_point, _vertex
 from .optics import AXIAL_SCALE
 from .params import DetectionParams
 from .tables import CENTERLINE_STEP_UM, smooth_polyline
@@ -56,10 +56,11 @@ _warm_lock = threading.Lock()
 _warm_started = False
 
 
-def _warm_skan(*, wait: bool = False) -> None:
-    """Compile skan's numba code once per process, in a background thread unless `wait`: about
-    3 s that otherwise fall on the first stack, and that overlap the first stages (which run in
-    C code, outside Python's lock)."""
+def _warm_numba(*, wait: bool = False) -> None:
+    """Compile skan's numba code and load spinecount's own (:func:`grid._nearest_point`) once
+    per process, in a background thread unless `wait`: about 3 s that otherwise fall on the
+    first stack, and that overlap the first stages (which run in C code, outside Python's
+    lock)."""
     global _warm_started
 
     def toy():
@@ -72,6 +73,7 @@ def _warm_skan(*, wait: bool = False) -> None:
             skan.summarize(skel, separator="_")
             skel.path_coordinates(0)
             skel.prune_paths([0])
+            _nearest_point(np.array([[1, 6, 6]]), np.zeros(1), sk.shape, (1.0, 0.5, 0.5), 1.0)
         except Exception:  # the real call will say what is wrong
             pass
 
@@ -82,7 +84,7 @@ def _warm_skan(*, wait: bool = False) -> None:
         if wait:
             toy()
         else:
-            threading.Thread(target=toy, name="spinecount-warm-skan", daemon=True).start()
+            threading.Thread(target=toy, name="spinecount-warm-numba", daemon=True).start()
 
 
 def _branch_ends(summ):
