@@ -160,6 +160,32 @@ def test_isotonic_fit_is_the_least_squares_monotone_fit():
                 np.testing.assert_allclose(got[i, :, j], want, atol=1e-6)
 
 
+def test_nearest_point_within_reach_is_the_feature_transforms():
+    # the shaft model's cells: each voxel's nearest centre line voxel, found by visiting only
+    # the voxels within reach of each; the same distances as scipy's feature transform over the
+    # whole array, anisotropic, with points at the array's edges
+    from scipy import ndimage as ndi
+
+    from spinecount.grid import _nearest_point
+
+    rng = np.random.default_rng(3)
+    shape, sampling, reach = (9, 40, 33), (0.4, 0.25, 0.3), 2.2
+    idx = np.unique(np.vstack([rng.integers(0, shape, size=(12, 3)), [[0, 0, 0], [8, 39, 32]]]),
+                    axis=0)
+    ids = rng.permutation(len(idx)) + 100
+    got = _nearest_point(idx, ids, shape, sampling, reach)
+    lines = np.ones(shape, bool)
+    lines[tuple(idx.T)] = False
+    dist = ndi.distance_transform_edt(lines, sampling=sampling)
+    np.testing.assert_array_equal(got >= 0, dist <= reach)
+    assert (got >= 0).mean() < 0.9  # some voxels lie beyond reach
+    at = {i: p for i, p in zip(ids, idx)}
+    z, y, x = np.nonzero(got >= 0)
+    own = np.array([at[i] for i in got[z, y, x]])
+    d = np.sqrt(sum(((c - own[:, a]) * sampling[a]) ** 2 for a, c in enumerate((z, y, x))))
+    np.testing.assert_allclose(d, dist[z, y, x], rtol=1e-6)
+
+
 def test_dim_thin_spines_and_filopodia_are_found():
     # their heads are barely brighter than the noise; a shaft model that follows the noise up
     # away from the shaft (a running maximum) hid about half of them
