@@ -156,12 +156,13 @@ def _nearest_point(idx: np.ndarray, ids: np.ndarray, shape, sampling,
 
 @numba.njit(cache=True, nogil=True)
 def _nearest_within(idx, ids, shape, sampling, reach):
+    """:func:`_nearest_point`'s loop: each point over the ellipsoid of voxels within reach."""
     owner = np.full(shape, -1, np.int32)
-    best = np.full(shape, np.inf, np.float32)
+    best = np.full(shape, np.inf, np.float32)  # squared distance to the nearest point so far
     r2 = reach * reach
+    rz = int(reach / sampling[0])
     for k in range(idx.shape[0]):
         z0, y0, x0 = idx[k, 0], idx[k, 1], idx[k, 2]
-        rz = int(reach / sampling[0])
         for z in range(max(z0 - rz, 0), min(z0 + rz + 1, shape[0])):
             dz2 = ((z - z0) * sampling[0]) ** 2
             ry = int(np.sqrt(max(r2 - dz2, 0.0)) / sampling[1])
