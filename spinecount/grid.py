@@ -4,7 +4,8 @@ z to it, and the small array operations the stages of :func:`spinecount.detectio
 
 from __future__ import annotations
 
-import numba
+from functools import cache
+
 import numpy as np
 
 
@@ -149,12 +150,20 @@ def _nearest_point(idx: np.ndarray, ids: np.ndarray, shape, sampling,
     ...                2.0)[0, 0].tolist()
     [7, 7, 7, 7, -1, -1]
     """
-    return _nearest_within(np.asarray(idx, np.int64).reshape(-1, 3),
-                           np.asarray(ids, np.int32), tuple(int(n) for n in shape),
-                           tuple(float(v) for v in sampling), float(reach))
+    return _compiled_nearest_within()(np.asarray(idx, np.int64).reshape(-1, 3),
+                                      np.asarray(ids, np.int32), tuple(int(n) for n in shape),
+                                      tuple(float(v) for v in sampling), float(reach))
 
 
-@numba.njit(cache=True, nogil=True)
+@cache
+def _compiled_nearest_within():
+    """:func:`_nearest_within` compiled (cached on disk), numba imported only here: what
+    imports this module without detecting (registration) does not pay for it."""
+    import numba
+
+    return numba.njit(cache=True, nogil=True)(_nearest_within)
+
+
 def _nearest_within(idx, ids, shape, sampling, reach):
     """:func:`_nearest_point`'s loop: each point over the ellipsoid of voxels within reach."""
     owner = np.full(shape, -1, np.int32)
