@@ -32,12 +32,36 @@ def _cmd_detect(args) -> int:
     stack, det, wall = detect_to_folder(
         args.stack, args.output, params, command="detect", channel=args.channel,
         voxel_size=args.voxel_size, timepoint=args.timepoint, traces=args.traces,
-        progress=not args.quiet, chunk_um=args.chunk_um)
+        progress=not args.quiet, chunk_um=args.chunk_um, classifier=args.classifier)
     total_len = float(det.dendrites["length_um"].sum())
     density = f"{len(det.spines) / total_len:.3f} spines/um" if total_len else "no density"
     print(f"{stack.name}: {len(det.spines)} spines on {len(det.dendrites)} dendrites "
           f"({total_len:.1f} um, {density}) in {wall:.1f} s")
     print(f"results: {Path(args.output)}")
+    return 0
+
+
+def _cmd_train(args) -> int:
+    from .classifier import train_classifier
+    from .errors import InputError
+    from .io import read_stack
+    from .params import DetectionParams, load_params
+    from .tables import read_centerlines, read_spines
+
+    lines = args.centerlines or []
+    if len(args.spines) != len(args.stack) or (lines and len(lines) != len(args.stack)):
+        raise InputError(f"{len(args.stack)} --stack, {len(args.spines)} --spines and "
+                         f"{len(lines)} --centerlines given",
+                         hint="give one --spines (and one --centerlines, or none) per --stack")
+    params = load_params(args.params) if args.params else DetectionParams()
+    examples = ((read_stack(f, channel=args.channel, voxel_size=args.voxel_size),
+                 read_spines(s), read_centerlines(c) if c else None)
+                for f, s, c in zip(args.stack, args.spines, lines or [None] * len(args.stack)))
+    clf = train_classifier(examples, params=params, compare_at=args.compare_at,
+                           progress=not args.quiet)
+    clf.save(args.output)
+    print(f"classifier trained on {clf.trained_on['peaks']} peaks "
+          f"({clf.trained_on['spines']} spines) of {len(args.stack)} stack(s): {args.output}")
     return 0
 
 
@@ -263,8 +287,30 @@ def build_parser() -> argparse.ArgumentParser:
                                     "tracing them")
     p.add_argument("--chunk-um", type=float, help="process in overlapping lateral chunks of "
                    "this size (um); same result (default: automatic for large stacks)")
+    p.add_argument("--classifier", help="choose the spines with this trained classifier "
+                                        "(spinecount train) instead of the rules")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_detect)
+
+    p = sub.add_parser("train", help="train a classifier that chooses spines among the "
+                                      "detector's peaks, from annotated or reviewed stacks")
+    p.add_argument("--stack", action="append", required=True,
+                   help="a stack (repeat for each; one --spines per --stack, in order)")
+    p.add_argument("--spines", action="append", required=True,
+                   help="its spines CSV in um (annotated, or a reviewed spines.csv)")
+    p.add_argument("--centerlines", action="append",
+                   help="its annotated dendrites (CSV: dendrite_id, z_um, y_um, x_um): only "
+                        "peaks near them are used (give one per --stack, or none: every "
+                        "spine of the field is annotated)")
+    p.add_argument("--compare-at", choices=("head", "distal_edge"), default="head",
+                   help="where the annotation was clicked: the head's centre (default) or "
+                        "its distal edge")
+    p.add_argument("-o", "--output", required=True, help="classifier file to write (JSON)")
+    _voxel_arg(p)
+    p.add_argument("--channel", type=int, help="channel index in multi-channel files")
+    p.add_argument("--params", help="JSON file of detection parameters (a run.json works)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("demo", help="run a synthetic experiment (control, chronic stress, "
                                      "ketamine) and the bundled real sample")

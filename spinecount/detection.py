@@ -185,7 +185,8 @@ class Detection:
 
 def detect(stack: Stack, *, params: DetectionParams | None = None, traces: pd.DataFrame | None
            = None, return_mask: bool = False, progress: bool = False,
-           chunk_um: float | None = None, threads: int | None = None) -> Detection:
+           chunk_um: float | None = None, threads: int | None = None,
+           classifier=None) -> Detection:
     """Trace the dendrites of a stack and detect their spines.
 
     Parameters
@@ -209,6 +210,11 @@ def detect(stack: Stack, *, params: DetectionParams | None = None, traces: pd.Da
         ones in one piece.
     threads : int, optional
         Threads that process chunks in parallel (default: one per core).
+    classifier : SpineClassifier or path, optional
+        A trained classifier (:mod:`spinecount.classifier`, ``spinecount train``) that
+        chooses the spines among a looser pool of peaks instead of the rules; the spines'
+        ``score`` is then its probability, and the candidates are the peaks it gives at least
+        half its threshold.
 
     Returns
     -------
@@ -230,7 +236,7 @@ def detect(stack: Stack, *, params: DetectionParams | None = None, traces: pd.Da
     from tqdm.auto import tqdm
 
     steps = detect_steps(stack, params=params, traces=traces, return_mask=return_mask,
-                         chunk_um=chunk_um, threads=threads)
+                         chunk_um=chunk_um, threads=threads, classifier=classifier)
     with tqdm(total=len(STAGES), desc=f"detect {stack.name}", unit="stage", leave=False,
               disable=not progress) as bar:
         while True:
@@ -260,7 +266,8 @@ def _halo_px(vs, p: DetectionParams) -> int:
 
 def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
                  traces: pd.DataFrame | None = None, return_mask: bool = False,
-                 chunk_um: float | None = None, threads: int | None = None):
+                 chunk_um: float | None = None, threads: int | None = None,
+                 classifier=None):
     """:func:`detect` as a generator: yields the name of each stage of :data:`STAGES` as it
     finishes and returns the :class:`Detection` (the ``value`` of ``StopIteration``).
 
@@ -277,6 +284,12 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
     from scipy.spatial import cKDTree
 
     p = params or DetectionParams()
+    if classifier is not None:
+        from .classifier import SpineClassifier, pool_params
+
+        if not isinstance(classifier, SpineClassifier):
+            classifier = SpineClassifier.load(classifier)
+        p = pool_params(p)
     timings: dict[str, float] = {}
     if traces is None:
         _warm_numba()
@@ -626,6 +639,9 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
         spines["type"] = classify_spine(spines["head_diameter_um"], spines["neck_diameter_um"],
                                         spines["length_um"])
         weak = spines.pop("_candidate").to_numpy(bool) | (spines["score"] < p.min_score)
+        if classifier is not None:
+            weak, keep = _chosen(classifier, stack, spines, weak)
+            spines = spines[keep]
         spines, candidates = _numbered(spines[~weak]), _numbered(spines[weak])
     else:
         spines = empty_spines()
@@ -651,6 +667,18 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
     _warn_if_saturated(stack, centerlines, spines)
     return Detection(spines, dendrites, centerlines, [q + offset for q in lines], mask, timings,
                      candidates)
+
+
+def _chosen(classifier, stack: Stack, peaks: pd.DataFrame, weak: np.ndarray):
+    """The classifier's choice among the pool of `peaks` (`weak`: those the rules do not
+    count): its probability becomes their ``score``; returns which peaks are weak (under its
+    threshold) and which are kept at all (at least half its threshold)."""
+    from .classifier import peak_features
+
+    prob = classifier.predict_proba(peak_features(stack, peaks.assign(passes_rules=~weak)))
+    peaks["score"] = prob
+    keep = prob >= classifier.threshold / 2
+    return (prob < classifier.threshold)[keep], keep
 
 
 def _centerline_table(ids, lines, offset) -> pd.DataFrame:

@@ -114,11 +114,13 @@ def write_result(outdir, detection, run_info: dict) -> dict[str, Path]:
 def detect_to_folder(path, outdir, params, *, command: str, channel=None, voxel_size=None,
                      timepoint=None, traces=None, progress: bool = False,
                      extra: dict | None = None, sha256: str | None = None,
-                     chunk_um: float | None = None, threads: int | None = None):
+                     chunk_um: float | None = None, threads: int | None = None,
+                     classifier=None):
     """Read one stack, detect its spines, and write its result folder with provenance.
 
     `chunk_um` and `threads` go to :func:`spinecount.detection.detect` (they do not change
-    the result). Returns ``(stack, detection, wall_time_s)``.
+    the result), and `classifier` (a path; its file and digest are recorded). Returns
+    ``(stack, detection, wall_time_s)``.
     """
     from .detection import detect
     from .io import read_stack
@@ -126,12 +128,20 @@ def detect_to_folder(path, outdir, params, *, command: str, channel=None, voxel_
 
     t0 = time.perf_counter()
     caught = []
+    model = None
+    if classifier is not None:
+        from .classifier import SpineClassifier
+
+        model = SpineClassifier.load(classifier)
+        extra = {**(extra or {}), "classifier": {"path": str(Path(classifier).resolve()),
+                                                 "sha256": model.digest()}}
     try:
         with warnings.catch_warnings(record=True) as caught:
             stack = read_stack(path, channel=channel, voxel_size=voxel_size,
                                timepoint=timepoint)
             det = detect(stack, params=params, traces=read_traces(traces) if traces else None,
-                         progress=progress, chunk_um=chunk_um, threads=threads)
+                         progress=progress, chunk_um=chunk_um, threads=threads,
+                         classifier=model)
     finally:  # shown as they would have been, also when the detection failed
         for w in caught:
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)

@@ -1,0 +1,127 @@
+"""Does a trained classifier (:mod:`spinecount.classifier`) choose spines better than the rules,
+on dendrites it was not trained on?
+
+Leave one traced segment out: for each of rr30a's segments, a classifier is trained on the
+other segments of the annotated sessions together with synthetic stacks (the five cases of
+``detect_synthetic.py``), and chooses among the peaks of the segment left out. Prints per
+session the F1 of the rules and of the classifier (compared at the distal edge, as
+``detect_rr30a.py``), and on the synthetic stacks, each seed left out in turn, the same.
+
+With ``--write-model PATH`` it then trains one model on every annotated session and every
+synthetic stack and writes it: the built-in model (``spinecount/models/rr30a_classifier.json``,
+``--classifier rr30a``) is made so.
+
+    python benchmarks/classifier_rr30a.py [--data ../shared/data/rr30a] [--seeds 3]
+        [--write-model spinecount/models/rr30a_classifier.json]
+"""
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from detect_synthetic import CASES
+from spinecount.classifier import fit_classifier, label_peaks, peak_features, pool_params
+from spinecount.detection import detect
+from spinecount.evaluate import evaluate, nearest_dendrite
+from spinecount.io import read_stack
+from spinecount.synthetic import make_stack
+from spinecount.tables import read_centerlines, read_spines
+
+HERE = Path(__file__).resolve().parent
+
+
+def pool(stack, truth, centerlines, compare_at):
+    """The detector's loose pool of peaks with their features and labels."""
+    t = time.perf_counter()
+    det = detect(stack, params=pool_params())
+    peaks = pd.concat([det.spines.assign(passes_rules=1), det.candidates.assign(passes_rules=0)],
+                      ignore_index=True)
+    t_detect = time.perf_counter() - t
+    feats = peak_features(stack, peaks)
+    t_feat = time.perf_counter() - t - t_detect
+    return peaks, feats, label_peaks(peaks, truth, centerlines=centerlines,
+                                     compare_at=compare_at), (t_detect, t_feat)
+
+
+def f1(peaks, chosen, truth, centerlines, compare_at):
+    return evaluate(peaks[chosen], truth, centerlines=centerlines,
+                    pred_point=compare_at).summary["f1"]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", default=str(HERE.parent.parent / "shared/data/rr30a"))
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--write-model", help="train on everything and write the model here")
+    a = ap.parse_args()
+    data = Path(a.data)
+    real = {}
+    for path in sorted(data.glob("rr30a_s[0-9]*_spines.csv")):
+        s = path.name.split("_")[1]
+        truth = read_spines(path)
+        lines = read_centerlines(data / f"rr30a_{s}_backbone.csv")
+        stack = read_stack(data / f"rr30a_{s}.tif")
+        peaks, feats, labels, secs = pool(stack, truth, lines, "distal_edge")
+        segment = nearest_dendrite(peaks[["z_um", "y_um", "x_um"]].to_numpy(float), lines)
+        real[s] = (peaks, feats, labels, segment, truth, lines)
+        print(f"{s}: {len(peaks)} peaks, {int(np.nansum(labels))} of {len(truth)} annotated "
+              f"spines among them; pool {secs[0]:.1f} s, features {secs[1]:.1f} s", flush=True)
+    syn = []
+    for c, (vs, photons) in enumerate(CASES):
+        for seed in range(a.seeds):
+            truth = make_stack(voxel_size=vs, peak_photons=photons, seed=seed)
+            peaks, feats, labels, _ = pool(truth.stack, truth.spines, None, "head")
+            syn.append((c, seed, peaks, feats, labels, truth.spines))
+    syn_x = pd.concat([s[3] for s in syn], ignore_index=True)
+    syn_y = np.concatenate([s[4] for s in syn])
+
+    segments = sorted(set(np.concatenate([r[3] for r in real.values()]).tolist()))
+    prob = {s: np.full(len(r[0]), np.nan) for s, r in real.items()}
+    threshold = 0.5
+    for seg in segments:
+        x = pd.concat([r[1][r[3] != seg] for r in real.values()] + [syn_x], ignore_index=True)
+        y = np.concatenate([r[2][r[3] != seg] for r in real.values()] + [syn_y])
+        model = fit_classifier(x, y)
+        threshold = model.threshold
+        for s, r in real.items():
+            out = r[3] == seg
+            prob[s][out] = model.predict_proba(r[1][out])
+    print(f"rr30a, each of {len(segments)} segments left out in turn (F1 at the distal edge):")
+    for s, (peaks, _, _, _, truth, lines) in real.items():
+        rules = f1(peaks, peaks["passes_rules"].to_numpy(bool), truth, lines, "distal_edge")
+        learned = f1(peaks, prob[s] >= threshold, truth, lines, "distal_edge")
+        print(f"  {s}: rules {rules:.3f}, classifier {learned:.3f}")
+
+    real_x = pd.concat([r[1] for r in real.values()], ignore_index=True)
+    real_y = np.concatenate([r[2] for r in real.values()])
+    print("synthetic, each seed left out in turn (trained with all of rr30a):")
+    scores = {}  # (case, seed): (rules, classifier)
+    for seed in range(a.seeds):
+        x = pd.concat([real_x] + [s[3] for s in syn if s[1] != seed], ignore_index=True)
+        y = np.concatenate([real_y] + [s[4] for s in syn if s[1] != seed])
+        model = fit_classifier(x, y)
+        for c, _, peaks, feats, _, truth in (s for s in syn if s[1] == seed):
+            scores[c, seed] = (
+                f1(peaks, peaks["passes_rules"].to_numpy(bool), truth, None, "head"),
+                f1(peaks, model.predict_proba(feats) >= model.threshold, truth, None, "head"))
+    for c, (vs, photons) in enumerate(CASES):
+        rules, learned = np.mean([scores[c, seed] for seed in range(a.seeds)], axis=0)
+        print(f"  voxel {vs} um, {photons} photons: rules {rules:.3f}, classifier "
+              f"{learned:.3f}")
+    if a.write_model:
+        model = fit_classifier(pd.concat([real_x, syn_x], ignore_index=True),
+                               np.concatenate([real_y, syn_y]), trained_on={
+            "compare_at": "distal_edge",
+            "peaks": int(np.isfinite(np.concatenate([real_y, syn_y])).sum()),
+            "spines": int(np.nansum(np.concatenate([real_y, syn_y]))),
+            "stacks": [f"rr30a_{s}.tif (MapManager rr30a, PyMapManager-Data, MIT licence; "
+                       f"annotated spines at the distal edge of the head)" for s in real]
+            + [f"{len(syn)} synthetic stacks (spinecount.synthetic, cases of "
+               f"detect_synthetic.py, seeds 0-{a.seeds - 1})"]})
+        print(f"model written to {model.save(a.write_model)}")
+
+if __name__ == "__main__":
+    main()

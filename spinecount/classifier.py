@@ -1,0 +1,320 @@
+"""A learned choice among the detector's peaks: features of each peak, a linear model over
+them, and its training from annotated or reviewed spines.
+
+The rules of :func:`spinecount.detect` decide from a peak's measurements alone. A classifier
+also sees the image around the peak: a patch of the stack in the peak's own frame (from the
+shaft outwards through the head, and across), in micrometres and relative to the shaft's
+brightness at the spine's base, so that it reads the same at any pixel size and brightness.
+It chooses among a looser pool of peaks (:data:`POOL_THRESHOLD`) than the rules count.
+
+The rules stay the default: on rr30a a model trained on other dendrites of the same field and
+on synthetic stacks chose better than the rules by about 0.02 in F1, within what one F1 is
+good to, and on the synthetic stacks slightly worse (``benchmarks/classifier_rr30a.py``;
+README, Measured accuracy). One model is built in, ``"rr30a"`` (:data:`BUILTIN`), trained on
+both annotated rr30a sessions and synthetic stacks, for in-vivo stacks like those. Train one on
+your own annotated or reviewed stacks with :func:`train_classifier` (``spinecount train``) and
+detect with it (``detect(..., classifier=...)``, ``spinecount detect --classifier FILE``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import InputError
+from .tables import BASE, POSITION
+
+#: Models shipped with spinecount, by name (``benchmarks/classifier_rr30a.py --write-model``).
+BUILTIN = {"rr30a": "rr30a_classifier.json"}
+#: Peaks down to this contrast (noise SDs) and with any protrusion fraction form the pool a
+#: classifier chooses from (the rules count peaks from ``spine_threshold``).
+POOL_THRESHOLD = 1.5
+#: The patch: along the line from the spine's base through its head (0 at the head, negative
+#: towards the shaft) and across it, um.
+PATCH_ALONG_UM = np.arange(-3.5, 2.51, 0.25)
+PATCH_ACROSS_UM = np.arange(-2.0, 2.01, 0.25)
+#: Lateral smoothing (um) of the stack, and the depth (um either side of the head) over which
+#: its maximum is taken, before the patch is read.
+PATCH_SMOOTHING_UM = 0.12
+PATCH_DEPTH_UM = 1.0
+#: The peak's measurements a classifier sees besides the patch (``passes_rules``: 1 where
+#: the rules alone count the peak as a spine).
+MEASURES = ("head_diameter_um", "neck_length_um", "length_um", "shaft_distance_um",
+            "relative_intensity", "score", "contrast", "neck_diameter_um", "passes_rules")
+
+
+def patch_columns() -> list[str]:
+    return [f"patch_{i}" for i in range(len(PATCH_ALONG_UM) * len(PATCH_ACROSS_UM))]
+
+
+def peak_features(stack, peaks: pd.DataFrame) -> pd.DataFrame:
+    """Features of each peak for a classifier: its measurements (:data:`MEASURES`; the log of
+    its contrast added) and a patch of the stack around it.
+
+    Parameters
+    ----------
+    stack : Stack
+        The stack the peaks were detected in.
+    peaks : DataFrame
+        Spines and candidates of :func:`spinecount.detect` (the spines table's columns) with
+        a ``passes_rules`` column.
+
+    Returns
+    -------
+    DataFrame
+        One row per peak, in its order: the measurements, ``log_contrast`` and the patch
+        (``patch_0`` ...; along the spine in rows of :data:`PATCH_ACROSS_UM`), the patch
+        divided by the stack's brightness at the spine's base (background subtracted).
+
+    Examples
+    --------
+    >>> from spinecount.synthetic import make_stack
+    >>> from spinecount.detection import detect
+    >>> syn = make_stack(shape_um=(10, 24, 24), n_dendrites=1, branch_probability=0, seed=2)
+    >>> sp = detect(syn.stack).spines.assign(passes_rules=1)
+    >>> f = peak_features(syn.stack, sp)
+    >>> len(f) == len(sp), f.shape[1] == len(MEASURES) + 1 + len(patch_columns())
+    (True, True)
+    """
+    from scipy import ndimage as ndi
+
+    missing = [c for c in (*MEASURES, *POSITION, *BASE) if c not in peaks]
+    if missing:
+        raise InputError(f"peaks lack column(s) {', '.join(missing)}",
+                         hint="pass spines and candidates of spinecount.detect")
+    data = np.asarray(stack.data)
+    vs = np.asarray(stack.voxel_size, float)
+    step = max(1, int(np.ceil(np.sqrt(data[0].size / 200_000))))
+    sample = data[:, ::step, ::step].astype(np.float32)
+    bg = float(np.median(sample))
+    floor = max(0.01 * float(np.percentile(sample, 99.9) - bg), 1e-6)
+
+    head = peaks[list(POSITION)].to_numpy(float)
+    base = peaks[list(BASE)].to_numpy(float)
+    along = head[:, 1:] - base[:, 1:]
+    along /= np.maximum(np.linalg.norm(along, axis=1, keepdims=True), 1e-9)
+    across = np.column_stack([-along[:, 1], along[:, 0]])
+    a, c = PATCH_ALONG_UM[None, :, None], PATCH_ACROSS_UM[None, None, :]
+    yx = [head[:, k, None, None] + a * along[:, k - 1, None, None]
+          + c * across[:, k - 1, None, None] for k in (1, 2)]
+    reach = np.hypot(np.abs(PATCH_ALONG_UM).max(), PATCH_ACROSS_UM.max())
+    sigma = (0.0, PATCH_SMOOTHING_UM / vs[1], PATCH_SMOOTHING_UM / vs[2])
+    margin = np.array([np.ceil(PATCH_DEPTH_UM / vs[0]),
+                       *np.ceil((reach + 4 * PATCH_SMOOTHING_UM) / vs[1:]) + 2]).astype(int)
+    patches, base_value = np.zeros(yx[0].shape, np.float32), np.zeros(len(peaks))
+    for i in range(len(peaks)):
+        centre = np.round(head[i] / vs).astype(int)
+        lo = np.maximum(centre - margin, 0)
+        hi = np.minimum(centre + margin + 1, data.shape)
+        box = ndi.gaussian_filter(data[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+                                  .astype(np.float32), sigma).max(axis=0) - bg
+        at = [yx[0][i] / vs[1] - lo[1], yx[1][i] / vs[2] - lo[2]]
+        patches[i] = ndi.map_coordinates(box, at, order=1, mode="nearest")
+        base_value[i] = ndi.map_coordinates(
+            box, [[base[i, 1] / vs[1] - lo[1]], [base[i, 2] / vs[2] - lo[2]]], order=1,
+            mode="nearest")[0]
+    patches /= np.maximum(base_value, floor)[:, None, None]
+    out = peaks[list(MEASURES)].astype(float).reset_index(drop=True)
+    out["log_contrast"] = np.log(np.clip(out["contrast"].to_numpy(), 0.1, None))
+    return pd.concat([out, pd.DataFrame(patches.reshape(len(peaks), -1),
+                                        columns=patch_columns())], axis=1)
+
+
+def _mirrored(features: np.ndarray) -> np.ndarray:
+    """The features of each peak with its patch mirrored across the spine's axis."""
+    n = len(MEASURES) + 1
+    patch = features[:, n:].reshape(len(features), len(PATCH_ALONG_UM), -1)[:, :, ::-1]
+    return np.hstack([features[:, :n], patch.reshape(len(features), -1)])
+
+
+@dataclass
+class SpineClassifier:
+    """A logistic regression over :func:`peak_features` (standardised), averaged over each
+    patch and its mirror image.
+
+    Attributes
+    ----------
+    columns : list of str
+        The features, in the order of `coef`.
+    mean, scale, coef : list of float
+        Standardisation and weights per feature.
+    intercept : float
+    threshold : float
+        Peaks with a probability at least this are spines.
+    trained_on : dict
+        What the model was trained on (stacks, peaks, annotated spines).
+    """
+
+    columns: list
+    mean: list
+    scale: list
+    coef: list
+    intercept: float
+    threshold: float = 0.5
+    trained_on: dict = field(default_factory=dict)
+
+    def predict_proba(self, features: pd.DataFrame) -> np.ndarray:
+        """Probability that each peak is a spine."""
+        missing = [c for c in self.columns if c not in features]
+        if missing:
+            raise InputError(f"features lack {len(missing)} column(s) the classifier needs "
+                             f"({', '.join(missing[:3])} ...)",
+                             hint="the model was made for another version of spinecount's "
+                                  "features: train it again (spinecount train)")
+        x = features[self.columns].to_numpy(float)
+        w, m, s = (np.asarray(v, float) for v in (self.coef, self.mean, self.scale))
+        prob = [1 / (1 + np.exp(-(((v - m) / s) @ w + self.intercept)))
+                for v in (x, _mirrored(x))]
+        return (prob[0] + prob[1]) / 2
+
+    def save(self, path) -> Path:
+        path = Path(path)
+        path.write_text(json.dumps({"spinecount_classifier": 1, **asdict(self)}, indent=1))
+        return path
+
+    @classmethod
+    def load(cls, path) -> "SpineClassifier":
+        """Read a model saved with :meth:`save`, or a built-in one by name (:data:`BUILTIN`).
+
+        Examples
+        --------
+        >>> SpineClassifier.load("rr30a").trained_on["compare_at"]
+        'distal_edge'
+        """
+        if str(path) in BUILTIN:
+            from importlib.resources import files
+
+            path = files("spinecount") / "models" / BUILTIN[str(path)]
+        path = Path(path)
+        if not path.exists():
+            raise InputError("classifier file not found", path=path,
+                             hint="make one with spinecount train")
+        try:
+            d = json.loads(path.read_text())
+            d.pop("spinecount_classifier")
+            return cls(**d)
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise InputError(f"not a spinecount classifier ({exc})", path=path,
+                             hint="make one with spinecount train") from None
+
+    def digest(self) -> str:
+        """SHA-256 of the model, for provenance."""
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
+
+
+def label_peaks(peaks: pd.DataFrame, annotated: pd.DataFrame, *, centerlines=None,
+                compare_at: str = "head") -> np.ndarray:
+    """1 for each peak matched one to one to an annotated spine (:func:`spinecount.evaluate`),
+    0 for one not matched, NaN outside the annotated tube around `centerlines` (not known)."""
+    from .evaluate import evaluate
+
+    m = evaluate(peaks, annotated, centerlines=centerlines, pred_point=compare_at).matched
+    labels = np.full(len(peaks), np.nan)
+    scored = m[m["status"] != "fn"]
+    labels[scored["pred_index"].to_numpy(int)] = (scored["status"] == "tp").to_numpy(float)
+    return labels
+
+
+def fit_classifier(features: pd.DataFrame, labels, *, regularization: float = 0.01,
+                   threshold: float = 0.5, trained_on: dict | None = None) -> SpineClassifier:
+    """Fit a :class:`SpineClassifier` to features (:func:`peak_features`) and labels (1 a
+    spine, 0 not; NaN rows are left out); each patch counts also mirrored. `regularization`
+    is scikit-learn's inverse ``C`` of a standardised logistic regression."""
+    try:
+        from sklearn.linear_model import LogisticRegression
+    except ImportError:  # pragma: no cover - a declared dependency
+        raise InputError("training a classifier needs scikit-learn",
+                         hint="pip install scikit-learn") from None
+    labels = np.asarray(labels, float)
+    keep = ~np.isnan(labels)
+    x = features.to_numpy(float)[keep]
+    y = labels[keep].astype(int)
+    if len(np.unique(y)) < 2:
+        raise InputError("training needs peaks that are spines and peaks that are not",
+                         hint="annotate the spines of a stack in full (or review a detection)")
+    x = np.vstack([x, _mirrored(x)])
+    y = np.r_[y, y]
+    mean, scale = x.mean(axis=0), x.std(axis=0)
+    scale[scale == 0] = 1.0
+    lr = LogisticRegression(C=regularization, max_iter=5000).fit((x - mean) / scale, y)
+    return SpineClassifier(columns=list(features.columns), mean=mean.tolist(),
+                           scale=scale.tolist(), coef=lr.coef_[0].tolist(),
+                           intercept=float(lr.intercept_[0]), threshold=float(threshold),
+                           trained_on=trained_on or {})
+
+
+def pool_params(params=None):
+    """`params` loosened to the pool a classifier chooses from (:data:`POOL_THRESHOLD`, any
+    protrusion fraction); the spines the rules count stay the same."""
+    from dataclasses import replace
+
+    from .params import DetectionParams
+
+    p = params or DetectionParams()
+    return replace(p, candidate_threshold=min(POOL_THRESHOLD, p.candidate_threshold),
+                   candidate_protrusion_fraction=0.0)
+
+
+def train_classifier(examples, *, params=None, compare_at: str = "head",
+                     regularization: float = 0.01, threshold: float = 0.5,
+                     progress: bool = False) -> SpineClassifier:
+    """Train a :class:`SpineClassifier` on annotated (or reviewed) stacks.
+
+    Parameters
+    ----------
+    examples : iterable of (Stack, DataFrame, DataFrame or None)
+        Each stack with its spines (``z_um, y_um, x_um``: every spine of the field, or of the
+        dendrites in the third item, centre lines in um, around which alone peaks are
+        labelled: 4 um laterally, 5 um axially). A reviewed table (``spines_reviewed.csv``)
+        works, its rejected rows left out, with the result's ``centerlines.csv``.
+    params : DetectionParams, optional
+        Detection parameters (loosened to the pool, :func:`pool_params`).
+    compare_at : {"head", "distal_edge"}
+        Where a peak is compared with the annotated point: the head's centre (reviewed tables)
+        or the distal edge of the head (annotations clicked there).
+    regularization, threshold : float
+        See :func:`fit_classifier`.
+    progress : bool
+        Show a progress bar over the stacks.
+
+    Returns
+    -------
+    SpineClassifier
+
+    Examples
+    --------
+    >>> from spinecount.synthetic import make_stack
+    >>> syns = [make_stack(shape_um=(12, 40, 40), n_dendrites=1, seed=s) for s in (1, 2)]
+    >>> clf = train_classifier([(s.stack, s.spines, None) for s in syns])
+    >>> clf.trained_on["spines"] > 0 and 0 < clf.threshold < 1
+    True
+    """
+    from tqdm.auto import tqdm
+
+    from .detection import detect
+    from .review import counted
+
+    feats, labels, stacks = [], [], []
+    loose = pool_params(params)
+    for stack, annotated, centerlines in tqdm(list(examples), desc="train", unit="stack",
+                                              disable=not progress):
+        annotated = counted(annotated)  # a reviewed table's rejected rows are not spines
+        det = detect(stack, params=loose)
+        pool = pd.concat([det.spines.assign(passes_rules=1),
+                          det.candidates.assign(passes_rules=0)], ignore_index=True)
+        lab = label_peaks(pool, annotated, centerlines=centerlines, compare_at=compare_at)
+        feats.append(peak_features(stack, pool))
+        labels.append(lab)
+        stacks.append({"stack": stack.name, "peaks": int(np.isfinite(lab).sum()),
+                       "spines": int(np.nansum(lab)), "annotated": len(annotated)})
+    trained_on = {"stacks": stacks, "compare_at": compare_at,
+                  "peaks": sum(s["peaks"] for s in stacks),
+                  "spines": sum(s["spines"] for s in stacks)}
+    return fit_classifier(pd.concat(feats, ignore_index=True), np.concatenate(labels),
+                          regularization=regularization, threshold=threshold,
+                          trained_on=trained_on)
