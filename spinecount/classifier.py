@@ -206,6 +206,12 @@ class SpineClassifier:
         """SHA-256 of the model, for provenance."""
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
 
+    def provenance(self, source=None) -> dict:
+        """What ``run.json`` records of the model: where it came from and its digest."""
+        where = str(source) if source is None or str(source) in BUILTIN else str(
+            Path(source).resolve())
+        return {"source": where, "sha256": self.digest()}
+
 
 def label_peaks(peaks: pd.DataFrame, annotated: pd.DataFrame, *, centerlines=None,
                 compare_at: str = "head") -> np.ndarray:

@@ -133,8 +133,7 @@ def detect_to_folder(path, outdir, params, *, command: str, channel=None, voxel_
         from .classifier import SpineClassifier
 
         model = SpineClassifier.load(classifier)
-        extra = {**(extra or {}), "classifier": {"path": str(Path(classifier).resolve()),
-                                                 "sha256": model.digest()}}
+        extra = {**(extra or {}), "classifier": model.provenance(classifier)}
     try:
         with warnings.catch_warnings(record=True) as caught:
             stack = read_stack(path, channel=channel, voxel_size=voxel_size,

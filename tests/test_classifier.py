@@ -110,7 +110,8 @@ def test_command_line_trains_and_detects_with_the_classifier(tmp_path, capsys):
     assert main(["detect", str(paths[2]["stack"]), "-o", str(out), "-q",
                  "--classifier", str(model)]) == 0
     run = json.loads((out / "run.json").read_text())
-    assert run["classifier"]["sha256"] == SpineClassifier.load(model).digest()
+    assert run["classifier"] == {"source": str(model.resolve()),
+                                 "sha256": SpineClassifier.load(model).digest()}
     spines = pd.read_csv(out / "spines.csv")
     assert len(spines) and spines["score"].between(0.5, 1).all()
     # a --spines missing for a --stack: one line, nothing written

@@ -250,6 +250,32 @@ def test_a_single_plane_is_detected_with_its_warning_kept(make_napari_viewer, qt
     assert det.start() is None and "nanometres or millimetres" in det._status.value
 
 
+def test_spines_chosen_by_a_classifier(make_napari_viewer, qtbot, tmp_path):
+    """The built-in classifier chosen in the Detect widget: the spines' scores are its
+    probabilities and run.json names it; a classifier file that is none is refused."""
+    from spinecount.classifier import SpineClassifier
+
+    viewer = make_napari_viewer()
+    viewer.open_sample("spinecount", "rr30a_crop")
+    _, det = viewer.window.add_plugin_dock_widget("spinecount", "Detect spines")
+    assert det._model.native.isHidden()
+    det._chooser.value = "classifier file"
+    assert not det._model.native.isHidden()
+    (tmp_path / "bad.json").write_text("{}")
+    det._model.value = tmp_path / "bad.json"
+    assert det.start() is None and "not a spinecount classifier" in det._status.value
+    det._chooser.value = "rr30a"
+    det._image.value = viewer.layers["rr30a crop"]
+    det._output.value = tmp_path / "learned"
+    assert det.start() is not None, det._status.value
+    qtbot.waitUntil(lambda: det.worker is None, timeout=120_000)
+    run = json.loads((tmp_path / "learned" / "run.json").read_text())
+    assert run["classifier"] == {"source": "rr30a",
+                                 "sha256": SpineClassifier.load("rr30a").digest()}
+    scores = pd.read_csv(tmp_path / "learned" / SPINES_FILE)["score"]
+    assert len(scores) and scores.between(SpineClassifier.load("rr30a").threshold, 1).all()
+
+
 def test_detection_can_be_cancelled(make_napari_viewer, qtbot, tmp_path):
     viewer = make_napari_viewer()
     viewer.open_sample("spinecount", "rr30a_crop")

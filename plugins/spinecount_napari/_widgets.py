@@ -13,6 +13,7 @@ import numpy as np
 from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label,
                               LineEdit, ProgressBar, PushButton, SpinBox, Table)
 
+from spinecount.classifier import BUILTIN
 from spinecount.params import DetectionParams
 from spinecount.results import REVIEWED_SPINES_FILE
 from spinecount.tables import POSITION, SPINE_TYPES
@@ -59,17 +60,26 @@ class DetectWidget(Container):
             name: FloatSpinBox(label=name.replace("_", " "), value=default, min=0, max=1e4,
                                step=0.05, tooltip=doc)
             for name, (default, doc) in DetectionParams.describe().items()}
+        self._chooser = ComboBox(
+            label="spines chosen by", choices=["rules", *BUILTIN, "classifier file"],
+            tooltip="the detector's rules (default), a built-in classifier or one trained "
+                    "with spinecount train")
+        self._model = FileEdit(label="classifier file", mode="r", filter="*.json",
+                               visible=False)
         self._more = CheckBox(label="all parameters", value=False)
         self._output = FileEdit(label="result folder", mode="d")
         self._run = PushButton(text="Detect spines")
         self._cancel = PushButton(text="Cancel", enabled=False)
         self._progress = ProgressBar(min=0, max=5, value=0, label="progress")
         self._status = Label(value="")
-        self.extend([self._image, self._channel, *self._voxel, self._more,
+        self.extend([self._image, self._channel, *self._voxel, self._chooser, self._model,
+                     self._more,
                      *self._params.values(), self._output, self._run, self._cancel,
                      self._progress, self._status])
         self._image.changed.connect(self._on_image)
         self._more.changed.connect(self._show_params)
+        self._chooser.changed.connect(
+            lambda how: setattr(self._model, "visible", how == "classifier file"))
         self._show_params(False)
         self._run.changed.connect(self.start)
         self._cancel.changed.connect(self.cancel)
@@ -103,10 +113,16 @@ class DetectWidget(Container):
     def params(self) -> DetectionParams:
         return DetectionParams(**{k: w.value for k, w in self._params.items()})
 
+    def classifier(self):
+        """The chosen classifier's name or file, or None for the rules."""
+        how = self._chooser.value
+        return None if how == "rules" else self._model.value if how == "classifier file" else how
+
     def start(self):
         """Detect spines in the chosen layer (in a worker thread); returns the worker."""
         from napari.qt.threading import thread_worker
 
+        from spinecount.classifier import SpineClassifier
         from spinecount.detection import STAGES, detect_steps
         from spinecount.errors import InputError
         from spinecount.io import Stack
@@ -137,6 +153,14 @@ class DetectWidget(Container):
             self._status.value = str(exc)
             return None
         params, name = self.params(), layer.name
+        source, model, chosen = self.classifier(), None, {}
+        if source is not None:
+            try:
+                model = SpineClassifier.load(source)
+            except InputError as exc:
+                self._status.value = str(exc)
+                return None
+            chosen = {"classifier": model.provenance(source)}
 
         def work():
             import time
@@ -144,12 +168,12 @@ class DetectWidget(Container):
 
             t0 = time.perf_counter()
             with warnings.catch_warnings(record=True) as caught:
-                det = yield from detect_steps(stack, params=params)
+                det = yield from detect_steps(stack, params=params, classifier=model)
             said = warning_messages(caught)
             yield "saving"
             write_result(folder, det, detection_info(
                 stack, det, params, wall_time_s=time.perf_counter() - t0, command="napari",
-                extra={"stack": name, "warnings": said}))
+                extra={"stack": name, "warnings": said, **chosen}))
             return folder, said
 
         self._progress.max = len(STAGES) + 1
