@@ -248,7 +248,8 @@ def _cmd_run(args) -> int:
     params = load_params(args.params) if args.params else DetectionParams()
     res = run_experiment(args.manifest, args.output, params=params, workers=args.workers,
                          scheduler=args.scheduler, reference=args.reference,
-                         min_length_um=args.min_length, progress=not args.quiet)
+                         min_length_um=args.min_length, progress=not args.quiet,
+                         classifier=args.classifier)
     n = len(res.failures)
     print(f"{res.n_computed} stacks analysed, {res.n_cached} reused from an earlier run, "
           f"{n} failed" + (f" (see {res.outdir / 'failures.csv'})" if n else ""))
@@ -288,7 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-um", type=float, help="process in overlapping lateral chunks of "
                    "this size (um); same result (default: automatic for large stacks)")
     p.add_argument("--classifier", help="choose the spines with this trained classifier "
-                                        "(spinecount train) instead of the rules")
+                                        "(spinecount train; rr30a: the built-in one) "
+                                        "instead of the rules")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_detect)
 
@@ -336,6 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
                                        "e.g. tcp://10.0.0.5:8786")
     p.add_argument("--params", help="JSON file of detection parameters (a run.json works)")
     p.add_argument("--reference", help="reference condition (default: control)")
+    p.add_argument("--classifier", help="choose the spines with this trained classifier "
+                                        "(spinecount train; rr30a: the built-in one)")
     p.add_argument("--min-length", type=float, default=MIN_LENGTH_UM,
                    help=f"shortest dendrite (um) in the statistics "
                         f"(default {MIN_LENGTH_UM:g})")

@@ -77,7 +77,8 @@ START_METHOD_SETTING = "distributed.worker.multiprocessing-method"
 
 def cache_key(task: dict) -> str:
     """Hash of everything a stack's result depends on."""
-    doc = {k: task[k] for k in ("sha256", "channel", "voxel_size", "traces_sha256", "params")}
+    doc = {k: task[k] for k in ("sha256", "channel", "voxel_size", "traces_sha256", "params",
+                                "classifier_sha256")}
     doc["version"] = __version__
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
@@ -115,6 +116,7 @@ def process_stack(task: dict) -> dict:
             task["file"], folder, DetectionParams.from_dict(task["params"]), command="run",
             channel=task["channel"], voxel_size=task["voxel_size"],
             traces=task["traces_file"] or None, sha256=task["sha256"], threads=1,
+            classifier=task["classifier"],
             extra={"cache_key": task["key"], "stack": task["stack"],
                    "manifest_row": task["row"]})
         qc_thumbnail(stack, det.spines, det.centerlines, folder / QC_FILE)
@@ -139,7 +141,9 @@ def _import_aggregation() -> None:
     _plt()
 
 
-def _tasks(df: pd.DataFrame, outdir: Path, params: DetectionParams) -> list[dict]:
+def _tasks(df: pd.DataFrame, outdir: Path, params: DetectionParams,
+           classifier: dict | None = None) -> list[dict]:
+    """One task per stack; `classifier` is the model's provenance (source and digest)."""
     from .manifest import INTERNAL, row_channel, row_voxel_size
 
     meta = [c for c in df.columns if c not in INTERNAL]
@@ -149,7 +153,9 @@ def _tasks(df: pd.DataFrame, outdir: Path, params: DetectionParams) -> list[dict
              "sha256": row["sha256"], "traces_sha256": row["traces_sha256"],
              "channel": row_channel(row), "voxel_size": row_voxel_size(row),
              "params": params.to_dict(), "row": {c: row[c] for c in meta},
-             "folder": str(outdir / STACKS_DIR / row["stack"])}
+             "folder": str(outdir / STACKS_DIR / row["stack"]),
+             "classifier": classifier["source"] if classifier else None,
+             "classifier_sha256": classifier["sha256"] if classifier else None}
         t["key"] = cache_key(t)
         tasks.append(t)
     return tasks
@@ -256,7 +262,7 @@ def _execute(tasks: list[dict], *, workers: int, scheduler: str | None, progress
 def run_experiment(manifest, outdir, *, params: DetectionParams | None = None,
                    workers: int | None = None, scheduler: str | None = None,
                    reference: str | None = None, min_length_um: float = MIN_LENGTH_UM,
-                   progress: bool = True) -> ExperimentResult:
+                   progress: bool = True, classifier=None) -> ExperimentResult:
     """Detect spines in every stack of a manifest and write the experiment's tables and report.
 
     Parameters
@@ -280,6 +286,10 @@ def run_experiment(manifest, outdir, *, params: DetectionParams | None = None,
         statistics tables.
     progress : bool
         Show a progress bar.
+    classifier : str or path, optional
+        Choose the spines with this classifier (a built-in name or a file of
+        ``spinecount train``; :mod:`spinecount.classifier`) instead of the rules; its digest is
+        part of each stack's cache key.
 
     Returns
     -------
@@ -290,10 +300,15 @@ def run_experiment(manifest, outdir, *, params: DetectionParams | None = None,
 
     t0 = time.perf_counter()
     params = params or DetectionParams()
+    chosen = None
+    if classifier is not None:  # a bad file is said before any stack is read
+        from .classifier import SpineClassifier
+
+        chosen = SpineClassifier.load(classifier).provenance(classifier)
     outdir = Path(outdir)
     df = load_manifest(manifest, progress=progress)
     outdir.mkdir(parents=True, exist_ok=True)
-    tasks = _tasks(df, outdir, params)
+    tasks = _tasks(df, outdir, params, chosen)
     todo = [t for t in tasks if not _is_cached(Path(t["folder"]), t["key"])]
     # time-lapse fields are registered on the workers too (they need the stacks only)
     jobs = [(f"register-{name}", register_field, (ts, outdir / TIMELAPSE_DIR / name))
@@ -318,6 +333,7 @@ def run_experiment(manifest, outdir, *, params: DetectionParams | None = None,
     info = {
         "spinecount_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "manifest": str(Path(manifest).resolve()), "parameters": params.to_dict(),
+        "classifier": chosen,
         "min_length_um": min_length_um, "reference": res["order"][0] if res["order"] else None,
         "workers": workers, "scheduler": scheduler, "n_stacks": len(tasks),
         "n_computed": len(todo) - len(failed), "n_cached": len(tasks) - len(todo),

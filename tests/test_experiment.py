@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from spinecount.cli import main
+from spinecount.errors import InputError
 from spinecount.experiment import run_experiment
 from spinecount.manifest import ManifestError, check_manifest
 from spinecount.params import DetectionParams
@@ -125,6 +126,15 @@ def test_run_tables_cache_and_changed_parameters(tmp_path, experiment):
     res = run_experiment(changed, out, params=DetectionParams(spine_threshold=3.5), workers=0,
                          progress=False)
     assert res.n_computed == 4
+    # so does a classifier, whose scores the spines then carry; the same one again redoes none
+    with pytest.raises(InputError, match="classifier file not found"):
+        run_experiment(changed, out, classifier=tmp_path / "none.json", progress=False)
+    res = run_experiment(changed, out, classifier="rr30a", workers=0, progress=False)
+    assert res.n_computed == 4
+    assert json.loads((out / "experiment.json").read_text())["classifier"]["source"] == "rr30a"
+    assert (pd.read_csv(out / "spines.csv")["score"] >= 0.5).all()
+    res = run_experiment(changed, out, classifier="rr30a", workers=0, progress=False)
+    assert res.n_computed == 0
 
 
 def test_failing_stack_amid_good_ones_and_resume(tmp_path, experiment):
