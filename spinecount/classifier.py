@@ -274,7 +274,7 @@ def train_classifier(examples, *, params=None, compare_at: str = "head",
     Parameters
     ----------
     examples : iterable of (Stack, DataFrame, DataFrame or None)
-        Each stack with its spines (``z_um, y_um, x_um``: every spine of the field, or of the
+        Read one at a time (a generator holds one stack in memory at once). Each stack with its spines (``z_um, y_um, x_um``: every spine of the field, or of the
         dendrites in the third item, centre lines in um, around which alone peaks are
         labelled: 4 um laterally, 5 um axially). A reviewed table (``spines_reviewed.csv``)
         works, its rejected rows left out, with the result's ``centerlines.csv``.
@@ -307,8 +307,9 @@ def train_classifier(examples, *, params=None, compare_at: str = "head",
 
     feats, labels, stacks = [], [], []
     loose = pool_params(params)
-    for stack, annotated, centerlines in tqdm(list(examples), desc="train", unit="stack",
-                                              disable=not progress):
+    total = len(examples) if hasattr(examples, "__len__") else None
+    for stack, annotated, centerlines in tqdm(examples, total=total, desc="train",
+                                              unit="stack", disable=not progress):
         annotated = counted(annotated)  # a reviewed table's rejected rows are not spines
         det = detect(stack, params=loose)
         pool = pd.concat([det.spines.assign(passes_rules=1),
