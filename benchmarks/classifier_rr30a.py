@@ -23,7 +23,8 @@ import numpy as np
 import pandas as pd
 
 from detect_synthetic import CASES
-from spinecount.classifier import fit_classifier, label_peaks, peak_features, pool_params
+from spinecount.classifier import (fit_classifier, label_peaks, peak_features, peak_pool,
+                                   pool_params)
 from spinecount.detection import detect
 from spinecount.evaluate import evaluate, nearest_dendrite
 from spinecount.io import read_stack
@@ -36,9 +37,7 @@ HERE = Path(__file__).resolve().parent
 def pool(stack, truth, centerlines, compare_at):
     """The detector's loose pool of peaks with their features and labels."""
     t = time.perf_counter()
-    det = detect(stack, params=pool_params())
-    peaks = pd.concat([det.spines.assign(passes_rules=1), det.candidates.assign(passes_rules=0)],
-                      ignore_index=True)
+    peaks = peak_pool(detect(stack, params=pool_params()))
     t_detect = time.perf_counter() - t
     feats = peak_features(stack, peaks)
     t_feat = time.perf_counter() - t - t_detect
@@ -80,19 +79,17 @@ def main():
 
     segments = sorted(set(np.concatenate([r[3] for r in real.values()]).tolist()))
     prob = {s: np.full(len(r[0]), np.nan) for s, r in real.items()}
-    threshold = 0.5
     for seg in segments:
         x = pd.concat([r[1][r[3] != seg] for r in real.values()] + [syn_x], ignore_index=True)
         y = np.concatenate([r[2][r[3] != seg] for r in real.values()] + [syn_y])
         model = fit_classifier(x, y)
-        threshold = model.threshold
         for s, r in real.items():
             out = r[3] == seg
             prob[s][out] = model.predict_proba(r[1][out])
     print(f"rr30a, each of {len(segments)} segments left out in turn (F1 at the distal edge):")
     for s, (peaks, _, _, _, truth, lines) in real.items():
         rules = f1(peaks, peaks["passes_rules"].to_numpy(bool), truth, lines, "distal_edge")
-        learned = f1(peaks, prob[s] >= threshold, truth, lines, "distal_edge")
+        learned = f1(peaks, prob[s] >= model.threshold, truth, lines, "distal_edge")
         print(f"  {s}: rules {rules:.3f}, classifier {learned:.3f}")
 
     real_x = pd.concat([r[1] for r in real.values()], ignore_index=True)
@@ -122,6 +119,7 @@ def main():
             + [f"{len(syn)} synthetic stacks (spinecount.synthetic, cases of "
                f"detect_synthetic.py, seeds 0-{a.seeds - 1})"]})
         print(f"model written to {model.save(a.write_model)}")
+
 
 if __name__ == "__main__":
     main()

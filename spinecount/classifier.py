@@ -20,13 +20,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from .errors import InputError
+from .grid import _lattice_step
+from .params import DetectionParams
 from .tables import BASE, POSITION
 
 #: Models shipped with spinecount, by name (``benchmarks/classifier_rr30a.py --write-model``).
@@ -89,7 +91,7 @@ def peak_features(stack, peaks: pd.DataFrame) -> pd.DataFrame:
                          hint="pass spines and candidates of spinecount.detect")
     data = np.asarray(stack.data)
     vs = np.asarray(stack.voxel_size, float)
-    step = max(1, int(np.ceil(np.sqrt(data[0].size / 200_000))))
+    step = _lattice_step(*data.shape[1:])
     sample = data[:, ::step, ::step].astype(np.float32)
     bg = float(np.median(sample))
     floor = max(0.01 * float(np.percentile(sample, 99.9) - bg), 1e-6)
@@ -206,10 +208,10 @@ class SpineClassifier:
         """SHA-256 of the model, for provenance."""
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
 
-    def provenance(self, source=None) -> dict:
-        """What ``run.json`` records of the model: where it came from and its digest."""
-        where = str(source) if source is None or str(source) in BUILTIN else str(
-            Path(source).resolve())
+    def provenance(self, source) -> dict:
+        """What ``run.json`` records of the model loaded from `source` (a built-in name or a
+        file): where it came from and its digest."""
+        where = str(source) if str(source) in BUILTIN else str(Path(source).resolve())
         return {"source": where, "sha256": self.digest()}
 
 
@@ -257,13 +259,16 @@ def fit_classifier(features: pd.DataFrame, labels, *, regularization: float = 0.
 def pool_params(params=None):
     """`params` loosened to the pool a classifier chooses from (:data:`POOL_THRESHOLD`, any
     protrusion fraction); the spines the rules count stay the same."""
-    from dataclasses import replace
-
-    from .params import DetectionParams
-
     p = params or DetectionParams()
     return replace(p, candidate_threshold=min(POOL_THRESHOLD, p.candidate_threshold),
                    candidate_protrusion_fraction=0.0)
+
+
+def peak_pool(detection) -> pd.DataFrame:
+    """The pool of a detection with :func:`pool_params`: its spines and candidates in one
+    table, with ``passes_rules`` (1 for the spines the rules count)."""
+    return pd.concat([detection.spines.assign(passes_rules=1),
+                      detection.candidates.assign(passes_rules=0)], ignore_index=True)
 
 
 def train_classifier(examples, *, params=None, compare_at: str = "head",
@@ -274,9 +279,10 @@ def train_classifier(examples, *, params=None, compare_at: str = "head",
     Parameters
     ----------
     examples : iterable of (Stack, DataFrame, DataFrame or None)
-        Read one at a time (a generator holds one stack in memory at once). Each stack with its spines (``z_um, y_um, x_um``: every spine of the field, or of the
-        dendrites in the third item, centre lines in um, around which alone peaks are
-        labelled: 4 um laterally, 5 um axially). A reviewed table (``spines_reviewed.csv``)
+        Read one at a time (a generator holds one stack in memory at once). Each stack with
+        its spines (``z_um, y_um, x_um``: every spine of the field, or of the dendrites in the
+        third item, centre lines in um, around which alone peaks are labelled: 4 um
+        laterally, 5 um axially). A reviewed table (``spines_reviewed.csv``)
         works, its rejected rows left out, with the result's ``centerlines.csv``.
     params : DetectionParams, optional
         Detection parameters (loosened to the pool, :func:`pool_params`).
@@ -311,9 +317,7 @@ def train_classifier(examples, *, params=None, compare_at: str = "head",
     for stack, annotated, centerlines in tqdm(examples, total=total, desc="train",
                                               unit="stack", disable=not progress):
         annotated = counted(annotated)  # a reviewed table's rejected rows are not spines
-        det = detect(stack, params=loose)
-        pool = pd.concat([det.spines.assign(passes_rules=1),
-                          det.candidates.assign(passes_rules=0)], ignore_index=True)
+        pool = peak_pool(detect(stack, params=loose))
         lab = label_peaks(pool, annotated, centerlines=centerlines, compare_at=compare_at)
         feats.append(peak_features(stack, pool))
         labels.append(lab)

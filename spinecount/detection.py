@@ -125,8 +125,8 @@ import numpy as np
 import pandas as pd
 
 from .chunks import AUTO_CHUNK_UM, AUTO_CHUNK_VOXELS, assemble_lattice, map_tiles, plan_tiles
-from .grid import (_gaussian_at, _lookup, _sigma_vox, _slice_stats, downsample_xy,
-                   upsample_z)
+from .grid import (_gaussian_at, _lattice_step, _lookup, _sigma_vox, _slice_stats,
+                   downsample_xy, upsample_z)
 from .heads import (_apart, _drop_necks, _head_measured_at_maximum, _head_sigma_um,
                     _local_peaks, _measure, _near_enough, _sizes, _suppress)
 from .io import Stack
@@ -367,7 +367,7 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
             image(tile) if img is None else img, _sigma_vox(p.dendrite_smoothing_um, vs)))
 
     # statistics on a lattice (every step-th row and column): the same in chunks as in one piece
-    step = max(1, int(np.ceil(np.sqrt(shape[1] * shape[2] / 200_000))))
+    step = _lattice_step(shape[1], shape[2])
 
     def lattice_samples(tile):
         img = image(tile)  # copies, not views: a view would keep the tile's array alive

@@ -49,6 +49,16 @@ def upsample_z(data: np.ndarray, m: int) -> np.ndarray:
     return spline(np.arange((n - 1) * m + 1) / m).astype(np.float32)
 
 
+def _lattice_step(ny: int, nx: int) -> int:
+    """Every how many rows and columns a lattice samples an image plane of ny x nx pixels
+    for statistics: about 200,000 pixels a plane.
+
+    >>> _lattice_step(512, 512), _lattice_step(100, 100)
+    (2, 1)
+    """
+    return max(1, int(np.ceil(np.sqrt(ny * nx / 200_000))))
+
+
 def _slice_stats(sample: np.ndarray):
     """Per-slice background (median) and noise SD (1.4826 x MAD) of a (z, ...) sample, shaped
     (z, 1, 1)."""
