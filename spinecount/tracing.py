@@ -57,22 +57,20 @@ _warm_started = False
 
 
 def _warm_numba(*, wait: bool = False) -> None:
-    """Compile skan's numba code and load spinecount's own (:func:`grid._nearest_point`) once
-    per process, in a background thread unless `wait`: about 3 s that otherwise fall on the
-    first stack, and that overlap the first stages (which run in C code, outside Python's
-    lock)."""
+    """Load spinecount's numba code (:class:`skeleton.Skeleton`, :func:`grid._nearest_point`;
+    compiled once per installation and cached on disk) and import skan once per process, in a
+    background thread unless `wait`: about 1 s that otherwise falls on the first stack, and
+    that overlaps the first stages (which run in C code, outside Python's lock)."""
     global _warm_started
 
     def toy():
         try:
             import skan
+            from .skeleton import Skeleton
 
             sk = np.zeros((3, 12, 12), bool)
             sk[1, 2:10, 6] = sk[1, 6, 2:10] = True
-            skel = skan.Skeleton(sk, spacing=(1.0, 0.5, 0.5))
-            skan.summarize(skel, separator="_")
-            skel.path_coordinates(0)
-            skel.prune_paths([0])
+            skan.summarize(Skeleton(sk, spacing=(1.0, 0.5, 0.5)), separator="_")
             _nearest_point(np.array([[1, 6, 6]]), np.zeros(1), sk.shape, (1.0, 0.5, 0.5), 1.0)
         except Exception:  # the real call will say what is wrong
             pass
@@ -184,6 +182,7 @@ def _trace_dendrites(mask: np.ndarray, edt_at, vs, p: DetectionParams, brightnes
     from scipy import ndimage as ndi
     from skimage.morphology import skeletonize
     import skan
+    from .skeleton import Skeleton
 
     try:  # 2 bytes a voxel where the components are few enough, as they usually are
         lab = np.empty(mask.shape, np.uint16)
@@ -210,7 +209,7 @@ def _trace_dendrites(mask: np.ndarray, edt_at, vs, p: DetectionParams, brightnes
     paths = []
     if not skel.any():
         return paths, mask, []
-    sk = skan.Skeleton(skel, spacing=vs)
+    sk = Skeleton(skel, spacing=vs)
     for _ in range(6):
         summ = skan.summarize(sk, separator="_")
         src, dst, deg = _branch_ends(summ)
@@ -295,8 +294,8 @@ def _prune_paths(sk, indices):
     ``PRUNE_MARGIN_PX`` voxels of the removed paths, where it can change, rather than as a
     whole (0.4-0.6 s a pass on a 70 x 512 x 512 mask)."""
     from scipy.sparse.csgraph import connected_components
-    import skan
     from skimage.morphology import skeletonize
+    from .skeleton import Skeleton
 
     img = sk.skeleton_image.copy()
     lo, hi = [], []
@@ -321,7 +320,7 @@ def _prune_paths(sk, indices):
         # removable: those inside the image are not written back
         a1, b1 = a + (a > 0), b - (b < img.shape)
         img[tuple(map(slice, a1, b1))] = thin[tuple(map(slice, a1 - a, b1 - a))]
-    return skan.Skeleton(img, spacing=sk.spacing)
+    return Skeleton(img, spacing=sk.spacing)
 
 
 def _short_cycles(src: np.ndarray, dst: np.ndarray, length: np.ndarray, limit: float,

@@ -610,6 +610,38 @@ def test_pruning_gives_the_skeleton_skan_gives():
                               sk.prune_paths(drop).skeleton_image)
 
 
+def test_skeleton_walks_the_paths_skan_walks():
+    """spinecount's Skeleton (its paths walked by a kernel numba caches on disk, where skan's
+    is compiled again in every process) gives skan's paths, in skan's order, with skan's
+    lengths and summary: on a tangle of short branches and junction clusters (a porous blob),
+    a ring and a line on their own, a lone voxel, anisotropic voxels and a skeleton with
+    values."""
+    import skan
+    from skimage.morphology import skeletonize
+
+    from spinecount.skeleton import Skeleton
+
+    rng = np.random.default_rng(1)
+    zyx = np.indices((12, 60, 60))
+    blob = np.sum(((zyx.T - [6, 20, 20]) / [5, 15, 15]).T ** 2, axis=0) < 1
+    img = skeletonize(blob & (rng.random(blob.shape) < 0.7))
+    ring = np.hypot(zyx[1] - 45, zyx[2] - 45)
+    img |= (zyx[0] == 6) & (ring > 7) & (ring < 9)
+    img = skeletonize(img)
+    img[0, 0, 59] = True
+    img[3, 57, 2:12] = True
+    for image in (img, img * rng.integers(1, 50, img.shape).astype(np.uint8)):
+        ours, theirs = Skeleton(image, spacing=(1.0, 0.3, 0.2)), skan.Skeleton(
+            image, spacing=(1.0, 0.3, 0.2))
+        assert ours.n_paths == theirs.n_paths > 40
+        assert (ours.paths != theirs.paths).nnz == 0
+        assert np.array_equal(ours.path_lengths(), theirs.path_lengths())
+        summary = skan.summarize(ours, separator="_")
+        assert summary.equals(skan.summarize(theirs, separator="_"))
+        assert (summary["branch_type"] == 3).sum() == 1  # the ring
+        assert {0, 1, 2} <= set(summary["branch_type"])
+
+
 def test_stretches_that_dive_steeply_are_left_out_with_their_spines():
     """A dendrite runs 14 um in the image plane, then dives at 69 degrees; four spines on
     the flat stretch, the last where the dive begins, two on the dive. Along a dive the axial
