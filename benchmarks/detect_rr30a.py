@@ -12,8 +12,9 @@ and the density of their spines against the annotated density (``match_dendrites
 of all detected spines in the segment's tube, crossing dendrites' included, in brackets); what
 lies near each missed spine and the recall of short and long spines (``misses``); time
 per stage, for the stack read and detected in a fresh process and again for the same stack
-detected a second time (as every stack after the first of a batch is: numba compiling skan's
-graph code, about 3.5 s of work, falls on the first stack of a process only), and peak
+detected a second time (as every stack after the first of a batch is: importing skan and
+loading spinecount's compiled code, about 2 s of work, fall on the first stack of a process
+only), and peak
 memory; and, for how the result depends on the size of the field, the
 same scoring in smaller fields (61 um, 512 x 512 pixels, overlapping by half) cut from the
 stack: detected in the smaller field alone, against the whole field's detection there; and, for
@@ -59,7 +60,7 @@ def run_one(data: Path, session: int) -> dict:
     t_read = time.perf_counter() - t0
     det = detect(stack)
     wall = time.perf_counter() - t0
-    t0 = time.perf_counter()  # a later stack of the same process: skan's numba code compiled
+    t0 = time.perf_counter()  # a later stack of the same process: everything imported
     again = detect(stack).timings
     wall_again = time.perf_counter() - t0
     gt = read_spines(data / f"rr30a_s{session}_spines.csv")
@@ -302,7 +303,7 @@ def main():
               + "; found by how far the annotated head lies from its base: " + ", ".join(
                   f"{k} {a} of {b}" for k, (a, b) in mi["by_reach"].items()))
         print(f"  time {r['wall_s']:.1f} s {r['timings_s']}; a later stack of the same "
-              f"process (skan's code compiled) {r['again_s']:.1f} s {r['again_timings_s']}; "
+              f"process {r['again_s']:.1f} s {r['again_timings_s']}; "
               f"peak memory {r['peak_rss_mb']:.0f} MB")
         f = {k: f"F1 {2 * tp / (n_pred + n_gt):.3f} (precision {tp / n_pred:.3f}, recall "
                 f"{tp / n_gt:.3f})" for k, (tp, n_pred, n_gt) in r["fields"].items()}

@@ -1,7 +1,7 @@
 """Imported once by the process that forks the workers of a local cluster (see
-``spinecount.experiment``): every worker then starts with spinecount imported and skan's numba
-code compiled (and spinecount's own loaded), which would otherwise cost each worker about 3 s
-before its first stack."""
+``spinecount.experiment``): every worker then starts with spinecount and skan imported and
+spinecount's numba code loaded (:func:`spinecount.tracing._warm_numba`), which would otherwise
+cost each worker about 2 s before its first stack."""
 
 import importlib
 

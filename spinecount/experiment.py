@@ -174,8 +174,8 @@ def _local_cluster_settings() -> dict:
 
 def _start_forkserver() -> None:
     """Start the process that the local cluster's workers are forked from, with spinecount
-    imported and skan's code compiled (:mod:`spinecount._preload`), so that the workers start
-    warm and that work (about 3 s) is done once, not once per worker. It warms up while this
+    imported and its numba code loaded (:mod:`spinecount._preload`), so that the workers start
+    warm and that work (about 2 s) is done once, not once per worker. It warms up while this
     process starts the scheduler. Call inside ``dask.config.set(_local_cluster_settings())``;
     nothing where there is no forkserver; once per process."""
     import multiprocessing.forkserver
