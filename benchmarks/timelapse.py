@@ -16,7 +16,7 @@ Prints:
    without its candidates).
 
     python benchmarks/timelapse.py [--data ../shared/data/rr30a] [--sessions 0 1 ...]
-                                   [--out /tmp/spinecount-tl] [--seeds 3]
+                                   [--out /tmp/spinecount-tl] [--seeds 3] [--classifier rr30a]
 
 The real sessions are, by default, every annotated session in the data folder, linked in order
 and reported per interval.
@@ -70,7 +70,7 @@ def annotated(data: Path, sessions, regs):
     return true_rates
 
 
-def detected(data: Path, sessions, stacks, regs, out: Path, true_rates):
+def detected(data: Path, sessions, stacks, regs, out: Path, true_rates, classifier=None):
     from spinecount.detection import detect
     from spinecount.evaluate import evaluate, in_tube
     from spinecount.results import write_result
@@ -82,7 +82,7 @@ def detected(data: Path, sessions, stacks, regs, out: Path, true_rates):
     for s, stack in zip(sessions, stacks):
         folder = out / f"rr30a_s{s}"  # written for inspection, detected afresh every run
         t = time.perf_counter()
-        write_result(folder, detect(stack), {})
+        write_result(folder, detect(stack, classifier=classifier), {})
         print(f"   (detected session {s} in {time.perf_counter() - t:.0f} s)")
         spines, _, cl, _ = load_result(folder)
         tables.append(spines)
@@ -131,7 +131,7 @@ def detected(data: Path, sessions, stacks, regs, out: Path, true_rates):
                     f"{n} {k}" for k, n in pd.Series(kinds).value_counts().items()))
 
 
-def synthetic(seeds):
+def synthetic(seeds, classifier=None):
     from spinecount.detection import detect
     from spinecount.registration import register_sessions
     from spinecount.synthetic import make_timelapse
@@ -147,7 +147,7 @@ def synthetic(seeds):
         regs = register_sessions(stacks)
         err = max(np.abs(r.shift_um + sh).max() for r, sh in zip(regs, tl.shifts_um))
         truth = [s.spines.drop(columns=["track_id"]) for s in tl.sessions]
-        dets = [detect(s) for s in stacks]
+        dets = [detect(s, classifier=classifier) for s in stacks]
         cases = (
                 ("true positions", truth, [s.centerlines for s in tl.sessions], None),
                 ("detected with candidates", *([d.spines for d in dets],
@@ -180,8 +180,15 @@ def main():
                          "--data)")
     ap.add_argument("--no-real", action="store_true")
     ap.add_argument("--seeds", type=int, default=3, help="synthetic time-lapses (0: none)")
+    ap.add_argument("--classifier", help="detect with this classifier (a file or a built-in "
+                                         "name, as `spinecount detect --classifier`)")
     a = ap.parse_args()
     data = Path(a.data)
+    classifier = None
+    if a.classifier:
+        from spinecount.classifier import SpineClassifier
+
+        classifier = SpineClassifier.load(a.classifier)
     if not a.no_real:
         from rr30a_data import annotated_sessions
         from spinecount.io import read_stack
@@ -195,9 +202,9 @@ def main():
         regs = register_sessions(stacks)
         print(f"(registration {time.perf_counter() - t:.1f} s)")
         true_rates = annotated(data, sessions, regs)
-        detected(data, sessions, stacks, regs, Path(a.out), true_rates)
+        detected(data, sessions, stacks, regs, Path(a.out), true_rates, classifier)
     if a.seeds:
-        synthetic(range(a.seeds))
+        synthetic(range(a.seeds), classifier)
 
 
 if __name__ == "__main__":

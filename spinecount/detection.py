@@ -214,7 +214,7 @@ def detect(stack: Stack, *, params: DetectionParams | None = None, traces: pd.Da
         A trained classifier (:mod:`spinecount.classifier`, ``spinecount train``) that
         chooses the spines among a looser pool of peaks instead of the rules; the spines'
         ``score`` is then its probability, and the candidates are the peaks it gives at least
-        half its threshold.
+        a quarter of its threshold.
 
     Returns
     -------
@@ -672,12 +672,12 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
 def _chosen(classifier, stack: Stack, peaks: pd.DataFrame, weak: np.ndarray):
     """The classifier's choice among the pool of `peaks` (`weak`: those the rules do not
     count): its probability becomes their ``score``; returns which peaks are weak (under its
-    threshold) and which are kept at all (at least half its threshold)."""
-    from .classifier import peak_features
+    threshold) and which are kept at all (at least ``CANDIDATE_FRACTION`` of its threshold)."""
+    from .classifier import CANDIDATE_FRACTION, peak_features
 
     prob = classifier.predict_proba(peak_features(stack, peaks.assign(passes_rules=~weak)))
     peaks["score"] = prob
-    keep = prob >= classifier.threshold / 2
+    keep = prob >= classifier.threshold * CANDIDATE_FRACTION
     return (prob < classifier.threshold)[keep], keep
 
 

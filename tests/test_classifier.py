@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from spinecount.classifier import (MEASURES, PATCH_ACROSS_UM, PATCH_ALONG_UM, SpineClassifier,
-                                   _mirrored, fit_classifier, label_peaks, patch_columns,
-                                   peak_features, train_classifier)
+from spinecount.classifier import (CANDIDATE_FRACTION, MEASURES, PATCH_ACROSS_UM,
+                                   PATCH_ALONG_UM, SpineClassifier, _mirrored, fit_classifier,
+                                   label_peaks, patch_columns, peak_features, train_classifier)
 from spinecount.cli import main
 from spinecount.detection import detect
 from spinecount.errors import InputError
@@ -95,7 +95,7 @@ def test_trained_classifier_chooses_spines_on_a_stack_it_has_not_seen():
     assert evaluate(det.spines, test.spines).summary["f1"] >= 0.8
     assert (det.spines["score"] >= model.threshold).all()
     assert ((det.candidates["score"] < model.threshold)
-            & (det.candidates["score"] >= model.threshold / 2)).all()
+            & (det.candidates["score"] >= model.threshold * CANDIDATE_FRACTION)).all()
 
 
 def test_command_line_trains_and_detects_with_the_classifier(tmp_path, capsys):
