@@ -59,8 +59,8 @@ _warm_started = False
 def _warm_numba(*, wait: bool = False) -> None:
     """Load spinecount's numba code (:class:`skeleton.Skeleton`, :func:`grid._nearest_point`;
     compiled once per installation and cached on disk) and import skan once per process, in a
-    background thread unless `wait`: about 1 s that otherwise falls on the first stack, and
-    that overlaps the first stages (which run in C code, outside Python's lock)."""
+    background thread unless `wait`: about 2 s that otherwise fall on the first stack, and
+    that overlap the first stages (which run in C code, outside Python's lock)."""
     global _warm_started
 
     def toy():
