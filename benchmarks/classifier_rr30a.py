@@ -5,7 +5,10 @@ Leave one traced segment out: for each of rr30a's segments, a classifier is trai
 other segments of the annotated sessions together with synthetic stacks (the five cases of
 ``detect_synthetic.py``), and chooses among the peaks of the segment left out. Prints per
 session the F1 of the rules and of the classifier (compared at the distal edge, as
-``detect_rr30a.py``), and on the synthetic stacks, each seed left out in turn, the same.
+``detect_rr30a.py``); the same in each session made coarser or dimmer (``detect_rr30a.py``'s
+``variants``: the stack's pool detected and its features read in the variant, each segment's
+peaks chosen by the model that did not see that segment); and on the synthetic stacks, each
+seed left out in turn, the same.
 
 With ``--write-model PATH`` it then trains one model on every annotated session and every
 synthetic stack and writes it: the built-in model (``spinecount/models/rr30a_classifier.json``,
@@ -22,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from detect_rr30a import shifted, variants
 from detect_synthetic import CASES
 from spinecount.classifier import (fit_classifier, label_peaks, peak_features, peak_pool,
                                    pool_params)
@@ -50,6 +54,16 @@ def f1(peaks, chosen, truth, centerlines, compare_at):
                     pred_point=compare_at).summary["f1"]
 
 
+def chosen(models, feats, segment):
+    """Which peaks the model trained without each peak's segment takes for spines."""
+    out = np.zeros(len(feats), bool)
+    for seg, model in models.items():
+        at = segment == seg
+        if at.any():
+            out[at] = model.predict_proba(feats[at]) >= model.threshold
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=str(HERE.parent.parent / "shared/data/rr30a"))
@@ -65,7 +79,7 @@ def main():
         stack = read_stack(data / f"rr30a_{s}.tif")
         peaks, feats, labels, secs = pool(stack, truth, lines, "distal_edge")
         segment = nearest_dendrite(peaks[["z_um", "y_um", "x_um"]].to_numpy(float), lines)
-        real[s] = (peaks, feats, labels, segment, truth, lines)
+        real[s] = (peaks, feats, labels, segment, truth, lines, stack)
         print(f"{s}: {len(peaks)} peaks, {int(np.nansum(labels))} of {len(truth)} annotated "
               f"spines among them; pool {secs[0]:.1f} s, features {secs[1]:.1f} s", flush=True)
     syn = []
@@ -78,19 +92,26 @@ def main():
     syn_y = np.concatenate([s[4] for s in syn])
 
     segments = sorted(set(np.concatenate([r[3] for r in real.values()]).tolist()))
-    prob = {s: np.full(len(r[0]), np.nan) for s, r in real.items()}
+    models = {}  # segment left out: the model trained without it
     for seg in segments:
         x = pd.concat([r[1][r[3] != seg] for r in real.values()] + [syn_x], ignore_index=True)
         y = np.concatenate([r[2][r[3] != seg] for r in real.values()] + [syn_y])
-        model = fit_classifier(x, y)
-        for s, r in real.items():
-            out = r[3] == seg
-            prob[s][out] = model.predict_proba(r[1][out])
+        models[seg] = fit_classifier(x, y)
     print(f"rr30a, each of {len(segments)} segments left out in turn (F1 at the distal edge):")
-    for s, (peaks, _, _, _, truth, lines) in real.items():
+    for s, (peaks, feats, _, segment, truth, lines, _) in real.items():
         rules = f1(peaks, peaks["passes_rules"].to_numpy(bool), truth, lines, "distal_edge")
-        learned = f1(peaks, prob[s] >= model.threshold, truth, lines, "distal_edge")
+        learned = f1(peaks, chosen(models, feats, segment), truth, lines, "distal_edge")
         print(f"  {s}: rules {rules:.3f}, classifier {learned:.3f}")
+    print("rr30a made coarser or dimmer, each segment left out in turn:")
+    for s, (_, _, _, _, truth, lines, stack) in real.items():
+        for name, (made, shift) in variants(stack).items():
+            peaks = peak_pool(detect(made, params=pool_params()))
+            feats = peak_features(made, peaks)
+            peaks = shifted(peaks, shift)
+            segment = nearest_dendrite(peaks[["z_um", "y_um", "x_um"]].to_numpy(float), lines)
+            rules = f1(peaks, peaks["passes_rules"].to_numpy(bool), truth, lines, "distal_edge")
+            learned = f1(peaks, chosen(models, feats, segment), truth, lines, "distal_edge")
+            print(f"  {s}, {name}: rules {rules:.3f}, classifier {learned:.3f}", flush=True)
 
     real_x = pd.concat([r[1] for r in real.values()], ignore_index=True)
     real_y = np.concatenate([r[2] for r in real.values()])

@@ -179,19 +179,17 @@ def smaller_fields(stack, spines, gt, cl, size: int = FIELD_PX) -> dict:
     return {k: v.tolist() for k, v in sums.items()}
 
 
-def resampled(stack, gt, cl) -> dict:
-    """F1, precision and recall (as in the main figure) of the stack made coarser or dimmer."""
+def variants(stack) -> dict:
+    """The stack made coarser or dimmer: name -> (stack, shift of positions detected in it to
+    the stack's own frame, um)."""
     import dataclasses
 
     import numpy as np
 
-    from spinecount.detection import detect
-    from spinecount.evaluate import evaluate
-
     a, (vz, vy, vx) = stack.data, stack.voxel_size
     z, y, x = a.shape
     binned = a[:, :y // 2 * 2, :x // 2 * 2].reshape(z, y // 2, 2, x // 2, 2).mean(axis=(2, 4))
-    variants = {  # name: (data, voxel size, shift of the detected positions in um)
+    made = {  # name: (data, voxel size, shift)
         "lateral pixels binned 2 x 2": (binned.astype(np.float32), (vz, 2 * vy, 2 * vx),
                                         (0.0, vy / 2, vx / 2)),  # a bin's centre
         "every second slice": (a[::2], (2 * vz, vy, vx), (0.0, 0.0, 0.0)),
@@ -199,9 +197,18 @@ def resampled(stack, gt, cl) -> dict:
         "a quarter of the signal": (np.random.default_rng(0).poisson(a / 4.0).astype(np.uint8),
                                     (vz, vy, vx), (0.0, 0.0, 0.0)),
     }
+    return {name: (dataclasses.replace(stack, data=data, voxel_size=vs), shift)
+            for name, (data, vs, shift) in made.items()}
+
+
+def resampled(stack, gt, cl) -> dict:
+    """F1, precision and recall (as in the main figure) of the stack made coarser or dimmer."""
+    from spinecount.detection import detect
+    from spinecount.evaluate import evaluate
+
     out = {}
-    for name, (data, vs, shift) in variants.items():
-        sp = shifted(detect(dataclasses.replace(stack, data=data, voxel_size=vs)).spines, shift)
+    for name, (made, shift) in variants(stack).items():
+        sp = shifted(detect(made).spines, shift)
         m = evaluate(sp, gt, centerlines=cl, pred_point="distal_edge").summary
         out[name] = [m["f1"], m["precision"], m["recall"]]
     return out
