@@ -38,9 +38,10 @@ BUILTIN = {"rr30a": "rr30a_classifier.json"}
 POOL_THRESHOLD = 1.5
 #: The candidates (``Detection.candidates``: what time-lapse linking may take for a spine that
 #: one session missed, and what review offers) are the peaks the model gives at least this
-#: fraction of its threshold (rr30a sessions 0 -> 1, built-in model: formation +11.1 / +18.7
-#: percentage points against the annotation at 0.25 / 0.5, elimination -2.7 / +0.5; synthetic
-#: time-lapses' largest error 3.3 / 3.9 pp; benchmarks/timelapse.py --classifier rr30a).
+#: fraction of its threshold (rr30a sessions 0 -> 1 with session 42's model: formation +11.1 /
+#: +18.7 percentage points against the annotation at 0.25 / 0.5, elimination -2.7 / +0.5;
+#: synthetic time-lapses' largest error 3.3 / 3.9 pp; with the model built in since session
+#: 43 at 0.25: +11.2 / +0.5 pp, 4.2 pp; benchmarks/timelapse.py --classifier rr30a).
 CANDIDATE_FRACTION = 0.25
 #: The patch: along the line from the spine's base through its head (0 at the head, negative
 #: towards the shaft) and across it, um.
