@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from detect_rr30a import shifted, variants
-from detect_synthetic import CASES
+from detect_synthetic import CASES, FIRST_SEED
 from spinecount.classifier import (fit_classifier, label_peaks, peak_features, peak_pool,
                                    pool_params)
 from spinecount.detection import detect
@@ -42,7 +42,7 @@ HERE = Path(__file__).resolve().parent
 def pool(stack, truth, centerlines, compare_at):
     """The detector's loose pool of peaks with their features and labels."""
     t = time.perf_counter()
-    peaks = peak_pool(detect(stack, params=pool_params()))
+    peaks = peak_pool(detect(stack, params=pool_params(), classifier="rules"))
     t_detect = time.perf_counter() - t
     feats = peak_features(stack, peaks)
     t_feat = time.perf_counter() - t - t_detect
@@ -88,6 +88,8 @@ def main():
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--write-model", help="train on everything and write the model here")
     a = ap.parse_args()
+    if a.seeds + EXTRA_SEEDS + HARD_SEEDS > FIRST_SEED:  # detect_synthetic's stay unseen
+        raise SystemExit(f"--seeds at most {FIRST_SEED - EXTRA_SEEDS - HARD_SEEDS}")
     data = Path(a.data)
     real = {}
     for path in sorted(data.glob("rr30a_s[0-9]*_spines.csv")):
@@ -123,7 +125,7 @@ def main():
     print("rr30a made coarser or dimmer, each segment left out in turn:")
     for s, (_, _, _, _, truth, lines, stack) in real.items():
         for name, (made, shift) in variants(stack).items():
-            peaks = peak_pool(detect(made, params=pool_params()))
+            peaks = peak_pool(detect(made, params=pool_params(), classifier="rules"))
             feats = peak_features(made, peaks)
             peaks = shifted(peaks, shift)
             segment = nearest_dendrite(peaks[["z_um", "y_um", "x_um"]].to_numpy(float), lines)

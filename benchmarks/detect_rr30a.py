@@ -31,6 +31,11 @@ other). Where there are two sessions or more, it then runs the real part of
 the annotated rates, which every change to the detector moves too.
 
     python benchmarks/detect_rr30a.py [--data ../shared/data/rr30a] [--sessions 0 1 ...]
+                                      [--classifier rr30a|rules|FILE]
+
+The spines are chosen as the detector chooses them by default, with the built-in classifier,
+whose training data these sessions are (``classifier_rr30a.py`` scores it on dendrites it did
+not see); ``--classifier rules`` scores the rules alone.
 
 By default every annotated session in the data folder (``rr30a_sN.tif`` with
 ``rr30a_sN_spines.csv`` and ``rr30a_sN_backbone.csv``).
@@ -49,19 +54,21 @@ HERE = Path(__file__).resolve().parent
 FIELD_PX = 512
 
 
-def run_one(data: Path, session: int) -> dict:
+def run_one(data: Path, session: int, classifier: str) -> dict:
+    from spinecount.classifier import load_classifier
     from spinecount.detection import detect
     from spinecount.evaluate import evaluate, spines_along
     from spinecount.io import read_stack
     from spinecount.tables import read_centerlines, read_spines
 
+    model = load_classifier(classifier)[0]
     t0 = time.perf_counter()
     stack = read_stack(data / f"rr30a_s{session}.tif")
     t_read = time.perf_counter() - t0
-    det = detect(stack)
+    det = detect(stack, classifier=model)
     wall = time.perf_counter() - t0
     t0 = time.perf_counter()  # a later stack of the same process: everything imported
-    again = detect(stack).timings
+    again = detect(stack, classifier=model).timings
     wall_again = time.perf_counter() - t0
     gt = read_spines(data / f"rr30a_s{session}_spines.csv")
     cl = read_centerlines(data / f"rr30a_s{session}_backbone.csv")
@@ -82,10 +89,10 @@ def run_one(data: Path, session: int) -> dict:
             "again_s": round(wall_again, 2), "again_timings_s": again,
             "n_dendrites": len(det.dendrites), "peak_rss_mb": peak_mb,
             "misses": misses(ev.matched, det.candidates, gt),
-            "fields": smaller_fields(stack, det.spines, gt, cl),
-            "resampled": resampled(stack, gt, cl),
-            "moved": moved_or_mirrored(stack, det.spines, gt, cl),
-            "projected": projected(stack, det.spines, gt, cl)}
+            "fields": smaller_fields(stack, det.spines, gt, cl, model),
+            "resampled": resampled(stack, gt, cl, model),
+            "moved": moved_or_mirrored(stack, det.spines, gt, cl, model),
+            "projected": projected(stack, det.spines, gt, cl, model)}
 
 
 def misses(matched, candidates, gt) -> dict:
@@ -146,7 +153,7 @@ def shifted(table, by, *, mirror: str = ""):
     return table
 
 
-def smaller_fields(stack, spines, gt, cl, size: int = FIELD_PX) -> dict:
+def smaller_fields(stack, spines, gt, cl, model, size: int = FIELD_PX) -> dict:
     """Matched, detected and annotated spines summed over fields of `size` pixels cut from the
     stack (overlapping by half, with at least 10 annotated spines more than 1 um inside), for
     the field's own detection ("alone") and the whole stack's detection in it ("whole")."""
@@ -173,7 +180,8 @@ def smaller_fields(stack, spines, gt, cl, size: int = FIELD_PX) -> dict:
                 continue
             field = dataclasses.replace(stack, data=stack.data[:, y0:y0 + size, x0:x0 + size])
             track = moved(cl, -np.inf)  # all of it
-            for name, pred in (("alone", detect(field).spines), ("whole", moved(spines))):
+            for name, pred in (("alone", detect(field, classifier=model).spines),
+                               ("whole", moved(spines))):
                 m = evaluate(pred, g, centerlines=track, pred_point="distal_edge").summary
                 sums[name] += [m["true_positives"], m["n_pred"], m["n_gt"]]
     return {k: v.tolist() for k, v in sums.items()}
@@ -201,20 +209,20 @@ def variants(stack) -> dict:
             for name, (data, vs, shift) in made.items()}
 
 
-def resampled(stack, gt, cl) -> dict:
+def resampled(stack, gt, cl, model) -> dict:
     """F1, precision and recall (as in the main figure) of the stack made coarser or dimmer."""
     from spinecount.detection import detect
     from spinecount.evaluate import evaluate
 
     out = {}
     for name, (made, shift) in variants(stack).items():
-        sp = shifted(detect(made).spines, shift)
+        sp = shifted(detect(made, classifier=model).spines, shift)
         m = evaluate(sp, gt, centerlines=cl, pred_point="distal_edge").summary
         out[name] = [m["f1"], m["precision"], m["recall"]]
     return out
 
 
-def projected(stack, spines, gt, cl) -> dict:
+def projected(stack, spines, gt, cl, model) -> dict:
     """F1, precision and recall of the stack's detection and of its maximum projection's (one
     plane), both scored in the image plane (z left out of the matching and the tube): what a
     lab that counts on projections would get."""
@@ -223,7 +231,8 @@ def projected(stack, spines, gt, cl) -> dict:
     from spinecount.detection import detect
     from spinecount.evaluate import evaluate
 
-    plane = detect(dataclasses.replace(stack, data=stack.data.max(axis=0)[None])).spines
+    plane = detect(dataclasses.replace(stack, data=stack.data.max(axis=0)[None]),
+                   classifier=model).spines
     out = {}
     for name, table in (("the stack", spines), ("its maximum projection", plane)):
         m = evaluate(table, gt, centerlines=cl, axial_tol=float("inf"),
@@ -232,7 +241,7 @@ def projected(stack, spines, gt, cl) -> dict:
     return out
 
 
-def moved_or_mirrored(stack, spines, gt, cl) -> dict:
+def moved_or_mirrored(stack, spines, gt, cl, model) -> dict:
     """F1, precision and recall (as in the main figure) of the same stack moved by one pixel
     (its first row and column cut off) or mirrored left to right or top to bottom, with the
     annotations moved alike: nothing a detector should notice, so the spread of these F1s is
@@ -258,7 +267,8 @@ def moved_or_mirrored(stack, spines, gt, cl) -> dict:
     }
     out = {}
     for name, (data, move) in variants.items():
-        sp = detect(dataclasses.replace(stack, data=np.ascontiguousarray(data))).spines
+        sp = detect(dataclasses.replace(stack, data=np.ascontiguousarray(data)),
+                    classifier=model).spines
         m = evaluate(sp, move(gt), centerlines=move(cl), pred_point="distal_edge").summary
         same = evaluate(sp, move(spines)).summary["f1"]
         out[name] = [m["f1"], m["precision"], m["recall"], same]
@@ -270,11 +280,13 @@ def main():
     ap.add_argument("--data", default=str(HERE.parent.parent / "shared/data/rr30a"))
     ap.add_argument("--sessions", nargs="+", type=int,
                     help="session numbers N (default: every annotated session in --data)")
+    ap.add_argument("--classifier", default="rr30a",
+                    help="what chooses the spines (a built-in model, a file, or rules)")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
     a = ap.parse_args()
     data = Path(a.data)
     if a.one is not None:
-        print(json.dumps(run_one(data, a.one)))
+        print(json.dumps(run_one(data, a.one, a.classifier)))
         return
     if not data.exists():
         sys.exit(f"data folder {data} not found; pass --data")
@@ -283,8 +295,12 @@ def main():
     sessions = a.sessions or annotated_sessions(data)
     if not sessions:
         sys.exit(f"no annotated sessions (rr30a_sN.tif, _spines.csv, _backbone.csv) in {data}")
+    print(f"spines chosen by {a.classifier}" + (
+        " (the built-in classifier, trained on these sessions: benchmarks/classifier_rr30a.py "
+        "scores it on dendrites it was not trained on)" if a.classifier == "rr30a" else ""))
     for s in sessions:  # each session in its own process, so peak memory is its own
-        out = subprocess.run([sys.executable, __file__, "--data", str(data), "--one", str(s)],
+        out = subprocess.run([sys.executable, __file__, "--data", str(data), "--one", str(s),
+                              "--classifier", a.classifier],
                              capture_output=True, text=True, check=True).stdout
         r = json.loads(out.strip().splitlines()[-1])
         m = r["summary"]
@@ -333,7 +349,8 @@ def main():
     if len(sessions) > 1:
         print("time-lapse (benchmarks/timelapse.py --seeds 0):", flush=True)
         subprocess.run([sys.executable, str(HERE / "timelapse.py"), "--data", str(data),
-                        "--sessions", *map(str, sessions), "--seeds", "0"], check=True)
+                        "--sessions", *map(str, sessions), "--seeds", "0",
+                        "--classifier", a.classifier], check=True)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ Prints:
    without its candidates).
 
     python benchmarks/timelapse.py [--data ../shared/data/rr30a] [--sessions 0 1 ...]
-                                   [--out /tmp/spinecount-tl] [--seeds 3] [--classifier rr30a]
+                                   [--out /tmp/spinecount-tl] [--seeds 3] [--classifier rr30a|rules|FILE]
 
 The real sessions are, by default, every annotated session in the data folder, linked in order
 and reported per interval.
@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from spinecount.classifier import DEFAULT, load_classifier
 
 HERE = Path(__file__).resolve().parent
 
@@ -70,7 +72,7 @@ def annotated(data: Path, sessions, regs):
     return true_rates
 
 
-def detected(data: Path, sessions, stacks, regs, out: Path, true_rates, classifier=None):
+def detected(data: Path, sessions, stacks, regs, out: Path, true_rates, classifier):
     from spinecount.detection import detect
     from spinecount.evaluate import evaluate, in_tube
     from spinecount.results import write_result
@@ -131,7 +133,7 @@ def detected(data: Path, sessions, stacks, regs, out: Path, true_rates, classifi
                     f"{n} {k}" for k, n in pd.Series(kinds).value_counts().items()))
 
 
-def synthetic(seeds, classifier=None):
+def synthetic(seeds, classifier):
     from spinecount.detection import detect
     from spinecount.registration import register_sessions
     from spinecount.synthetic import make_timelapse
@@ -180,15 +182,13 @@ def main():
                          "--data)")
     ap.add_argument("--no-real", action="store_true")
     ap.add_argument("--seeds", type=int, default=3, help="synthetic time-lapses (0: none)")
-    ap.add_argument("--classifier", help="detect with this classifier (a file or a built-in "
-                                         "name, as `spinecount detect --classifier`)")
+    ap.add_argument("--classifier", default=DEFAULT,
+                    help="what chooses the spines (a built-in model, a file, or rules; as "
+                         "`spinecount detect --classifier`)")
     a = ap.parse_args()
     data = Path(a.data)
-    classifier = None
-    if a.classifier:
-        from spinecount.classifier import SpineClassifier
-
-        classifier = SpineClassifier.load(a.classifier)
+    classifier = load_classifier(a.classifier)[0]
+    print(f"spines chosen by {a.classifier}")
     if not a.no_real:
         from rr30a_data import annotated_sessions
         from spinecount.io import read_stack

@@ -7,13 +7,14 @@ shaft outwards through the head, and across), in micrometres and relative to the
 brightness at the spine's base, so that it reads the same at any pixel size and brightness.
 It chooses among a looser pool of peaks (:data:`POOL_THRESHOLD`) than the rules count.
 
-The rules stay the default: on rr30a a model trained on other dendrites of the same field and
-on synthetic stacks chose better than the rules by about 0.02 in F1, within what one F1 is
-good to, and on the synthetic stacks slightly worse (``benchmarks/classifier_rr30a.py``;
-README, Measured accuracy). One model is built in, ``"rr30a"`` (:data:`BUILTIN`), trained on
-both annotated rr30a sessions and synthetic stacks, for in-vivo stacks like those. Train one on
-your own annotated or reviewed stacks with :func:`train_classifier` (``spinecount train``) and
-detect with it (``detect(..., classifier=...)``, ``spinecount detect --classifier FILE``).
+By default :func:`spinecount.detect` chooses with the built-in model, ``"rr30a"``
+(:data:`DEFAULT`; :data:`BUILTIN`), trained on both annotated rr30a sessions and synthetic
+stacks: on dendrites and synthetic stacks it was not trained on it chose better than the rules
+(``benchmarks/classifier_rr30a.py``, ``benchmarks/detect_synthetic.py``; README, Measured
+accuracy). ``classifier="rules"`` (``--classifier rules``) counts by the rules alone. Train a
+model on your own annotated or reviewed stacks with :func:`train_classifier` (``spinecount
+train``) and detect with it (``detect(..., classifier=...)``, ``spinecount detect --classifier
+FILE``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ from .tables import BASE, POSITION
 
 #: Models shipped with spinecount, by name (``benchmarks/classifier_rr30a.py --write-model``).
 BUILTIN = {"rr30a": "rr30a_classifier.json"}
+#: The model spines are chosen with unless told otherwise; :data:`RULES` for the rules alone.
+DEFAULT = "rr30a"
+RULES = "rules"
 #: Peaks down to this contrast (noise SDs) and with any protrusion fraction form the pool a
 #: classifier chooses from (the rules count peaks from ``spine_threshold``).
 POOL_THRESHOLD = 1.5
@@ -222,6 +226,39 @@ class SpineClassifier:
         return {"source": where, "sha256": self.digest()}
 
 
+def load_classifier(classifier=DEFAULT) -> tuple:
+    """The model that `classifier` names and what ``run.json`` records of it.
+
+    Parameters
+    ----------
+    classifier : str, path, SpineClassifier or None
+        A built-in model's name (:data:`BUILTIN`), a file of ``spinecount train``, a model,
+        or ``"rules"`` (or None) for the rules alone.
+
+    Returns
+    -------
+    model : SpineClassifier or None
+        None for the rules.
+    provenance : dict
+        ``source`` (the name, the file's absolute path, ``"rules"`` or ``"in memory"``) and
+        ``sha256`` (the model's digest; None for the rules).
+
+    Examples
+    --------
+    >>> load_classifier("rules")
+    (None, {'source': 'rules', 'sha256': None})
+    >>> model, prov = load_classifier()
+    >>> prov["source"], len(prov["sha256"])
+    ('rr30a', 64)
+    """
+    if classifier is None or str(classifier) == RULES:
+        return None, {"source": RULES, "sha256": None}
+    if isinstance(classifier, SpineClassifier):
+        return classifier, {"source": "in memory", "sha256": classifier.digest()}
+    model = SpineClassifier.load(classifier)
+    return model, model.provenance(classifier)
+
+
 def label_peaks(peaks: pd.DataFrame, annotated: pd.DataFrame, *, centerlines=None,
                 compare_at: str = "head") -> np.ndarray:
     """1 for each peak matched one to one to an annotated spine (:func:`spinecount.evaluate`),
@@ -324,7 +361,7 @@ def train_classifier(examples, *, params=None, compare_at: str = "head",
     for stack, annotated, centerlines in tqdm(examples, total=total, desc="train",
                                               unit="stack", disable=not progress):
         annotated = counted(annotated)  # a reviewed table's rejected rows are not spines
-        pool = peak_pool(detect(stack, params=loose))
+        pool = peak_pool(detect(stack, params=loose, classifier=RULES))
         lab = label_peaks(pool, annotated, centerlines=centerlines, compare_at=compare_at)
         feats.append(peak_features(stack, pool))
         labels.append(lab)

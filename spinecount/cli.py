@@ -23,6 +23,14 @@ def _voxel_arg(p: argparse.ArgumentParser):
                    help="voxel size in micrometres; overrides the file's metadata")
 
 
+def _classifier_arg(p: argparse.ArgumentParser):
+    from .classifier import DEFAULT, RULES
+
+    p.add_argument("--classifier", default=DEFAULT,
+                   help=f"what chooses the spines: a built-in model (default: {DEFAULT}), a "
+                        f"file of spinecount train, or {RULES} (the detector's rules alone)")
+
+
 def _cmd_detect(args) -> int:
     from .params import DetectionParams, load_params
 
@@ -288,9 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "tracing them")
     p.add_argument("--chunk-um", type=float, help="process in overlapping lateral chunks of "
                    "this size (um); same result (default: automatic for large stacks)")
-    p.add_argument("--classifier", help="choose the spines with this trained classifier "
-                                        "(spinecount train; rr30a: the built-in one) "
-                                        "instead of the rules")
+    _classifier_arg(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_detect)
 
@@ -338,8 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "e.g. tcp://10.0.0.5:8786")
     p.add_argument("--params", help="JSON file of detection parameters (a run.json works)")
     p.add_argument("--reference", help="reference condition (default: control)")
-    p.add_argument("--classifier", help="choose the spines with this trained classifier "
-                                        "(spinecount train; rr30a: the built-in one)")
+    _classifier_arg(p)
     p.add_argument("--min-length", type=float, default=MIN_LENGTH_UM,
                    help=f"shortest dendrite (um) in the statistics "
                         f"(default {MIN_LENGTH_UM:g})")

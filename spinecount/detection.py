@@ -102,6 +102,10 @@ The method, in order (all distances in micrometres, converted with the stack's v
    continuation past where the tracing stopped, :func:`_past_end`), and heads within
    ``OTHER_DENDRITE_UM`` of another dendrite's centre line (where two dendrites cross or
    touch).
+   Which of the peaks are spines is then chosen by a classifier (:mod:`.classifier`): by
+   default the built-in model, a logistic regression over each peak's measurements and a
+   patch of the image around it, choosing among a looser pool (peaks from
+   ``POOL_THRESHOLD`` noise SDs); with ``classifier="rules"`` the tests above decide alone.
 6. **Chunks.** Every step works in lateral chunks with a margin (:mod:`spinecount.chunks`), and
    what needs the whole stack (background and noise, Otsu's threshold, the shaft model's cell
    medians, the noise curve, close peaks) is gathered from all chunks first, so the result is
@@ -124,6 +128,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from .classifier import CANDIDATE_FRACTION, load_classifier, peak_features, pool_params
+from .classifier import DEFAULT as DEFAULT_CLASSIFIER
 from .chunks import AUTO_CHUNK_UM, AUTO_CHUNK_VOXELS, assemble_lattice, map_tiles, plan_tiles
 from .grid import (_gaussian_at, _lattice_step, _lookup, _sigma_vox, _slice_stats,
                    downsample_xy, upsample_z)
@@ -186,7 +192,7 @@ class Detection:
 def detect(stack: Stack, *, params: DetectionParams | None = None, traces: pd.DataFrame | None
            = None, return_mask: bool = False, progress: bool = False,
            chunk_um: float | None = None, threads: int | None = None,
-           classifier=None) -> Detection:
+           classifier=DEFAULT_CLASSIFIER) -> Detection:
     """Trace the dendrites of a stack and detect their spines.
 
     Parameters
@@ -210,11 +216,12 @@ def detect(stack: Stack, *, params: DetectionParams | None = None, traces: pd.Da
         ones in one piece.
     threads : int, optional
         Threads that process chunks in parallel (default: one per core).
-    classifier : SpineClassifier or path, optional
-        A trained classifier (:mod:`spinecount.classifier`, ``spinecount train``) that
-        chooses the spines among a looser pool of peaks instead of the rules; the spines'
-        ``score`` is then its probability, and the candidates are the peaks it gives at least
-        a quarter of its threshold.
+    classifier : str, path or SpineClassifier
+        What chooses the spines among a looser pool of peaks: by default the built-in model
+        (``"rr30a"``, :mod:`spinecount.classifier`), or a file of ``spinecount train``; the
+        spines' ``score`` is then its probability, and the candidates are the peaks it gives at
+        least a quarter of its threshold. ``"rules"`` (or None) counts the peaks that pass the
+        rules (``spine_threshold``, ``min_score`` and the other parameters) instead.
 
     Returns
     -------
@@ -267,7 +274,7 @@ def _halo_px(vs, p: DetectionParams) -> int:
 def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
                  traces: pd.DataFrame | None = None, return_mask: bool = False,
                  chunk_um: float | None = None, threads: int | None = None,
-                 classifier=None):
+                 classifier=DEFAULT_CLASSIFIER):
     """:func:`detect` as a generator: yields the name of each stage of :data:`STAGES` as it
     finishes and returns the :class:`Detection` (the ``value`` of ``StopIteration``).
 
@@ -284,11 +291,8 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
     from scipy.spatial import cKDTree
 
     p = params or DetectionParams()
+    classifier = load_classifier(classifier)[0]
     if classifier is not None:
-        from .classifier import SpineClassifier, pool_params
-
-        if not isinstance(classifier, SpineClassifier):
-            classifier = SpineClassifier.load(classifier)
         p = pool_params(p)
     timings: dict[str, float] = {}
     if traces is None:
@@ -673,8 +677,6 @@ def _chosen(classifier, stack: Stack, peaks: pd.DataFrame, weak: np.ndarray):
     """The classifier's choice among the pool of `peaks` (`weak`: those the rules do not
     count): its probability becomes their ``score``; returns which peaks are weak (under its
     threshold) and which are kept at all (at least ``CANDIDATE_FRACTION`` of its threshold)."""
-    from .classifier import CANDIDATE_FRACTION, peak_features
-
     prob = classifier.predict_proba(peak_features(stack, peaks.assign(passes_rules=~weak)))
     peaks["score"] = prob
     keep = prob >= classifier.threshold * CANDIDATE_FRACTION

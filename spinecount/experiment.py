@@ -41,6 +41,8 @@ import pandas as pd
 
 from ._version import __version__
 from .params import MIN_LENGTH_UM, DetectionParams
+from .classifier import DEFAULT, load_classifier
+from .errors import InputError
 from .results import RUN_FILE
 
 STACKS_DIR = "stacks"
@@ -142,7 +144,7 @@ def _import_aggregation() -> None:
 
 
 def _tasks(df: pd.DataFrame, outdir: Path, params: DetectionParams,
-           classifier: dict | None = None) -> list[dict]:
+           classifier: dict) -> list[dict]:
     """One task per stack; `classifier` is the model's provenance (source and digest)."""
     from .manifest import INTERNAL, row_channel, row_voxel_size
 
@@ -154,8 +156,7 @@ def _tasks(df: pd.DataFrame, outdir: Path, params: DetectionParams,
              "channel": row_channel(row), "voxel_size": row_voxel_size(row),
              "params": params.to_dict(), "row": {c: row[c] for c in meta},
              "folder": str(outdir / STACKS_DIR / row["stack"]),
-             "classifier": classifier["source"] if classifier else None,
-             "classifier_sha256": classifier["sha256"] if classifier else None}
+             "classifier": classifier["source"], "classifier_sha256": classifier["sha256"]}
         t["key"] = cache_key(t)
         tasks.append(t)
     return tasks
@@ -262,7 +263,7 @@ def _execute(tasks: list[dict], *, workers: int, scheduler: str | None, progress
 def run_experiment(manifest, outdir, *, params: DetectionParams | None = None,
                    workers: int | None = None, scheduler: str | None = None,
                    reference: str | None = None, min_length_um: float = MIN_LENGTH_UM,
-                   progress: bool = True, classifier=None) -> ExperimentResult:
+                   progress: bool = True, classifier=DEFAULT) -> ExperimentResult:
     """Detect spines in every stack of a manifest and write the experiment's tables and report.
 
     Parameters
@@ -286,10 +287,10 @@ def run_experiment(manifest, outdir, *, params: DetectionParams | None = None,
         statistics tables.
     progress : bool
         Show a progress bar.
-    classifier : str or path, optional
-        Choose the spines with this classifier (a built-in name or a file of
-        ``spinecount train``; :mod:`spinecount.classifier`) instead of the rules; its digest is
-        part of each stack's cache key.
+    classifier : str or path
+        What chooses the spines (:func:`spinecount.detect`): the built-in model by default,
+        another built-in name, a file of ``spinecount train`` (:mod:`spinecount.classifier`),
+        or ``"rules"``; its digest is part of each stack's cache key.
 
     Returns
     -------
@@ -300,11 +301,10 @@ def run_experiment(manifest, outdir, *, params: DetectionParams | None = None,
 
     t0 = time.perf_counter()
     params = params or DetectionParams()
-    chosen = None
-    if classifier is not None:  # a bad file is said before any stack is read
-        from .classifier import SpineClassifier
-
-        chosen = SpineClassifier.load(classifier).provenance(classifier)
+    chosen = load_classifier(classifier)[1]  # a bad file is said before any stack is read
+    if chosen["source"] == "in memory":  # the workers read the model themselves
+        raise InputError("run_experiment needs the classifier's file or built-in name, "
+                         "not a model", hint="save it (model.save(path)) and pass the path")
     outdir = Path(outdir)
     df = load_manifest(manifest, progress=progress)
     outdir.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,7 @@ import warnings
 from pathlib import Path
 
 from ._version import __version__
+from .classifier import DEFAULT, load_classifier
 
 SPINES_FILE = "spines.csv"
 DENDRITES_FILE = "dendrites.csv"
@@ -115,12 +116,12 @@ def detect_to_folder(path, outdir, params, *, command: str, channel=None, voxel_
                      timepoint=None, traces=None, progress: bool = False,
                      extra: dict | None = None, sha256: str | None = None,
                      chunk_um: float | None = None, threads: int | None = None,
-                     classifier=None):
+                     classifier=DEFAULT):
     """Read one stack, detect its spines, and write its result folder with provenance.
 
     `chunk_um` and `threads` go to :func:`spinecount.detection.detect` (they do not change
-    the result), and `classifier` (a path; its file and digest are recorded). Returns
-    ``(stack, detection, wall_time_s)``.
+    the result), and so does `classifier` (a built-in name, a path or ``"rules"``; what it is
+    and its digest are recorded). Returns ``(stack, detection, wall_time_s)``.
     """
     from .detection import detect
     from .io import read_stack
@@ -128,12 +129,8 @@ def detect_to_folder(path, outdir, params, *, command: str, channel=None, voxel_
 
     t0 = time.perf_counter()
     caught = []
-    model = None
-    if classifier is not None:
-        from .classifier import SpineClassifier
-
-        model = SpineClassifier.load(classifier)
-        extra = {**(extra or {}), "classifier": model.provenance(classifier)}
+    model, chosen = load_classifier(classifier)
+    extra = {**(extra or {}), "classifier": chosen}
     try:
         with warnings.catch_warnings(record=True) as caught:
             stack = read_stack(path, channel=channel, voxel_size=voxel_size,

@@ -8,7 +8,8 @@ import pytest
 
 from spinecount.classifier import (CANDIDATE_FRACTION, MEASURES, PATCH_ACROSS_UM,
                                    PATCH_ALONG_UM, SpineClassifier, _mirrored, fit_classifier,
-                                   label_peaks, patch_columns, peak_features, train_classifier)
+                                   label_peaks, patch_columns, peak_features, peak_pool,
+                                   pool_params, train_classifier)
 from spinecount.cli import main
 from spinecount.detection import detect
 from spinecount.errors import InputError
@@ -120,3 +121,32 @@ def test_command_line_trains_and_detects_with_the_classifier(tmp_path, capsys):
                  "--spines", str(paths[0]["spines"])]) != 0
     assert "one --spines" in capsys.readouterr().err
     assert not (tmp_path / "no.json").exists()
+
+
+def test_the_built_in_classifier_chooses_by_default_and_the_rules_on_request(tmp_path):
+    """detect's spines are the built-in model's choice among the pool of peaks, its
+    probability their score; ``rules`` counts the peaks that pass the rules; the command line
+    records which chose."""
+    syn = make_stack(shape_um=(12, 40, 40), n_dendrites=2, peak_photons=20, seed=6)
+    model = SpineClassifier.load("rr30a")
+    pool = peak_pool(detect(syn.stack, params=pool_params(), classifier="rules"))
+    prob = model.predict_proba(peak_features(syn.stack, pool))
+    default, rules = detect(syn.stack), detect(syn.stack, classifier="rules")
+    key = ["z_um", "y_um", "x_um"]
+
+    def spots(table):
+        return sorted(map(tuple, table[key].round(6).to_numpy()))
+
+    chosen = pool[prob >= model.threshold]
+    assert spots(default.spines) == spots(chosen) != spots(rules.spines)
+    np.testing.assert_allclose(np.sort(default.spines["score"]),
+                               np.sort(prob[prob >= model.threshold]))
+    assert spots(rules.spines) == spots(pool[pool["passes_rules"] == 1])
+    paths = write_synthetic(syn, tmp_path / "s.tif")
+    for args, recorded in (([], {"source": "rr30a", "sha256": model.digest()}),
+                           (["--classifier", "rules"], {"source": "rules", "sha256": None})):
+        out = tmp_path / f"det{len(args)}"
+        assert main(["detect", str(paths["stack"]), "-o", str(out), "-q", *args]) == 0
+        assert json.loads((out / "run.json").read_text())["classifier"] == recorded
+        assert len(pd.read_csv(out / "spines.csv")) == len(rules.spines if args else
+                                                           default.spines)

@@ -772,11 +772,11 @@ def test_heads_far_from_the_shaft_need_more_contrast(syn):
 
 
 def test_candidates_hold_missed_spines_and_never_change_the_spines(tmp_path):
-    """Peaks that fall short of the tests are candidates: they take nothing from the spines,
-    and among them lie true spines that the spines missed (a noisy stack)."""
+    """Peaks that fall short of the rules' tests are candidates: they take nothing from the
+    spines, and among them lie true spines that the spines missed (a noisy stack)."""
     syn = make_stack(shape_um=(12, 40, 40), n_dendrites=2, branch_probability=0,
                      peak_photons=15, seed=3)
-    det = spinecount.detect(syn.stack)
+    det = spinecount.detect(syn.stack, classifier="rules")
     cand = det.candidates
     assert list(cand.columns) == list(det.spines.columns) and len(cand)
     assert (cand["spine_id"] == np.arange(len(cand))).all()
@@ -795,7 +795,7 @@ def test_candidates_hold_missed_spines_and_never_change_the_spines(tmp_path):
     p = spinecount.DetectionParams()
     strict = spinecount.detect(syn.stack, params=spinecount.DetectionParams(
         candidate_threshold=p.spine_threshold,
-        candidate_protrusion_fraction=p.min_protrusion_fraction))
+        candidate_protrusion_fraction=p.min_protrusion_fraction), classifier="rules")
     assert len(strict.candidates) == 0
     pd.testing.assert_frame_equal(strict.spines, det.spines)
     # true spines the detector missed are among the candidates

@@ -126,14 +126,16 @@ def test_run_tables_cache_and_changed_parameters(tmp_path, experiment):
     res = run_experiment(changed, out, params=DetectionParams(spine_threshold=3.5), workers=0,
                          progress=False)
     assert res.n_computed == 4
-    # so does a classifier, whose scores the spines then carry; the same one again redoes none
+    chosen = json.loads((out / "experiment.json").read_text())["classifier"]
+    assert chosen["source"] == "rr30a" and len(chosen["sha256"]) == 64  # the default
+    # so does another choice of spines, the rules alone; the same again redoes none
     with pytest.raises(InputError, match="classifier file not found"):
         run_experiment(changed, out, classifier=tmp_path / "none.json", progress=False)
-    res = run_experiment(changed, out, classifier="rr30a", workers=0, progress=False)
+    res = run_experiment(changed, out, classifier="rules", workers=0, progress=False)
     assert res.n_computed == 4
-    assert json.loads((out / "experiment.json").read_text())["classifier"]["source"] == "rr30a"
-    assert (pd.read_csv(out / "spines.csv")["score"] >= 0.5).all()
-    res = run_experiment(changed, out, classifier="rr30a", workers=0, progress=False)
+    assert json.loads((out / "experiment.json").read_text())["classifier"] == {
+        "source": "rules", "sha256": None}
+    res = run_experiment(changed, out, classifier="rules", workers=0, progress=False)
     assert res.n_computed == 0
 
 

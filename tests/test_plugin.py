@@ -251,14 +251,14 @@ def test_a_single_plane_is_detected_with_its_warning_kept(make_napari_viewer, qt
 
 
 def test_spines_chosen_by_a_classifier(make_napari_viewer, qtbot, tmp_path):
-    """The built-in classifier chosen in the Detect widget: the spines' scores are its
-    probabilities and run.json names it; a classifier file that is none is refused."""
+    """The built-in classifier chooses in the Detect widget by default: the spines' scores
+    are its probabilities and run.json names it; a classifier file that is none is refused."""
     from spinecount.classifier import SpineClassifier
 
     viewer = make_napari_viewer()
     viewer.open_sample("spinecount", "rr30a_crop")
     _, det = viewer.window.add_plugin_dock_widget("spinecount", "Detect spines")
-    assert det._model.native.isHidden()
+    assert det._chooser.value == "rr30a" and det._model.native.isHidden()
     det._chooser.value = "classifier file"
     assert not det._model.native.isHidden()
     (tmp_path / "bad.json").write_text("{}")

@@ -14,7 +14,7 @@ from spinecount.synthetic import make_stack
 def result(tmp_path_factory):
     syn = make_stack(shape_um=(10, 30, 30), n_dendrites=2, branch_probability=0, seed=4)
     folder = tmp_path_factory.mktemp("res") / "stack"
-    det = detect(syn.stack)
+    det = detect(syn.stack, classifier="rules")  # the rules leave more candidates to review
     write_result(folder, det, {"voxel_size_um": list(syn.stack.voxel_size)})
     return folder, det
 

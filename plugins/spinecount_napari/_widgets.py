@@ -13,7 +13,7 @@ import numpy as np
 from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label,
                               LineEdit, ProgressBar, PushButton, SpinBox, Table)
 
-from spinecount.classifier import BUILTIN
+from spinecount.classifier import BUILTIN, DEFAULT, RULES
 from spinecount.params import DetectionParams
 from spinecount.results import REVIEWED_SPINES_FILE
 from spinecount.tables import POSITION, SPINE_TYPES
@@ -61,9 +61,10 @@ class DetectWidget(Container):
                                step=0.05, tooltip=doc)
             for name, (default, doc) in DetectionParams.describe().items()}
         self._chooser = ComboBox(
-            label="spines chosen by", choices=["rules", *BUILTIN, "classifier file"],
-            tooltip="the detector's rules (default), a built-in classifier or one trained "
-                    "with spinecount train")
+            label="spines chosen by", choices=[*BUILTIN, RULES, "classifier file"],
+            value=DEFAULT,
+            tooltip=f"a built-in classifier (default: {DEFAULT}), the detector's rules alone, "
+                    f"or a classifier trained with spinecount train")
         self._model = FileEdit(label="classifier file", mode="r", filter="*.json",
                                visible=False)
         self._more = CheckBox(label="all parameters", value=False)
@@ -114,15 +115,15 @@ class DetectWidget(Container):
         return DetectionParams(**{k: w.value for k, w in self._params.items()})
 
     def classifier(self):
-        """The chosen classifier's name or file, or None for the rules."""
+        """The chosen classifier's name or file, or ``"rules"``."""
         how = self._chooser.value
-        return None if how == "rules" else self._model.value if how == "classifier file" else how
+        return self._model.value if how == "classifier file" else how
 
     def start(self):
         """Detect spines in the chosen layer (in a worker thread); returns the worker."""
         from napari.qt.threading import thread_worker
 
-        from spinecount.classifier import SpineClassifier
+        from spinecount.classifier import load_classifier
         from spinecount.detection import STAGES, detect_steps
         from spinecount.errors import InputError
         from spinecount.io import Stack
@@ -153,14 +154,11 @@ class DetectWidget(Container):
             self._status.value = str(exc)
             return None
         params, name = self.params(), layer.name
-        source, model, chosen = self.classifier(), None, {}
-        if source is not None:
-            try:
-                model = SpineClassifier.load(source)
-            except InputError as exc:
-                self._status.value = str(exc)
-                return None
-            chosen = {"classifier": model.provenance(source)}
+        try:
+            model, chosen = load_classifier(self.classifier())
+        except InputError as exc:
+            self._status.value = str(exc)
+            return None
 
         def work():
             import time
@@ -173,7 +171,7 @@ class DetectWidget(Container):
             yield "saving"
             write_result(folder, det, detection_info(
                 stack, det, params, wall_time_s=time.perf_counter() - t0, command="napari",
-                extra={"stack": name, "warnings": said, **chosen}))
+                extra={"stack": name, "warnings": said, "classifier": chosen}))
             return folder, said
 
         self._progress.max = len(STAGES) + 1
