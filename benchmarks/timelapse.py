@@ -16,7 +16,8 @@ Prints:
    without its candidates).
 
     python benchmarks/timelapse.py [--data ../shared/data/rr30a] [--sessions 0 1 ...]
-                                   [--out /tmp/spinecount-tl] [--seeds 3] [--classifier rr30a|rules|FILE]
+                                   [--out /tmp/spinecount-tl] [--seeds 3]
+                                   [--classifier rr30a|rules|FILE]
 
 The real sessions are, by default, every annotated session in the data folder, linked in order
 and reported per interval.

@@ -68,7 +68,9 @@ class DetectionParams:
              "counted (the two-photon PSF is about 2 um long in z)")
     head_sigma_um: float = _p(0.25, "spatial scale of spine heads for the blob filter")
     spine_threshold: float = _p(
-        4.0, "spine candidates: blob filter peak above local background, in noise SDs")
+        4.0, "spines by the rules: blob filter peak above local background, in noise SDs "
+             "(with a classifier, the default, whether a peak passes the rules is one of what "
+             "it sees)")
     far_spine_um: float = _p(
         2.0, "spine heads further than this from the shaft surface need more contrast (see "
              "far_contrast_per_um): most spines are shorter, and most peaks further out are "
@@ -81,11 +83,12 @@ class DetectionParams:
              "shaft (rejects bulges of the shaft itself)")
     min_spine_separation_um: float = _p(0.7, "two spine heads closer than this are one")
     candidate_threshold: float = _p(
-        2.5, "peaks down to this contrast (noise SDs) are kept as candidates, not counted: "
-             "time-lapse linking looks among them for a spine seen in the session before or after")
+        2.5, "by the rules, peaks down to this contrast (noise SDs) are kept as candidates, not "
+             "counted: time-lapse linking looks among them for a spine seen in the session "
+             "before or after (a classifier chooses among peaks from 1.5 SDs)")
     candidate_protrusion_fraction: float = _p(
         0.2, "likewise, candidates need only this protrusion fraction")
-    min_score: float = _p(0.5, "spines with a lower confidence score are dropped")
+    min_score: float = _p(0.5, "by the rules, spines with a lower confidence score are dropped")
     psf_fwhm_um: float = _p(
         0.45, "lateral resolution (FWHM): the blur through which head and neck diameters are "
               "measured")
