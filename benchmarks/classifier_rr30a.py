@@ -33,6 +33,7 @@ from spinecount.classifier import (fit_classifier, label_peaks, peak_features, p
 from spinecount.detection import detect
 from spinecount.evaluate import evaluate, nearest_dendrite
 from spinecount.io import read_stack
+from spinecount.params import RULES
 from spinecount.synthetic import make_stack
 from spinecount.tables import read_centerlines, read_spines
 
@@ -42,7 +43,7 @@ HERE = Path(__file__).resolve().parent
 def pool(stack, truth, centerlines, compare_at):
     """The detector's loose pool of peaks with their features and labels."""
     t = time.perf_counter()
-    peaks = peak_pool(detect(stack, params=pool_params(), classifier="rules"))
+    peaks = peak_pool(detect(stack, params=pool_params(), classifier=RULES))
     t_detect = time.perf_counter() - t
     feats = peak_features(stack, peaks)
     t_feat = time.perf_counter() - t - t_detect
@@ -125,7 +126,7 @@ def main():
     print("rr30a made coarser or dimmer, each segment left out in turn:")
     for s, (_, _, _, _, truth, lines, stack) in real.items():
         for name, (made, shift) in variants(stack).items():
-            peaks = peak_pool(detect(made, params=pool_params(), classifier="rules"))
+            peaks = peak_pool(detect(made, params=pool_params(), classifier=RULES))
             feats = peak_features(made, peaks)
             peaks = shifted(peaks, shift)
             segment = nearest_dendrite(peaks[["z_um", "y_um", "x_um"]].to_numpy(float), lines)

@@ -49,6 +49,8 @@ import sys
 import time
 from pathlib import Path
 
+from spinecount.params import DEFAULT_CLASSIFIER
+
 HERE = Path(__file__).resolve().parent
 #: side of the smaller fields cut from a stack (pixels)
 FIELD_PX = 512
@@ -280,7 +282,7 @@ def main():
     ap.add_argument("--data", default=str(HERE.parent.parent / "shared/data/rr30a"))
     ap.add_argument("--sessions", nargs="+", type=int,
                     help="session numbers N (default: every annotated session in --data)")
-    ap.add_argument("--classifier", default="rr30a",
+    ap.add_argument("--classifier", default=DEFAULT_CLASSIFIER,
                     help="what chooses the spines (a built-in model, a file, or rules)")
     ap.add_argument("--one", type=int, help=argparse.SUPPRESS)
     a = ap.parse_args()

@@ -19,7 +19,8 @@ import time
 
 import numpy as np
 
-from spinecount.classifier import DEFAULT, load_classifier
+from spinecount.classifier import load_classifier
+from spinecount.params import DEFAULT_CLASSIFIER
 from spinecount.detection import detect
 from spinecount.evaluate import evaluate, in_tube
 from spinecount.synthetic import make_stack
@@ -35,7 +36,7 @@ FIRST_SEED = 100
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--classifier", default=DEFAULT,
+    ap.add_argument("--classifier", default=DEFAULT_CLASSIFIER,
                     help="what chooses the spines (a built-in model, a file, or rules)")
     a = ap.parse_args()
     model = load_classifier(a.classifier)[0]

@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from spinecount.classifier import DEFAULT, load_classifier
+from spinecount.classifier import load_classifier
+from spinecount.params import DEFAULT_CLASSIFIER
 
 HERE = Path(__file__).resolve().parent
 
@@ -183,7 +184,7 @@ def main():
                          "--data)")
     ap.add_argument("--no-real", action="store_true")
     ap.add_argument("--seeds", type=int, default=3, help="synthetic time-lapses (0: none)")
-    ap.add_argument("--classifier", default=DEFAULT,
+    ap.add_argument("--classifier", default=DEFAULT_CLASSIFIER,
                     help="what chooses the spines (a built-in model, a file, or rules; as "
                          "`spinecount detect --classifier`)")
     a = ap.parse_args()

@@ -8,13 +8,13 @@ brightness at the spine's base, so that it reads the same at any pixel size and 
 It chooses among a looser pool of peaks (:data:`POOL_THRESHOLD`) than the rules count.
 
 By default :func:`spinecount.detect` chooses with the built-in model, ``"rr30a"``
-(:data:`DEFAULT`; :data:`BUILTIN`), trained on both annotated rr30a sessions and synthetic
-stacks: on dendrites and synthetic stacks it was not trained on it chose better than the rules
-(``benchmarks/classifier_rr30a.py``, ``benchmarks/detect_synthetic.py``; README, Measured
-accuracy). ``classifier="rules"`` (``--classifier rules``) counts by the rules alone. Train a
-model on your own annotated or reviewed stacks with :func:`train_classifier` (``spinecount
-train``) and detect with it (``detect(..., classifier=...)``, ``spinecount detect --classifier
-FILE``).
+(:data:`spinecount.params.DEFAULT_CLASSIFIER`; :data:`BUILTIN`), trained on both annotated
+rr30a sessions and synthetic stacks: on dendrites and synthetic stacks it was not trained on
+it chose better than the rules (``benchmarks/classifier_rr30a.py``,
+``benchmarks/detect_synthetic.py``; README, Measured accuracy). ``classifier="rules"``
+(``--classifier rules``) counts by the rules alone. Train a model on your own annotated or
+reviewed stacks with :func:`train_classifier` (``spinecount train``) and detect with it
+(``detect(..., classifier=...)``, ``spinecount detect --classifier FILE``).
 """
 
 from __future__ import annotations
@@ -29,14 +29,11 @@ import pandas as pd
 
 from .errors import InputError
 from .grid import _lattice_step
-from .params import DetectionParams
+from .params import DEFAULT_CLASSIFIER, RULES, DetectionParams
 from .tables import BASE, POSITION
 
 #: Models shipped with spinecount, by name (``benchmarks/classifier_rr30a.py --write-model``).
 BUILTIN = {"rr30a": "rr30a_classifier.json"}
-#: The model spines are chosen with unless told otherwise; :data:`RULES` for the rules alone.
-DEFAULT = "rr30a"
-RULES = "rules"
 #: Peaks down to this contrast (noise SDs) and with any protrusion fraction form the pool a
 #: classifier chooses from (the rules count peaks from ``spine_threshold``).
 POOL_THRESHOLD = 1.5
@@ -226,7 +223,7 @@ class SpineClassifier:
         return {"source": where, "sha256": self.digest()}
 
 
-def load_classifier(classifier=DEFAULT) -> tuple:
+def load_classifier(classifier=DEFAULT_CLASSIFIER) -> tuple:
     """The model that `classifier` names and what ``run.json`` records of it.
 
     Parameters

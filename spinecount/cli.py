@@ -24,11 +24,12 @@ def _voxel_arg(p: argparse.ArgumentParser):
 
 
 def _classifier_arg(p: argparse.ArgumentParser):
-    from .classifier import DEFAULT, RULES
+    from .params import DEFAULT_CLASSIFIER, RULES
 
-    p.add_argument("--classifier", default=DEFAULT,
-                   help=f"what chooses the spines: a built-in model (default: {DEFAULT}), a "
-                        f"file of spinecount train, or {RULES} (the detector's rules alone)")
+    p.add_argument("--classifier", default=DEFAULT_CLASSIFIER,
+                   help=f"what chooses the spines: a built-in model (default: "
+                        f"{DEFAULT_CLASSIFIER}), a file of spinecount train, or {RULES} (the "
+                        f"detector's rules alone)")
 
 
 def _cmd_detect(args) -> int:

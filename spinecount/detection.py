@@ -129,7 +129,6 @@ import numpy as np
 import pandas as pd
 
 from .classifier import CANDIDATE_FRACTION, load_classifier, peak_features, pool_params
-from .classifier import DEFAULT as DEFAULT_CLASSIFIER
 from .chunks import AUTO_CHUNK_UM, AUTO_CHUNK_VOXELS, assemble_lattice, map_tiles, plan_tiles
 from .grid import (_gaussian_at, _lattice_step, _lookup, _sigma_vox, _slice_stats,
                    downsample_xy, upsample_z)
@@ -137,7 +136,7 @@ from .heads import (_apart, _drop_necks, _head_measured_at_maximum, _head_sigma_
                     _local_peaks, _measure, _near_enough, _sizes, _suppress)
 from .io import Stack
 from .morphology import classify_spine
-from .params import DetectionParams
+from .params import DEFAULT_CLASSIFIER, DetectionParams
 from .pieces import _flat_pieces
 from .shaft import (CENTRE_SMOOTHING_UM, SHAFT_CLIP_RADII, SHAFT_CLIP_SD, _pack, _ShaftModel,
                     _Shafts)

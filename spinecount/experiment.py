@@ -40,9 +40,9 @@ from pathlib import Path
 import pandas as pd
 
 from ._version import __version__
-from .params import MIN_LENGTH_UM, DetectionParams
-from .classifier import DEFAULT, load_classifier
+from .classifier import load_classifier
 from .errors import InputError
+from .params import DEFAULT_CLASSIFIER, MIN_LENGTH_UM, DetectionParams
 from .results import RUN_FILE
 
 STACKS_DIR = "stacks"
@@ -263,7 +263,7 @@ def _execute(tasks: list[dict], *, workers: int, scheduler: str | None, progress
 def run_experiment(manifest, outdir, *, params: DetectionParams | None = None,
                    workers: int | None = None, scheduler: str | None = None,
                    reference: str | None = None, min_length_um: float = MIN_LENGTH_UM,
-                   progress: bool = True, classifier=DEFAULT) -> ExperimentResult:
+                   progress: bool = True, classifier=DEFAULT_CLASSIFIER) -> ExperimentResult:
     """Detect spines in every stack of a manifest and write the experiment's tables and report.
 
     Parameters

@@ -12,6 +12,11 @@ from .errors import InputError
 #: Shortest dendrite (um) that enters an experiment's animal, condition and statistics tables:
 #: the density of a short piece of dendrite is mostly noise (``spinecount run --min-length``).
 MIN_LENGTH_UM = 10.0
+#: What chooses the spines unless told otherwise: the built-in classifier of that name
+#: (:mod:`spinecount.classifier`); :data:`RULES` for the detector's rules alone. Here, not in
+#: :mod:`spinecount.classifier`, so that the command line starts without numpy and pandas.
+DEFAULT_CLASSIFIER = "rr30a"
+RULES = "rules"
 
 
 def _p(default, doc):

@@ -12,7 +12,7 @@ import warnings
 from pathlib import Path
 
 from ._version import __version__
-from .classifier import DEFAULT, load_classifier
+from .params import DEFAULT_CLASSIFIER
 
 SPINES_FILE = "spines.csv"
 DENDRITES_FILE = "dendrites.csv"
@@ -116,13 +116,14 @@ def detect_to_folder(path, outdir, params, *, command: str, channel=None, voxel_
                      timepoint=None, traces=None, progress: bool = False,
                      extra: dict | None = None, sha256: str | None = None,
                      chunk_um: float | None = None, threads: int | None = None,
-                     classifier=DEFAULT):
+                     classifier=DEFAULT_CLASSIFIER):
     """Read one stack, detect its spines, and write its result folder with provenance.
 
     `chunk_um` and `threads` go to :func:`spinecount.detection.detect` (they do not change
     the result), and so does `classifier` (a built-in name, a path or ``"rules"``; what it is
     and its digest are recorded). Returns ``(stack, detection, wall_time_s)``.
     """
+    from .classifier import load_classifier
     from .detection import detect
     from .io import read_stack
     from .traces import read_traces

@@ -13,8 +13,8 @@ import numpy as np
 from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label,
                               LineEdit, ProgressBar, PushButton, SpinBox, Table)
 
-from spinecount.classifier import BUILTIN, DEFAULT, RULES
-from spinecount.params import DetectionParams
+from spinecount.classifier import BUILTIN
+from spinecount.params import DEFAULT_CLASSIFIER, RULES, DetectionParams
 from spinecount.results import REVIEWED_SPINES_FILE
 from spinecount.tables import POSITION, SPINE_TYPES
 
@@ -62,9 +62,9 @@ class DetectWidget(Container):
             for name, (default, doc) in DetectionParams.describe().items()}
         self._chooser = ComboBox(
             label="spines chosen by", choices=[*BUILTIN, RULES, "classifier file"],
-            value=DEFAULT,
-            tooltip=f"a built-in classifier (default: {DEFAULT}), the detector's rules alone, "
-                    f"or a classifier trained with spinecount train")
+            value=DEFAULT_CLASSIFIER,
+            tooltip=f"a built-in classifier (default: {DEFAULT_CLASSIFIER}), the detector's "
+                    f"rules alone, or a classifier trained with spinecount train")
         self._model = FileEdit(label="classifier file", mode="r", filter="*.json",
                                visible=False)
         self._more = CheckBox(label="all parameters", value=False)
