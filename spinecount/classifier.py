@@ -155,7 +155,8 @@ class SpineClassifier:
         Standardisation and weights per feature.
     intercept : float
     threshold : float
-        Peaks with a probability at least this are spines.
+        Peaks with a probability at least this are spines (at the detector's default
+        ``min_score``, 0.5: :meth:`score`).
     trained_on : dict
         What the model was trained on (stacks, peaks, annotated spines).
     """
@@ -181,6 +182,26 @@ class SpineClassifier:
         prob = [1 / (1 + np.exp(-(((v - m) / s) @ w + self.intercept)))
                 for v in (x, _mirrored(x))]
         return (prob[0] + prob[1]) / 2
+
+    def score(self, features: pd.DataFrame) -> np.ndarray:
+        """Each peak's confidence score: its probability mapped piecewise linearly so that the
+        model's threshold is 0.5 (as the rules' score is 0.5 at ``spine_threshold``), so that
+        ``min_score`` means the same with any model. The probability itself where the
+        threshold is 0.5.
+
+        Examples
+        --------
+        >>> m = SpineClassifier(columns=[], mean=[], scale=[], coef=[], intercept=0.0,
+        ...                     threshold=0.8)
+        >>> m.score_of(np.array([0.0, 0.4, 0.8, 0.9, 1.0])).tolist()
+        [0.0, 0.25, 0.5, 0.75, 1.0]
+        """
+        return self.score_of(self.predict_proba(features))
+
+    def score_of(self, prob: np.ndarray) -> np.ndarray:
+        """The score (:meth:`score`) of probabilities `prob`."""
+        t = self.threshold
+        return np.where(prob < t, 0.5 * prob / t, 0.5 + 0.5 * (prob - t) / (1 - t))
 
     def save(self, path) -> Path:
         path = Path(path)
@@ -279,6 +300,8 @@ def fit_classifier(features: pd.DataFrame, labels, *, regularization: float = 0.
     except ImportError:  # pragma: no cover - a declared dependency
         raise InputError("training a classifier needs scikit-learn",
                          hint="pip install scikit-learn") from None
+    if not 0 < threshold < 1:
+        raise InputError(f"threshold must lie between 0 and 1, not {threshold}")
     labels = np.asarray(labels, float)
     keep = ~np.isnan(labels)
     x = features.to_numpy(float)[keep]

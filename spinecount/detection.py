@@ -218,9 +218,11 @@ def detect(stack: Stack, *, params: DetectionParams | None = None, traces: pd.Da
     classifier : str, path or SpineClassifier
         What chooses the spines among a looser pool of peaks: by default the built-in model
         (``"rr30a"``, :mod:`spinecount.classifier`), or a file of ``spinecount train``; the
-        spines' ``score`` is then its probability, and the candidates are the peaks it gives at
-        least a quarter of its threshold. ``"rules"`` (or None) counts the peaks that pass the
-        rules (``spine_threshold``, ``min_score`` and the other parameters) instead.
+        spines' ``score`` is then its probability (mapped so that its threshold is 0.5,
+        :meth:`.SpineClassifier.score`): peaks scored ``min_score`` or more are spines, those
+        scored at least a quarter of it candidates. ``"rules"`` (or None) counts the peaks
+        that pass the rules (``spine_threshold``, ``min_score`` and the other parameters)
+        instead.
 
     Returns
     -------
@@ -641,10 +643,12 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
         spines["score"] = (0.5 + 0.5 * (1 - np.exp(-above / p.spine_threshold))).clip(0, 1)
         spines["type"] = classify_spine(spines["head_diameter_um"], spines["neck_diameter_um"],
                                         spines["length_um"])
-        weak = spines.pop("_candidate").to_numpy(bool) | (spines["score"] < p.min_score)
-        if classifier is not None:
-            weak, keep = _chosen(classifier, stack, spines, weak)
+        weak = spines.pop("_candidate").to_numpy(bool)
+        if classifier is not None:  # min_score is then the classifier's (0.5: its threshold)
+            weak, keep = _chosen(classifier, stack, spines, weak, p.min_score)
             spines = spines[keep]
+        else:
+            weak = weak | (spines["score"].to_numpy() < p.min_score)
         spines, candidates = _numbered(spines[~weak]), _numbered(spines[weak])
     else:
         spines = empty_spines()
@@ -672,14 +676,16 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
                      candidates)
 
 
-def _chosen(classifier, stack: Stack, peaks: pd.DataFrame, weak: np.ndarray):
+def _chosen(classifier, stack: Stack, peaks: pd.DataFrame, weak: np.ndarray,
+            min_score: float):
     """The classifier's choice among the pool of `peaks` (`weak`: those the rules do not
-    count): its probability becomes their ``score``; returns which peaks are weak (under its
-    threshold) and which are kept at all (at least ``CANDIDATE_FRACTION`` of its threshold)."""
-    prob = classifier.predict_proba(peak_features(stack, peaks.assign(passes_rules=~weak)))
-    peaks["score"] = prob
-    keep = prob >= classifier.threshold * CANDIDATE_FRACTION
-    return (prob < classifier.threshold)[keep], keep
+    count): its score (:meth:`.SpineClassifier.score`, 0.5 at its threshold) becomes theirs;
+    returns which peaks are weak (scored under `min_score`) and which are kept at all (at
+    least ``CANDIDATE_FRACTION`` of it)."""
+    score = classifier.score(peak_features(stack, peaks.assign(passes_rules=~weak)))
+    peaks["score"] = score
+    keep = score >= min_score * CANDIDATE_FRACTION
+    return (score < min_score)[keep], keep
 
 
 def _centerline_table(ids, lines, offset) -> pd.DataFrame:

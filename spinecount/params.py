@@ -93,7 +93,10 @@ class DetectionParams:
              "before or after (a classifier chooses among peaks from 1.5 SDs)")
     candidate_protrusion_fraction: float = _p(
         0.2, "likewise, candidates need only this protrusion fraction")
-    min_score: float = _p(0.5, "by the rules, spines with a lower confidence score are dropped")
+    min_score: float = _p(
+        0.5, "spines with a lower confidence score are not counted (kept as candidates): 0.5 "
+             "is the classifier's threshold (or, by the rules, spine_threshold); lower it to "
+             "count more peaks as spines, raise it to count fewer")
     psf_fwhm_um: float = _p(
         0.45, "lateral resolution (FWHM): the blur through which head and neck diameters are "
               "measured")

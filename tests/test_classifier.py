@@ -1,6 +1,7 @@
 """The learned choice among peaks: features, training, saving, detection and the command line."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -15,6 +16,7 @@ from spinecount.detection import detect
 from spinecount.errors import InputError
 from spinecount.evaluate import evaluate
 from spinecount.io import Stack
+from spinecount.params import DetectionParams
 from spinecount.synthetic import make_stack, write_synthetic
 
 
@@ -150,3 +152,31 @@ def test_the_built_in_classifier_chooses_by_default_and_the_rules_on_request(tmp
         assert json.loads((out / "run.json").read_text())["classifier"] == recorded
         assert len(pd.read_csv(out / "spines.csv")) == len(rules.spines if args else
                                                            default.spines)
+
+
+def test_min_score_sets_how_sure_the_classifier_must_be():
+    """With a classifier, ``min_score`` is its cut: 0.5 at the model's threshold, lower counts
+    more peaks as spines, higher fewer; the candidates down to a quarter of it."""
+    syn = make_stack(shape_um=(12, 40, 40), n_dendrites=2, peak_photons=20, seed=6)
+    model = SpineClassifier.load("rr30a")
+    pool = peak_pool(detect(syn.stack, params=pool_params(), classifier="rules"))
+    prob = model.predict_proba(peak_features(syn.stack, pool))
+    key = ["z_um", "y_um", "x_um"]
+
+    def spots(table):
+        return sorted(map(tuple, table[key].round(6).to_numpy()))
+
+    counts = []
+    for min_score in (0.3, 0.5, 0.9):
+        det = detect(syn.stack, params=DetectionParams(min_score=min_score))
+        assert spots(det.spines) == spots(pool[prob >= min_score])
+        assert spots(det.candidates) == spots(
+            pool[(prob < min_score) & (prob >= min_score * CANDIDATE_FRACTION)])
+        counts.append(len(det.spines))
+    assert counts[0] > counts[1] > counts[2] > 0
+    # a model whose threshold is 0.7: at the default min_score it counts from 0.7, scored 0.5
+    strict = replace(model, threshold=0.7)
+    det = detect(syn.stack, classifier=strict)
+    assert spots(det.spines) == spots(pool[prob >= 0.7])
+    np.testing.assert_allclose(np.sort(det.spines["score"]),
+                               np.sort(0.5 + 0.5 * (prob[prob >= 0.7] - 0.7) / 0.3))

@@ -28,7 +28,8 @@ REVIEW_KEYS = {"a": ("accept", "accept and go to the next spine"),
                "m": ("mushroom", "type mushroom"), "f": ("filopodium", "type filopodium")}
 
 #: Parameters always shown in "Detect spines" (the others behind "all parameters").
-MAIN_PARAMS = ("spine_threshold", "max_spine_length_um", "min_score")
+#: min_score first: with a classifier (the default) it is the cut (0.5: its threshold).
+MAIN_PARAMS = ("min_score", "spine_threshold", "max_spine_length_um")
 TABLE_COLUMNS = ["length (um)", "spines", "density (/um)"]
 
 
