@@ -1,5 +1,5 @@
-"""A learned choice among the detector's peaks: features of each peak, a linear model over
-them, and its training from annotated or reviewed spines.
+"""A learned choice among the detector's peaks: features of each peak, gradient-boosted
+decision trees over them, and their training from annotated or reviewed spines.
 
 The rules of :func:`spinecount.detect` decide from a peak's measurements alone. A classifier
 also sees the image around the peak: a patch of the stack in the peak's own frame (from the
@@ -142,18 +142,30 @@ def _mirrored(features: np.ndarray) -> np.ndarray:
     return np.hstack([features[:, :n], patch.reshape(len(features), -1)])
 
 
+#: The model file's format (1: a logistic regression, as spinecount made until 2026-11-24).
+FORMAT = 2
+#: How the trees are grown (scikit-learn's ``HistGradientBoostingClassifier``): fixed, so that
+#: a model trained twice on the same peaks is the same.
+BOOSTING = {"max_iter": 200, "learning_rate": 0.05, "early_stopping": False, "random_state": 0}
+#: What each tree holds per node, in the model file.
+TREE_FIELDS = ("feature", "threshold", "missing_left", "left", "right", "leaf", "value")
+
+
 @dataclass
 class SpineClassifier:
-    """A logistic regression over :func:`peak_features` (standardised), averaged over each
-    patch and its mirror image.
+    """Gradient-boosted decision trees over :func:`peak_features`, their probability averaged
+    over each patch and its mirror image. Applying a model needs only numpy.
 
     Attributes
     ----------
     columns : list of str
-        The features, in the order of `coef`.
-    mean, scale, coef : list of float
-        Standardisation and weights per feature.
-    intercept : float
+        The features, in the order the trees index them.
+    baseline : float
+        The trees' starting log-odds.
+    trees : list of dict
+        Per tree, per node (:data:`TREE_FIELDS`): the feature it splits on, the threshold
+        (values at or under it go left), where a missing value goes, the child nodes, whether
+        it is a leaf and the leaf's value (added to the log-odds).
     threshold : float
         Peaks with a probability at least this are spines (at the detector's default
         ``min_score``, 0.5: :meth:`score`).
@@ -162,10 +174,8 @@ class SpineClassifier:
     """
 
     columns: list
-    mean: list
-    scale: list
-    coef: list
-    intercept: float
+    baseline: float
+    trees: list
     threshold: float = 0.5
     trained_on: dict = field(default_factory=dict)
 
@@ -178,10 +188,25 @@ class SpineClassifier:
                              hint="the model was made for another version of spinecount's "
                                   "features: train it again (spinecount train)")
         x = features[self.columns].to_numpy(float)
-        w, m, s = (np.asarray(v, float) for v in (self.coef, self.mean, self.scale))
-        prob = [1 / (1 + np.exp(-(((v - m) / s) @ w + self.intercept)))
-                for v in (x, _mirrored(x))]
-        return (prob[0] + prob[1]) / 2
+        prob = 1 / (1 + np.exp(-self._log_odds(np.vstack([x, _mirrored(x)]))))
+        return (prob[:len(x)] + prob[len(x):]) / 2
+
+    def _log_odds(self, x: np.ndarray) -> np.ndarray:
+        """The sum of the trees, all walked down at once (one row of nodes per tree)."""
+        width = max(len(t["leaf"]) for t in self.trees)
+        node = {k: np.array([np.pad(t[k], (0, width - len(t[k]))) for t in self.trees])
+                for k in TREE_FIELDS}
+        rows = np.arange(len(self.trees))[:, None]
+        at = np.zeros((len(self.trees), len(x)), int)
+        inner = ~node["leaf"][rows, at].astype(bool)
+        while inner.any():
+            value = x[np.arange(len(x))[None, :], node["feature"][rows, at]]
+            left = np.where(np.isnan(value), node["missing_left"][rows, at] == 1,
+                            value <= node["threshold"][rows, at])
+            at = np.where(inner, np.where(left, node["left"][rows, at],
+                                          node["right"][rows, at]), at)
+            inner = ~node["leaf"][rows, at].astype(bool)
+        return self.baseline + node["value"][rows, at].sum(axis=0)
 
     def score(self, features: pd.DataFrame) -> np.ndarray:
         """Each peak's confidence score: its probability mapped piecewise linearly so that the
@@ -191,8 +216,7 @@ class SpineClassifier:
 
         Examples
         --------
-        >>> m = SpineClassifier(columns=[], mean=[], scale=[], coef=[], intercept=0.0,
-        ...                     threshold=0.8)
+        >>> m = SpineClassifier(columns=[], baseline=0.0, trees=[], threshold=0.8)
         >>> m.score_of(np.array([0.0, 0.4, 0.8, 0.9, 1.0])).tolist()
         [0.0, 0.25, 0.5, 0.75, 1.0]
         """
@@ -205,7 +229,8 @@ class SpineClassifier:
 
     def save(self, path) -> Path:
         path = Path(path)
-        path.write_text(json.dumps({"spinecount_classifier": 1, **asdict(self)}, indent=1))
+        path.write_text(json.dumps({"spinecount_classifier": FORMAT, **asdict(self)},
+                                   separators=(",", ":")))
         return path
 
     @classmethod
@@ -227,9 +252,17 @@ class SpineClassifier:
                              hint="make one with spinecount train")
         try:
             d = json.loads(path.read_text())
-            d.pop("spinecount_classifier")
+            made = d.pop("spinecount_classifier")
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+            raise InputError(f"not a spinecount classifier ({exc})", path=path,
+                             hint="make one with spinecount train") from None
+        if made != FORMAT:
+            raise InputError(f"a classifier of an earlier spinecount (format {made}; this "
+                             f"version reads {FORMAT})", path=path,
+                             hint="train it again with spinecount train")
+        try:
             return cls(**d)
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        except TypeError as exc:
             raise InputError(f"not a spinecount classifier ({exc})", path=path,
                              hint="make one with spinecount train") from None
 
@@ -290,13 +323,14 @@ def label_peaks(peaks: pd.DataFrame, annotated: pd.DataFrame, *, centerlines=Non
     return labels
 
 
-def fit_classifier(features: pd.DataFrame, labels, *, regularization: float = 0.01,
-                   threshold: float = 0.5, trained_on: dict | None = None) -> SpineClassifier:
+def fit_classifier(features: pd.DataFrame, labels, *, weights=None, threshold: float = 0.5,
+                   trained_on: dict | None = None) -> SpineClassifier:
     """Fit a :class:`SpineClassifier` to features (:func:`peak_features`) and labels (1 a
-    spine, 0 not; NaN rows are left out); each patch counts also mirrored. `regularization`
-    is scikit-learn's inverse ``C`` of a standardised logistic regression."""
+    spine, 0 not; NaN rows are left out); each patch counts also mirrored. `weights`: how
+    much each peak counts (default 1), for example to weigh annotated stacks against many
+    synthetic ones."""
     try:
-        from sklearn.linear_model import LogisticRegression
+        from sklearn.ensemble import HistGradientBoostingClassifier
     except ImportError:  # pragma: no cover - a declared dependency
         raise InputError("training a classifier needs scikit-learn",
                          hint="pip install scikit-learn") from None
@@ -306,18 +340,20 @@ def fit_classifier(features: pd.DataFrame, labels, *, regularization: float = 0.
     keep = ~np.isnan(labels)
     x = features.to_numpy(float)[keep]
     y = labels[keep].astype(int)
+    w = np.ones(len(labels)) if weights is None else np.asarray(weights, float)
     if len(np.unique(y)) < 2:
         raise InputError("training needs peaks that are spines and peaks that are not",
                          hint="annotate the spines of a stack in full (or review a detection)")
-    x = np.vstack([x, _mirrored(x)])
-    y = np.r_[y, y]
-    mean, scale = x.mean(axis=0), x.std(axis=0)
-    scale[scale == 0] = 1.0
-    lr = LogisticRegression(C=regularization, max_iter=5000).fit((x - mean) / scale, y)
-    return SpineClassifier(columns=list(features.columns), mean=mean.tolist(),
-                           scale=scale.tolist(), coef=lr.coef_[0].tolist(),
-                           intercept=float(lr.intercept_[0]), threshold=float(threshold),
-                           trained_on=trained_on or {})
+    gb = HistGradientBoostingClassifier(**BOOSTING).fit(
+        np.vstack([x, _mirrored(x)]), np.r_[y, y], sample_weight=np.r_[w[keep], w[keep]])
+    trees = [{"feature": n["feature_idx"].tolist(), "threshold": n["num_threshold"].tolist(),
+              "missing_left": n["missing_go_to_left"].astype(int).tolist(),
+              "left": n["left"].tolist(), "right": n["right"].tolist(),
+              "leaf": n["is_leaf"].astype(int).tolist(), "value": n["value"].tolist()}
+             for n in (p.nodes for (p,) in gb._predictors)]
+    return SpineClassifier(columns=list(features.columns),
+                           baseline=float(np.ravel(gb._baseline_prediction)[0]), trees=trees,
+                           threshold=float(threshold), trained_on=trained_on or {})
 
 
 def pool_params(params=None):
@@ -336,8 +372,7 @@ def peak_pool(detection) -> pd.DataFrame:
 
 
 def train_classifier(examples, *, params=None, compare_at: str = "head",
-                     regularization: float = 0.01, threshold: float = 0.5,
-                     progress: bool = False) -> SpineClassifier:
+                     threshold: float = 0.5, progress: bool = False) -> SpineClassifier:
     """Train a :class:`SpineClassifier` on annotated (or reviewed) stacks.
 
     Parameters
@@ -353,7 +388,7 @@ def train_classifier(examples, *, params=None, compare_at: str = "head",
     compare_at : {"head", "distal_edge"}
         Where a peak is compared with the annotated point: the head's centre (reviewed tables)
         or the distal edge of the head (annotations clicked there).
-    regularization, threshold : float
+    threshold : float
         See :func:`fit_classifier`.
     progress : bool
         Show a progress bar over the stacks.
@@ -391,5 +426,4 @@ def train_classifier(examples, *, params=None, compare_at: str = "head",
                   "peaks": sum(s["peaks"] for s in stacks),
                   "spines": sum(s["spines"] for s in stacks)}
     return fit_classifier(pd.concat(feats, ignore_index=True), np.concatenate(labels),
-                          regularization=regularization, threshold=threshold,
-                          trained_on=trained_on)
+                          threshold=threshold, trained_on=trained_on)

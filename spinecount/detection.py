@@ -103,8 +103,8 @@ The method, in order (all distances in micrometres, converted with the stack's v
    ``OTHER_DENDRITE_UM`` of another dendrite's centre line (where two dendrites cross or
    touch).
    Which of the peaks are spines is then chosen by a classifier (:mod:`.classifier`): by
-   default the built-in model, a logistic regression over each peak's measurements and a
-   patch of the image around it, choosing among a looser pool (peaks from
+   default the built-in model, gradient-boosted decision trees over each peak's measurements
+   and a patch of the image around it, choosing among a looser pool (peaks from
    ``POOL_THRESHOLD`` noise SDs); with ``classifier="rules"`` the tests above decide alone.
 6. **Chunks.** Every step works in lateral chunks with a margin (:mod:`spinecount.chunks`), and
    what needs the whole stack (background and noise, Otsu's threshold, the shaft model's cell
