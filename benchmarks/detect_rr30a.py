@@ -298,8 +298,11 @@ def main():
     if not sessions:
         sys.exit(f"no annotated sessions (rr30a_sN.tif, _spines.csv, _backbone.csv) in {data}")
     print(f"spines chosen by {a.classifier}" + (
-        " (the built-in classifier, trained on these sessions: benchmarks/classifier_rr30a.py "
-        "scores it on dendrites it was not trained on)" if a.classifier == "rr30a" else ""))
+        " (the built-in classifier, trained on these sessions: it has learnt their annotated "
+        "spines, so its choice here says nothing of how it chooses elsewhere, and neither do "
+        "the F1s, densities and time-lapse rates below; benchmarks/classifier_rr30a.py scores "
+        "it on dendrites it was not trained on, and --classifier rules gives the rules' "
+        "figures)" if a.classifier == "rr30a" else ""))
     for s in sessions:  # each session in its own process, so peak memory is its own
         out = subprocess.run([sys.executable, __file__, "--data", str(data), "--one", str(s),
                               "--classifier", a.classifier],

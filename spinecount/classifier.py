@@ -351,9 +351,14 @@ def fit_classifier(features: pd.DataFrame, labels, *, weights=None, threshold: f
               "left": n["left"].tolist(), "right": n["right"].tolist(),
               "leaf": n["is_leaf"].astype(int).tolist(), "value": n["value"].tolist()}
              for n in (p.nodes for (p,) in gb._predictors)]
-    return SpineClassifier(columns=list(features.columns),
-                           baseline=float(np.ravel(gb._baseline_prediction)[0]), trees=trees,
-                           threshold=float(threshold), trained_on=trained_on or {})
+    model = SpineClassifier(columns=list(features.columns),
+                            baseline=float(np.ravel(gb._baseline_prediction)[0]), trees=trees,
+                            threshold=float(threshold), trained_on=trained_on or {})
+    # the trees are read from scikit-learn's internals: make sure they were read right
+    if not np.allclose(model._log_odds(x[:2000]), gb.decision_function(x[:2000])):
+        raise RuntimeError("the trees of this scikit-learn version were not read right: "
+                           "report it to spinecount, with the scikit-learn version")
+    return model
 
 
 def pool_params(params=None):
