@@ -2,11 +2,11 @@
 on dendrites it was not trained on?
 
 Leave one traced segment out: for each of rr30a's segments, a classifier is trained on the
-other segments of the annotated sessions together with synthetic stacks (the five cases of
+other segments of the annotated sessions together with synthetic stacks (the six cases of
 ``detect_synthetic.py``, with many more seeds: ``training_stacks``; each annotated peak
 weighs ``REAL_WEIGHT``), and chooses among the peaks of the segment left out. Prints per
 session the F1 of the rules and of the classifier (compared at the distal edge, as
-``detect_rr30a.py``); the same in each session made coarser or dimmer (``detect_rr30a.py``'s
+``detect_rr30a.py``) and each segment's density against the annotated; the same in each session made coarser or dimmer (``detect_rr30a.py``'s
 ``variants``: the stack's pool detected and its features read in the variant, each segment's
 peaks chosen by the model that did not see that segment); and on the synthetic stacks, each
 seed left out in turn, the same.
@@ -56,6 +56,14 @@ def pool(stack, truth, centerlines, compare_at):
 def f1(peaks, chosen, truth, centerlines, compare_at):
     return evaluate(peaks[chosen], truth, centerlines=centerlines,
                     pred_point=compare_at).summary["f1"]
+
+
+def density_errors(peaks, chosen, truth, centerlines) -> str:
+    """Per traced segment, the density of the chosen peaks in its tube against the annotated
+    (as ``detect_rr30a.py``'s "all spines in the tube")."""
+    e = evaluate(peaks[chosen], truth, centerlines=centerlines,
+                 pred_point="distal_edge").per_dendrite["density_error"].to_numpy()
+    return f"{', '.join(f'{v:+.0%}' for v in e)} ({int((abs(e) <= 0.1).sum())} within 10 %)"
 
 
 #: Synthetic stacks for training only, beyond the seeds scored: this many more seeds of every
@@ -146,9 +154,12 @@ def main():
                           syn_xy)
     print(f"rr30a, each of {len(segments)} segments left out in turn (F1 at the distal edge):")
     for s, (peaks, feats, _, segment, truth, lines, _) in real.items():
-        rules = f1(peaks, peaks["passes_rules"].to_numpy(bool), truth, lines, "distal_edge")
-        learned = f1(peaks, chosen(models, feats, segment), truth, lines, "distal_edge")
-        print(f"  {s}: rules {rules:.3f}, classifier {learned:.3f}")
+        by_rules, learned = peaks["passes_rules"].to_numpy(bool), chosen(models, feats, segment)
+        print(f"  {s}: rules {f1(peaks, by_rules, truth, lines, 'distal_edge'):.3f}, classifier "
+              f"{f1(peaks, learned, truth, lines, 'distal_edge'):.3f}; density per segment "
+              f"(all spines in its tube) against the annotated: rules "
+              f"{density_errors(peaks, by_rules, truth, lines)}, classifier "
+              f"{density_errors(peaks, learned, truth, lines)}")
     print("rr30a made coarser or dimmer, each segment left out in turn:")
     for s, (_, _, _, _, truth, lines, stack) in real.items():
         for name, (made, shift) in variants(stack).items():
