@@ -302,12 +302,22 @@ def load_classifier(classifier=DEFAULT_CLASSIFIER) -> tuple:
     >>> prov["source"], len(prov["sha256"])
     ('rr30a', 64)
     """
-    if classifier is None or str(classifier) == RULES:
+    model = classifier_model(classifier)
+    if model is None:
         return None, {"source": RULES, "sha256": None}
-    if isinstance(classifier, SpineClassifier):
-        return classifier, {"source": "in memory", "sha256": classifier.digest()}
-    model = SpineClassifier.load(classifier)
+    if model is classifier:
+        return model, {"source": "in memory", "sha256": model.digest()}
     return model, model.provenance(classifier)
+
+
+def classifier_model(classifier) -> SpineClassifier | None:
+    """The model that `classifier` names (as :func:`load_classifier`; None for the rules),
+    without what ``run.json`` records of it (its digest takes a tenth of a second)."""
+    if isinstance(classifier, SpineClassifier):
+        return classifier
+    if classifier is None or str(classifier) == RULES:
+        return None
+    return SpineClassifier.load(classifier)
 
 
 def label_peaks(peaks: pd.DataFrame, annotated: pd.DataFrame, *, centerlines=None,

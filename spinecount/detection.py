@@ -128,7 +128,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from .classifier import CANDIDATE_FRACTION, load_classifier, peak_features, pool_params
+from .classifier import CANDIDATE_FRACTION, classifier_model, peak_features, pool_params
 from .chunks import AUTO_CHUNK_UM, AUTO_CHUNK_VOXELS, assemble_lattice, map_tiles, plan_tiles
 from .grid import (_gaussian_at, _lattice_step, _lookup, _sigma_vox, _slice_stats,
                    downsample_xy, upsample_z)
@@ -292,7 +292,7 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
     from scipy.spatial import cKDTree
 
     p = params or DetectionParams()
-    classifier = load_classifier(classifier)[0]
+    classifier = classifier_model(classifier)
     if classifier is not None:
         p = pool_params(p)
     timings: dict[str, float] = {}

@@ -125,25 +125,32 @@ def test_command_line_trains_and_detects_with_the_classifier(tmp_path, capsys):
     assert not (tmp_path / "no.json").exists()
 
 
-def test_the_built_in_classifier_chooses_by_default_and_the_rules_on_request(tmp_path):
-    """detect's spines are the built-in model's choice among the pool of peaks, its
-    probability their score; ``rules`` counts the peaks that pass the rules; the command line
-    records which chose."""
+@pytest.fixture(scope="module")
+def built_in_pool():
+    """A dim synthetic stack, the built-in model, the stack's pool of peaks and the model's
+    probability for each."""
     syn = make_stack(shape_um=(12, 40, 40), n_dendrites=2, peak_photons=20, seed=6)
     model = SpineClassifier.load("rr30a")
     pool = peak_pool(detect(syn.stack, params=pool_params(), classifier="rules"))
-    prob = model.predict_proba(peak_features(syn.stack, pool))
+    return syn, model, pool, model.predict_proba(peak_features(syn.stack, pool))
+
+
+def _spots(table):
+    return sorted(map(tuple, table[["z_um", "y_um", "x_um"]].round(6).to_numpy()))
+
+
+def test_the_built_in_classifier_chooses_by_default_and_the_rules_on_request(tmp_path,
+                                                                             built_in_pool):
+    """detect's spines are the built-in model's choice among the pool of peaks, its
+    probability their score; ``rules`` counts the peaks that pass the rules; the command line
+    records which chose."""
+    syn, model, pool, prob = built_in_pool
     default, rules = detect(syn.stack), detect(syn.stack, classifier="rules")
-    key = ["z_um", "y_um", "x_um"]
-
-    def spots(table):
-        return sorted(map(tuple, table[key].round(6).to_numpy()))
-
     chosen = pool[prob >= model.threshold]
-    assert spots(default.spines) == spots(chosen) != spots(rules.spines)
+    assert _spots(default.spines) == _spots(chosen) != _spots(rules.spines)
     np.testing.assert_allclose(np.sort(default.spines["score"]),
                                np.sort(prob[prob >= model.threshold]))
-    assert spots(rules.spines) == spots(pool[pool["passes_rules"] == 1])
+    assert _spots(rules.spines) == _spots(pool[pool["passes_rules"] == 1])
     paths = write_synthetic(syn, tmp_path / "s.tif")
     for args, recorded in (([], {"source": "rr30a", "sha256": model.digest()}),
                            (["--classifier", "rules"], {"source": "rules", "sha256": None})):
@@ -154,29 +161,21 @@ def test_the_built_in_classifier_chooses_by_default_and_the_rules_on_request(tmp
                                                            default.spines)
 
 
-def test_min_score_sets_how_sure_the_classifier_must_be():
+def test_min_score_sets_how_sure_the_classifier_must_be(built_in_pool):
     """With a classifier, ``min_score`` is its cut: 0.5 at the model's threshold, lower counts
     more peaks as spines, higher fewer; the candidates down to a quarter of it."""
-    syn = make_stack(shape_um=(12, 40, 40), n_dendrites=2, peak_photons=20, seed=6)
-    model = SpineClassifier.load("rr30a")
-    pool = peak_pool(detect(syn.stack, params=pool_params(), classifier="rules"))
-    prob = model.predict_proba(peak_features(syn.stack, pool))
-    key = ["z_um", "y_um", "x_um"]
-
-    def spots(table):
-        return sorted(map(tuple, table[key].round(6).to_numpy()))
-
+    syn, model, pool, prob = built_in_pool
     counts = []
     for min_score in (0.3, 0.5, 0.9):
         det = detect(syn.stack, params=DetectionParams(min_score=min_score))
-        assert spots(det.spines) == spots(pool[prob >= min_score])
-        assert spots(det.candidates) == spots(
+        assert _spots(det.spines) == _spots(pool[prob >= min_score])
+        assert _spots(det.candidates) == _spots(
             pool[(prob < min_score) & (prob >= min_score * CANDIDATE_FRACTION)])
         counts.append(len(det.spines))
     assert counts[0] > counts[1] > counts[2] > 0
     # a model whose threshold is 0.7: at the default min_score it counts from 0.7, scored 0.5
     strict = replace(model, threshold=0.7)
     det = detect(syn.stack, classifier=strict)
-    assert spots(det.spines) == spots(pool[prob >= 0.7])
+    assert _spots(det.spines) == _spots(pool[prob >= 0.7])
     np.testing.assert_allclose(np.sort(det.spines["score"]),
                                np.sort(0.5 + 0.5 * (prob[prob >= 0.7] - 0.7) / 0.3))
