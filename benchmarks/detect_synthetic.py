@@ -1,7 +1,7 @@
 """Benchmark the detector on synthetic stacks at several voxel sizes and noise levels.
 
 Prints per case: precision, recall, F1, total dendrite length against the truth, the fraction
-of matched spines whose type is right, how measured head diameters of matched spines compare
+of matched spines whose type is right (and the commonest wrong types), how measured head diameters of matched spines compare
 with the true ones (median relative error, correlation), and the median relative error of their
 total lengths. Then a dendrite beside one 3 and 10 times brighter (the mask's threshold, from the
 whole stack, is set by the bright one): how much of the dim dendrite is traced and the F1 of
@@ -42,7 +42,7 @@ def main():
     model = load_classifier(a.classifier)[0]
     print(f"spines chosen by {a.classifier}; seeds {FIRST_SEED}-{FIRST_SEED + a.seeds - 1}")
     for vs, photons in CASES:
-        f1, p, r, lerr, tacc, secs, sizes = [], [], [], [], [], [], []
+        f1, p, r, lerr, tacc, secs, sizes, wrong = [], [], [], [], [], [], [], []
         for seed in range(FIRST_SEED, FIRST_SEED + a.seeds):
             syn = make_stack(voxel_size=vs, peak_photons=photons, seed=seed)
             t = time.perf_counter()
@@ -57,6 +57,7 @@ def main():
                 pt = det.spines["type"].to_numpy()[tp["pred_index"].to_numpy()]
                 gt = syn.spines["type"].to_numpy()[tp["gt_index"].to_numpy()]
                 tacc.append(float(np.mean(pt == gt)))
+                wrong += [f"{g} as {q}" for g, q in zip(gt, pt) if g != q]
                 sizes.append(np.column_stack([
                     table[c].to_numpy()[tp[i].to_numpy()]
                     for c in ("head_diameter_um", "length_um")
@@ -65,11 +66,18 @@ def main():
         print(f"voxel {vs} um, {photons} photons: precision {np.mean(p):.2f} recall "
               f"{np.mean(r):.2f} F1 {np.mean(f1):.3f}; dendrite length error "
               f"{np.mean(lerr):+.1%}; "
-              f"type right {np.mean(tacc):.0%}; head diameter error "
+              f"type right {np.mean(tacc):.0%} ({commonest(wrong)}); head diameter error "
               f"{np.median(np.abs(h[:, 0] / h[:, 1] - 1)):.0%} (median), r = "
               f"{np.corrcoef(h[:, 0], h[:, 1])[0, 1]:.2f}; spine length error "
               f"{np.median(np.abs(h[:, 2] / h[:, 3] - 1)):.0%}; {np.mean(secs):.1f} s/stack")
     dim_beside_bright(a.seeds + 1, model)
+
+
+def commonest(wrong: list, n: int = 3) -> str:
+    """The `n` commonest type errors ("thin as stubby") with their counts."""
+    names, counts = np.unique(wrong, return_counts=True)
+    order = np.argsort(-counts, kind="stable")[:n]
+    return ", ".join(f"{names[i]} {counts[i]}" for i in order) or "none wrong"
 
 
 def dim_beside_bright(seeds: int, model) -> None:
