@@ -1,11 +1,11 @@
 """Benchmark the detector on synthetic stacks at several voxel sizes and noise levels.
 
 Prints per case: precision, recall, F1, total dendrite length against the truth, the fraction
-of matched spines whose type is right (and the commonest wrong types), how measured head diameters of matched spines compare
-with the true ones (median relative error, correlation), and the median relative error of their
-total lengths. Then a dendrite beside one 3 and 10 times brighter (the mask's threshold, from the
-whole stack, is set by the bright one): how much of the dim dendrite is traced and the F1 of
-its spines.
+of matched spines whose type is right (and the commonest wrong types), how measured head
+diameters of matched spines compare with the true ones (median relative error, correlation),
+and the median relative error of their total lengths. Then a dendrite beside one 3 and 10
+times brighter (the mask's threshold, from the whole stack, is set by the bright one): how much
+of the dim dendrite is traced and the F1 of its spines.
 
 The stacks are seeds ``FIRST_SEED`` on, which the built-in classifier (the detector's default
 choice of spines) was not trained on (``classifier_rr30a.py`` trains on seeds below it);
