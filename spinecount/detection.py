@@ -627,7 +627,7 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
                          / np.asarray(vs)).astype(int)
         rows = [rows[i] for i in sorted(_suppress(final, np.array([r["contrast"] for r in rows]),
                                                   vs, p.min_spine_separation_um, shape))]
-    rows += _apart([r for r in _drop_necks(measured, p.min_spine_separation_um)
+    rows += _apart([r for r in _drop_necks(measured, p.min_spine_separation_um, dimmer_only=True)
                     if r["_candidate"]], rows, p.min_spine_separation_um)
     del parts
     t = lap("spines", t)

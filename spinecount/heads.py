@@ -79,11 +79,14 @@ def _scaled(rows: list[dict], key: str | None = None) -> np.ndarray:
     return at * AXIAL_SCALE
 
 
-def _drop_necks(rows: list[dict], separation_um: float) -> list[dict]:
+def _drop_necks(rows: list[dict], separation_um: float, *,
+                dimmer_only: bool = False) -> list[dict]:
     """Leave out peaks that lie on the neck of a spine further from the shaft: closer than
     `separation_um` (z scaled by the PSF elongation) to its neck (from the shaft model's
     inner edge to its head), short of the head. A long spine's neck often leaves a second
-    residual peak near the shaft."""
+    residual peak near the shaft. With `dimmer_only` (for the candidates, the classifier's
+    pool), only peaks of no more contrast than that spine: a brighter peak by the shaft is
+    often a head of its own (a stubby spine) with a faint peak of noise beyond it."""
     from scipy.spatial import cKDTree
 
     if len(rows) < 2:
@@ -101,7 +104,11 @@ def _drop_necks(rows: list[dict], separation_um: float) -> list[dict]:
     t = np.einsum("nk,nk->n", head[a] - base[b], seg[b]) / length2[b]
     gap = np.linalg.norm(head[a] - (base[b] + np.clip(t, 0, 1)[:, None] * seg[b]), axis=1)
     neck = np.zeros(len(rows), bool)
-    neck[a[(gap < separation_um) & (t < 0.85) & (surface[a] < surface[b])]] = True
+    on = (gap < separation_um) & (t < 0.85) & (surface[a] < surface[b])
+    if dimmer_only:
+        contrast = np.array([r["contrast"] for r in rows])
+        on &= contrast[a] <= contrast[b]
+    neck[a[on]] = True
     return [r for r, n in zip(rows, neck) if not n]
 
 
