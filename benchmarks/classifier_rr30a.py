@@ -58,12 +58,13 @@ def f1(peaks, chosen, truth, centerlines, compare_at):
                     pred_point=compare_at).summary["f1"]
 
 
-def density_errors(peaks, chosen, truth, centerlines) -> str:
-    """Per traced segment, the density of the chosen peaks in its tube against the annotated
-    (as ``detect_rr30a.py``'s "all spines in the tube")."""
-    e = evaluate(peaks[chosen], truth, centerlines=centerlines,
-                 pred_point="distal_edge").per_dendrite["density_error"].to_numpy()
-    return f"{', '.join(f'{v:+.0%}' for v in e)} ({int((abs(e) <= 0.1).sum())} within 10 %)"
+def f1_and_densities(peaks, chosen, truth, centerlines) -> tuple[float, str]:
+    """F1 of the chosen peaks at the distal edge, and per traced segment the density of those
+    in its tube against the annotated (as ``detect_rr30a.py``'s "all spines in the tube")."""
+    ev = evaluate(peaks[chosen], truth, centerlines=centerlines, pred_point="distal_edge")
+    e = ev.per_dendrite["density_error"].to_numpy()
+    return ev.summary["f1"], (f"{', '.join(f'{v:+.0%}' for v in e)} "
+                              f"({int((abs(e) <= 0.1).sum())} within 10 %)")
 
 
 #: Synthetic stacks for training only, beyond the seeds scored: this many more seeds of every
@@ -155,12 +156,12 @@ def main():
                           syn_xy)
     print(f"rr30a, each of {len(segments)} segments left out in turn (F1 at the distal edge):")
     for s, (peaks, feats, _, segment, truth, lines, _) in real.items():
-        by_rules, learned = peaks["passes_rules"].to_numpy(bool), chosen(models, feats, segment)
-        print(f"  {s}: rules {f1(peaks, by_rules, truth, lines, 'distal_edge'):.3f}, classifier "
-              f"{f1(peaks, learned, truth, lines, 'distal_edge'):.3f}; density per segment "
-              f"(all spines in its tube) against the annotated: rules "
-              f"{density_errors(peaks, by_rules, truth, lines)}, classifier "
-              f"{density_errors(peaks, learned, truth, lines)}")
+        (f_rules, d_rules), (f_learned, d_learned) = (
+            f1_and_densities(peaks, pick, truth, lines)
+            for pick in (peaks["passes_rules"].to_numpy(bool), chosen(models, feats, segment)))
+        print(f"  {s}: rules {f_rules:.3f}, classifier {f_learned:.3f}; density per segment "
+              f"(all spines in its tube) against the annotated: rules {d_rules}, classifier "
+              f"{d_learned}")
     print("rr30a made coarser or dimmer, each segment left out in turn:")
     for s, (_, _, _, _, truth, lines, stack) in real.items():
         for name, (made, shift) in variants(stack).items():
@@ -187,7 +188,7 @@ def main():
               f"{learned:.3f}")
     if a.write_model:
         y = np.concatenate([lab for _, lab in real_xy + syn_xy])
-        last = a.seeds + EXTRA_SEEDS + HARD_SEEDS + MORE_SEEDS - 1
+        last = max(s[1] for s in syn)  # the last training seed
         model = fit(real_xy, syn_xy, trained_on={
             "compare_at": "distal_edge", "peaks": int(np.isfinite(y).sum()),
             "spines": int(np.nansum(y)), "annotated_peak_weight": REAL_WEIGHT,
