@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -191,11 +192,16 @@ class SpineClassifier:
         prob = 1 / (1 + np.exp(-self._log_odds(np.vstack([x, _mirrored(x)]))))
         return (prob[:len(x)] + prob[len(x):]) / 2
 
-    def _log_odds(self, x: np.ndarray) -> np.ndarray:
-        """The sum of the trees, all walked down at once (one row of nodes per tree)."""
+    @cached_property
+    def _nodes(self) -> dict:
+        """The trees as arrays, one row of nodes per tree (padded to the largest)."""
         width = max(len(t["leaf"]) for t in self.trees)
-        node = {k: np.array([np.pad(t[k], (0, width - len(t[k]))) for t in self.trees])
+        return {k: np.array([np.pad(t[k], (0, width - len(t[k]))) for t in self.trees])
                 for k in TREE_FIELDS}
+
+    def _log_odds(self, x: np.ndarray) -> np.ndarray:
+        """The sum of the trees, all walked down at once."""
+        node = self._nodes
         rows = np.arange(len(self.trees))[:, None]
         at = np.zeros((len(self.trees), len(x)), int)
         inner = ~node["leaf"][rows, at].astype(bool)
