@@ -127,8 +127,10 @@ def main():
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--write-model", help="train on everything and write the model here")
     a = ap.parse_args()
-    if a.seeds + EXTRA_SEEDS + HARD_SEEDS + MORE_SEEDS > FIRST_SEED:  # those scored unseen
-        raise SystemExit(f"--seeds at most {FIRST_SEED - EXTRA_SEEDS - HARD_SEEDS - MORE_SEEDS}")
+    stacks = training_stacks(a.seeds)
+    last = max(seed for _, seed in stacks)  # the last training seed
+    if last >= FIRST_SEED:  # those are scored unseen
+        raise SystemExit(f"--seeds at most {a.seeds - (last - FIRST_SEED + 1)}")
     data = Path(a.data)
     real = {}
     for path in sorted(data.glob("rr30a_s[0-9]*_spines.csv")):
@@ -145,7 +147,7 @@ def main():
     # the seeds scored (each left out in turn), and more; new processes, not forked from this
     # one, whose detection threads could leave locks held in a fork
     with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as ex:
-        syn = list(ex.map(synthetic_pool, training_stacks(a.seeds)))
+        syn = list(ex.map(synthetic_pool, stacks))
     print(f"{len(syn)} synthetic stacks' pools in {time.perf_counter() - t:.0f} s", flush=True)
     syn_xy = [(s[3], s[4]) for s in syn]
 
@@ -188,7 +190,6 @@ def main():
               f"{learned:.3f}")
     if a.write_model:
         y = np.concatenate([lab for _, lab in real_xy + syn_xy])
-        last = max(s[1] for s in syn)  # the last training seed
         model = fit(real_xy, syn_xy, trained_on={
             "compare_at": "distal_edge", "peaks": int(np.isfinite(y).sum()),
             "spines": int(np.nansum(y)), "annotated_peak_weight": REAL_WEIGHT,
