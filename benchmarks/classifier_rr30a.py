@@ -34,8 +34,9 @@ from spinecount.classifier import (fit_classifier, label_peaks, peak_features, p
                                    pool_params)
 from spinecount.detection import detect
 from spinecount.evaluate import evaluate, nearest_dendrite
+from spinecount.heads import unstacked
 from spinecount.io import read_stack
-from spinecount.params import RULES
+from spinecount.params import RULES, DetectionParams
 from spinecount.synthetic import make_stack
 from spinecount.tables import read_centerlines, read_spines
 
@@ -111,14 +112,28 @@ def fit(real, synthetic, **kw):
     return fit_classifier(x, y, weights=w, **kw)
 
 
-def chosen(models, feats, segment):
+def thinned(peaks, score) -> np.ndarray:
+    """The peaks scored 0.5 or more, heads stacked in depth thinned out as the detector does
+    after its choice (:func:`spinecount.heads.unstacked`)."""
+    pick = np.asarray(score) >= 0.5
+    p = DetectionParams()
+    return pick & unstacked(peaks.assign(score=score), ~pick, p.min_spine_separation_um,
+                            p.stacked_depth_um)
+
+
+def rules_choice(peaks) -> np.ndarray:
+    """The peaks the rules count."""
+    return thinned(peaks, np.where(peaks["passes_rules"] == 1, peaks["score"], 0.0))
+
+
+def chosen(models, peaks, feats, segment):
     """Which peaks the model trained without each peak's segment takes for spines."""
-    out = np.zeros(len(feats), bool)
+    score = np.zeros(len(feats))
     for seg, model in models.items():
         at = segment == seg
         if at.any():
-            out[at] = model.predict_proba(feats[at]) >= model.threshold
-    return out
+            score[at] = model.score(feats[at])
+    return thinned(peaks, score)
 
 
 def main():
@@ -160,7 +175,7 @@ def main():
     for s, (peaks, feats, _, segment, truth, lines, _) in real.items():
         (f_rules, d_rules), (f_learned, d_learned) = (
             f1_and_densities(peaks, pick, truth, lines)
-            for pick in (peaks["passes_rules"].to_numpy(bool), chosen(models, feats, segment)))
+            for pick in (rules_choice(peaks), chosen(models, peaks, feats, segment)))
         print(f"  {s}: rules {f_rules:.3f}, classifier {f_learned:.3f}; density per segment "
               f"(all spines in its tube) against the annotated: rules {d_rules}, classifier "
               f"{d_learned}")
@@ -171,8 +186,9 @@ def main():
             feats = peak_features(made, peaks)
             peaks = shifted(peaks, shift)
             segment = nearest_dendrite(peaks[["z_um", "y_um", "x_um"]].to_numpy(float), lines)
-            rules = f1(peaks, peaks["passes_rules"].to_numpy(bool), truth, lines, "distal_edge")
-            learned = f1(peaks, chosen(models, feats, segment), truth, lines, "distal_edge")
+            rules = f1(peaks, rules_choice(peaks), truth, lines, "distal_edge")
+            learned = f1(peaks, chosen(models, peaks, feats, segment), truth, lines,
+                         "distal_edge")
             print(f"  {s}, {name}: rules {rules:.3f}, classifier {learned:.3f}", flush=True)
 
     real_xy = [(r[1], r[2]) for r in real.values()]
@@ -182,8 +198,8 @@ def main():
         model = fit(real_xy, [(s[3], s[4]) for s in syn if s[1] != seed])
         for c, _, peaks, feats, _, truth in (s for s in syn if s[1] == seed):
             scores[c, seed] = (
-                f1(peaks, peaks["passes_rules"].to_numpy(bool), truth, None, "head"),
-                f1(peaks, model.predict_proba(feats) >= model.threshold, truth, None, "head"))
+                f1(peaks, rules_choice(peaks), truth, None, "head"),
+                f1(peaks, thinned(peaks, model.score(feats)), truth, None, "head"))
     for c, (vs, photons) in enumerate(CASES):
         rules, learned = np.mean([scores[c, seed] for seed in range(a.seeds)], axis=0)
         print(f"  voxel {vs} um, {photons} photons: rules {rules:.3f}, classifier "

@@ -379,10 +379,11 @@ def fit_classifier(features: pd.DataFrame, labels, *, weights=None, threshold: f
 
 def pool_params(params=None):
     """`params` loosened to the pool a classifier chooses from (:data:`POOL_THRESHOLD`, any
-    protrusion fraction); the spines the rules count stay the same."""
+    protrusion fraction, heads stacked in depth not yet thinned out: that follows the
+    choice); the spines the rules count stay the same."""
     p = params or DetectionParams()
     return replace(p, candidate_threshold=min(POOL_THRESHOLD, p.candidate_threshold),
-                   candidate_protrusion_fraction=0.0)
+                   candidate_protrusion_fraction=0.0, stacked_depth_um=0.0)
 
 
 def peak_pool(detection) -> pd.DataFrame:

@@ -106,6 +106,9 @@ The method, in order (all distances in micrometres, converted with the stack's v
    default the built-in model, gradient-boosted decision trees over each peak's measurements
    and a patch of the image around it, choosing among a looser pool (peaks from
    ``POOL_THRESHOLD`` noise SDs); with ``classifier="rules"`` the tests above decide alone.
+   Of two spines then within ``min_spine_separation_um`` in the image plane and
+   ``stacked_depth_um`` in depth (one head seen at two depths) the one with the lower score
+   goes, and so do candidates there (:func:`.heads.unstacked`).
 6. **Chunks.** Every step works in lateral chunks with a margin (:mod:`spinecount.chunks`), and
    what needs the whole stack (background and noise, Otsu's threshold, the shaft model's cell
    medians, the noise curve, close peaks) is gathered from all chunks first, so the result is
@@ -133,7 +136,7 @@ from .chunks import AUTO_CHUNK_UM, AUTO_CHUNK_VOXELS, assemble_lattice, map_tile
 from .grid import (_gaussian_at, _lattice_step, _lookup, _sigma_vox, _slice_stats,
                    downsample_xy, upsample_z)
 from .heads import (_apart, _drop_necks, _head_measured_at_maximum, _head_sigma_um,
-                    _local_peaks, _measure, _near_enough, _sizes, _suppress)
+                    _local_peaks, _measure, _near_enough, _sizes, _suppress, unstacked)
 from .io import Stack
 from .morphology import classify_spine
 from .params import DEFAULT_CLASSIFIER, DetectionParams
@@ -292,6 +295,7 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
     from scipy.spatial import cKDTree
 
     p = params or DetectionParams()
+    stacked_depth_um = p.stacked_depth_um  # applied to the final choice (the pool's is 0)
     classifier = classifier_model(classifier)
     if classifier is not None:
         p = pool_params(p)
@@ -649,6 +653,8 @@ def detect_steps(stack: Stack, *, params: DetectionParams | None = None,
             spines = spines[keep]
         else:
             weak = weak | (spines["score"].to_numpy() < p.min_score)
+        keep = unstacked(spines, weak, p.min_spine_separation_um, stacked_depth_um)
+        spines, weak = spines[keep], weak[keep]
         spines, candidates = _numbered(spines[~weak]), _numbered(spines[weak])
     else:
         spines = empty_spines()

@@ -72,6 +72,37 @@ def _apart(rows: list[dict], spines: list[dict], separation_um: float) -> list[d
     return [r for r, d in zip(rows, dist) if d >= separation_um]
 
 
+def unstacked(spines: pd.DataFrame, weak: np.ndarray, separation_um: float,
+               depth_um: float) -> np.ndarray:
+    """Which of the chosen peaks to keep: a spine (not `weak`) whose head lies within
+    `separation_um` in the image plane and `depth_um` in depth of a spine with a higher score
+    is that head seen at another depth, and so is a weak peak (a candidate) there; both are
+    left out. Peaks are thinned out with z counted a third (:func:`_suppress`) and heads
+    then moved to their brightest depth, so one head can be left twice, 2-4 um apart in z.
+
+    Examples
+    --------
+    >>> t = pd.DataFrame({"z_um": [10.0, 13.0, 13.0, 10.0], "y_um": [5.0, 5.3, 9.0, 5.2],
+    ...                   "x_um": [5.0] * 4, "score": [0.9, 0.8, 0.7, 0.3]})
+    >>> unstacked(t, np.array([False, False, False, True]), 0.7, 4.0).tolist()
+    [True, False, True, False]
+    """
+    from scipy.spatial import cKDTree
+
+    keep = np.ones(len(spines), bool)
+    if depth_um <= 0 or len(spines) < 2:
+        return keep
+    at = spines[list(POSITION)].to_numpy(float)
+    tree = cKDTree(at[:, 1:])
+    for i in np.argsort(-spines["score"].to_numpy(float), kind="stable"):
+        if weak[i] or not keep[i]:
+            continue
+        near = np.array(tree.query_ball_point(at[i, 1:], separation_um), int)
+        near = near[(near != i) & (np.abs(at[near, 0] - at[i, 0]) <= depth_um)]
+        keep[near] = False
+    return keep
+
+
 def _scaled(rows: list[dict], key: str | None = None) -> np.ndarray:
     """The heads of `rows` (or their point `key`, given as z, y, x um), z scaled by the PSF's
     elongation: the space in which peaks are thinned out."""

@@ -87,6 +87,11 @@ class DetectionParams:
         0.4, "at a spine head at least this fraction of the brightness must be in excess of the "
              "shaft (rejects bulges of the shaft itself)")
     min_spine_separation_um: float = _p(0.7, "two spine heads closer than this are one")
+    stacked_depth_um: float = _p(
+        4.0, "two spines whose heads lie within min_spine_separation_um of each other in the "
+             "image plane and within this of each other in depth are one head seen at two "
+             "depths (the axial blur spreads a head over several um): the one with the lower "
+             "score is left out, and so are candidates there (0 turns it off)")
     candidate_threshold: float = _p(
         2.5, "by the rules, peaks down to this contrast (noise SDs) are kept as candidates, not "
              "counted: time-lapse linking looks among them for a spine seen in the session "

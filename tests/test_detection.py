@@ -306,6 +306,33 @@ def test_no_two_spines_are_closer_than_the_separation():
     assert not cKDTree(pos).query_pairs(p.min_spine_separation_um - 1e-9)
 
 
+def test_one_head_seen_at_two_depths_is_counted_once():
+    """Under a long axial blur (3 um FWHM, common in vivo) one head can leave peaks at two
+    depths; of two spines within ``min_spine_separation_um`` in the image plane and
+    ``stacked_depth_um`` in depth the one with the lower score goes (on this stack a false
+    one), and ``stacked_depth_um=0`` keeps both."""
+    from scipy.spatial import cKDTree
+
+    def stacked(spines, depth):
+        at = spines[["z_um", "y_um", "x_um"]].to_numpy()
+        pairs = cKDTree(at[:, 1:]).query_pairs(p.min_spine_separation_um, output_type="ndarray")
+        return pairs[np.abs(at[pairs[:, 0], 0] - at[pairs[:, 1], 0]) <= depth]
+
+    syn = make_stack(shape_um=(12, 40, 40), n_dendrites=2, psf_sigma_um=(1.3, 0.2, 0.2), seed=0)
+    p = spinecount.DetectionParams()
+    both = spinecount.detect(syn.stack, params=dataclasses.replace(p, stacked_depth_um=0)).spines
+    once = spinecount.detect(syn.stack, params=p).spines
+    assert len(stacked(both, p.stacked_depth_um)) >= 1
+    assert len(stacked(once, p.stacked_depth_um)) == 0
+    key = ["z_um", "y_um", "x_um"]
+    gone = both.merge(once[key], on=key, how="left", indicator=True)["_merge"] == "left_only"
+    assert 1 <= gone.sum() <= len(stacked(both, p.stacked_depth_um))
+    assert len(once) == len(both) - gone.sum()
+    truth = evaluate(both, syn.spines).matched
+    true_ones = set(truth.loc[truth["status"] == "tp", "pred_index"].astype(int))
+    assert not true_ones & set(np.flatnonzero(gone.to_numpy()))
+
+
 @pytest.mark.parametrize("near_contrast", [1.8, 6.0])
 def test_a_peak_on_a_spines_neck_is_dropped_unless_brighter_for_the_pool(near_contrast):
     """A peak near the shaft on the line from a spine's base to its head, 2 um out, is that
