@@ -113,10 +113,10 @@ def fit(real, synthetic, **kw):
 
 
 def thinned(peaks, score) -> np.ndarray:
-    """The peaks scored 0.5 or more, heads stacked in depth thinned out as the detector does
-    after its choice (:func:`spinecount.heads.unstacked`)."""
-    pick = np.asarray(score) >= 0.5
+    """The peaks scored ``min_score`` (0.5) or more, heads stacked in depth thinned out, as the
+    detector chooses with its default parameters (:func:`spinecount.heads.unstacked`)."""
     p = DetectionParams()
+    pick = np.asarray(score) >= p.min_score
     return pick & unstacked(peaks.assign(score=score), ~pick, p.min_spine_separation_um,
                             p.stacked_depth_um)
 
