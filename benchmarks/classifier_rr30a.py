@@ -59,13 +59,15 @@ def f1(peaks, chosen, truth, centerlines, compare_at):
                     pred_point=compare_at).summary["f1"]
 
 
-def f1_and_densities(peaks, chosen, truth, centerlines) -> tuple[float, str]:
-    """F1 of the chosen peaks at the distal edge, and per traced segment the density of those
-    in its tube against the annotated (as ``detect_rr30a.py``'s "all spines in the tube")."""
+def f1_and_densities(peaks, chosen, truth, centerlines) -> tuple[str, str]:
+    """F1 of the chosen peaks at the distal edge with its 95 % interval, and per traced
+    segment the density of those in its tube against the annotated (as ``detect_rr30a.py``'s
+    "all spines in the tube")."""
     ev = evaluate(peaks[chosen], truth, centerlines=centerlines, pred_point="distal_edge")
     e = ev.per_dendrite["density_error"].to_numpy()
-    return ev.summary["f1"], (f"{', '.join(f'{v:+.0%}' for v in e)} "
-                              f"({int((abs(e) <= 0.1).sum())} within 10 %)")
+    lo, hi = ev.summary["f1_ci95"]
+    return (f"{ev.summary['f1']:.3f} ({lo:.2f}-{hi:.2f})",
+            f"{', '.join(f'{v:+.0%}' for v in e)} ({int((abs(e) <= 0.1).sum())} within 10 %)")
 
 
 #: Synthetic stacks for training only, beyond the seeds scored: this many more seeds of every
@@ -176,9 +178,9 @@ def main():
         (f_rules, d_rules), (f_learned, d_learned) = (
             f1_and_densities(peaks, pick, truth, lines)
             for pick in (rules_choice(peaks), chosen(models, peaks, feats, segment)))
-        print(f"  {s}: rules {f_rules:.3f}, classifier {f_learned:.3f}; density per segment "
-              f"(all spines in its tube) against the annotated: rules {d_rules}, classifier "
-              f"{d_learned}")
+        print(f"  {s}: rules {f_rules}, classifier {f_learned} (95 % intervals); density per "
+              f"segment (all spines in its tube) against the annotated: rules {d_rules}, "
+              f"classifier {d_learned}")
     print("rr30a made coarser or dimmer, each segment left out in turn:")
     for s, (_, _, _, _, truth, lines, stack) in real.items():
         for name, (made, shift) in variants(stack).items():

@@ -310,8 +310,9 @@ def main():
         r = json.loads(out.strip().splitlines()[-1])
         m = r["summary"]
         print(f"session {s}: precision {m['precision']:.3f}  recall {m['recall']:.3f}  "
-              f"F1 {m['f1']:.3f}  (matched {m['true_positives']}, detected {m['n_pred']}, "
-              f"annotated {m['n_gt']}); {r['n_dendrites']} dendrites detected in the field")
+              f"F1 {m['f1']:.3f} (95 % interval {m['f1_ci95'][0]:.2f}-{m['f1_ci95'][1]:.2f})  "
+              f"(matched {m['true_positives']}, detected {m['n_pred']}, annotated "
+              f"{m['n_gt']}); {r['n_dendrites']} dendrites detected in the field")
         c = r["centre"]
         print(f"  compared at the head centre instead of the distal edge: precision "
               f"{c['precision']:.3f}  recall {c['recall']:.3f}  F1 {c['f1']:.3f}")

@@ -166,8 +166,10 @@ def _cmd_evaluate(args) -> int:
                   pred_centerlines=None if found is None or cl is None
                   else read_centerlines(found))
     s = ev.summary
-    print(f"precision {s['precision']:.3f}  recall {s['recall']:.3f}  F1 {s['f1']:.3f}  "
-          f"(matched {s['true_positives']}, predicted {s['n_pred']}, annotated {s['n_gt']})")
+    lo, hi = s["f1_ci95"]
+    print(f"precision {s['precision']:.3f}  recall {s['recall']:.3f}  F1 {s['f1']:.3f} "
+          f"(95 % interval {lo:.2f}-{hi:.2f})  (matched {s['true_positives']}, predicted "
+          f"{s['n_pred']}, annotated {s['n_gt']})")
     if len(ev.per_dendrite):
         print(ev.per_dendrite.round(3).to_string(index=False))
     if args.output:

@@ -18,6 +18,8 @@ from .tables import BASE, POSITION, centerline_length, resample_polyline
 
 LATERAL_TOL_UM = 1.0
 AXIAL_TOL_UM = 2.0
+#: bootstrap draws for the confidence interval of an F1 (:func:`f1_interval`)
+BOOTSTRAP_DRAWS = 10_000
 
 
 @dataclass
@@ -27,8 +29,8 @@ class Evaluation:
     Attributes
     ----------
     summary : dict
-        ``precision, recall, f1, n_pred, n_gt, true_positives, false_positives,
-        false_negatives`` and the tolerances used.
+        ``precision, recall, f1, f1_ci95`` (:func:`f1_interval`), ``n_pred, n_gt,
+        true_positives, false_positives, false_negatives`` and the tolerances used.
     matched : DataFrame
         One row per predicted or annotated spine inside the scored region: ``status`` (tp, fp,
         fn), ``pred_index``, ``gt_index`` (row in the input tables, -1 if none), positions
@@ -372,6 +374,52 @@ def distal_edge(spines: pd.DataFrame) -> np.ndarray:
     return out
 
 
+def f1_interval(true_positives: int, false_positives: int, false_negatives: int, *,
+                level: float = 0.95, draws: int = BOOTSTRAP_DRAWS, seed: int = 0
+                ) -> tuple[float, float]:
+    """Confidence interval of an F1 score, by the bootstrap over the scored spines.
+
+    The matched pairs, the unmatched detections and the unmatched annotations are drawn again
+    with replacement, as many as there were (a multinomial draw of the three counts), and the
+    interval is the central `level` of the F1s of the draws (percentiles). On one stack of a
+    hundred or so annotated spines it is about ±0.06 wide: an F1 differs from a goal, or
+    from another detector's on the same stack, only by more than that. Spines of one dendrite
+    are not independent (a dim stretch hides several), so the true uncertainty is larger
+    still.
+
+    Parameters
+    ----------
+    true_positives, false_positives, false_negatives : int
+        Matched pairs, unmatched detections and unmatched annotations (:func:`evaluate`).
+    level : float
+        Coverage of the interval.
+    draws : int
+        Bootstrap draws.
+    seed : int
+        Seed of the draws (the same counts give the same interval).
+
+    Returns
+    -------
+    tuple of float
+        Lower and upper limit (NaN for nothing scored).
+
+    Examples
+    --------
+    >>> lo, hi = f1_interval(100, 25, 35)
+    >>> round(2 * 100 / (2 * 100 + 25 + 35), 3), round(lo, 2), round(hi, 2)
+    (0.769, 0.71, 0.82)
+    """
+    counts = np.array([true_positives, false_positives, false_negatives], float)
+    n = int(counts.sum())
+    if n == 0:
+        return float("nan"), float("nan")
+    tp, fp, fn = np.random.default_rng(seed).multinomial(n, counts / n, size=draws).T
+    f1 = 2 * tp / np.maximum(2 * tp + fp + fn, 1)
+    tail = 100 * (1 - level) / 2
+    lo, hi = np.percentile(f1, [tail, 100 - tail])
+    return float(lo), float(hi)
+
+
 def evaluate(pred: pd.DataFrame, gt: pd.DataFrame, *, lateral_tol: float = LATERAL_TOL_UM,
              axial_tol: float = AXIAL_TOL_UM, centerlines: pd.DataFrame | None = None,
              tube_lateral_um: float = 4.0, tube_axial_um: float = 5.0,
@@ -477,7 +525,8 @@ def evaluate(pred: pd.DataFrame, gt: pd.DataFrame, *, lateral_tol: float = LATER
                                                    .replace(0, np.nan) - 1)
 
     summary = {
-        "precision": precision, "recall": recall, "f1": f1, "n_pred": n_pred, "n_gt": n_gt,
+        "precision": precision, "recall": recall, "f1": f1,
+        "f1_ci95": list(f1_interval(tp, n_pred - tp, n_gt - tp)), "n_pred": n_pred, "n_gt": n_gt,
         "true_positives": tp, "false_positives": n_pred - tp, "false_negatives": n_gt - tp,
         "lateral_tol_um": lateral_tol, "axial_tol_um": axial_tol, "pred_point": pred_point,
         "tube": None if centerlines is None else {"lateral_um": tube_lateral_um,

@@ -4,7 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from spinecount.evaluate import evaluate, in_tube, match_dendrites, match_points
+from spinecount.evaluate import (evaluate, f1_interval, in_tube, match_dendrites,
+                                 match_points)
 from spinecount.tables import read_spines
 
 
@@ -30,6 +31,30 @@ def test_one_to_one_and_optimal_not_greedy():
     # two predictions on one annotated spine: only one counts
     ev = evaluate(pts([[0, 0, 0], [0, 0, 0.2]]), pts([[0, 0, 0.1]]))
     assert ev.summary["true_positives"] == 1 and ev.summary["false_positives"] == 1
+
+
+def test_f1_interval_is_the_bootstrap_over_the_scored_spines():
+    # the same as drawing the scored spines (pairs, unmatched detections, unmatched
+    # annotations) again with replacement, done directly
+    units = np.repeat(["tp", "fp", "fn"], [100, 25, 35])
+    rng = np.random.default_rng(1)
+    f1s = []
+    for _ in range(4000):
+        u = units[rng.integers(0, len(units), len(units))]
+        tp = (u == "tp").sum()
+        f1s.append(2 * tp / (len(u) + tp))
+    lo, hi = f1_interval(100, 25, 35)
+    assert lo == pytest.approx(np.percentile(f1s, 2.5), abs=0.01)
+    assert hi == pytest.approx(np.percentile(f1s, 97.5), abs=0.01)
+    assert lo < 200 / 260 < hi
+    # ten times the spines: about sqrt(10) times narrower; nothing missed: no doubt
+    lo10, hi10 = f1_interval(1000, 250, 350)
+    assert 2.8 < (hi - lo) / (hi10 - lo10) < 3.6
+    assert f1_interval(7, 0, 0) == (1.0, 1.0)
+    assert np.isnan(f1_interval(0, 0, 0)).all()
+    # in the summary of every evaluation
+    s = evaluate(pts([[0, 0, 0], [0, 9, 0]]), pts([[0, 0, 0.2], [0, 20, 0]])).summary
+    assert s["f1_ci95"][0] < s["f1"] < s["f1_ci95"][1]
 
 
 def test_counts_precision_recall_f1():
