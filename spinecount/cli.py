@@ -199,7 +199,8 @@ def _score_real_sample(samples: Path, out: Path, params) -> None:
     s = ev.summary
     print(f"real sample {name}: {len(det.spines)} spines; against the human annotation "
           f"(at the distal edge of each head, where the annotator clicked): precision "
-          f"{s['precision']:.2f}, recall {s['recall']:.2f}, F1 {s['f1']:.2f}")
+          f"{s['precision']:.2f}, recall {s['recall']:.2f}, F1 {s['f1']:.2f} (95 % interval "
+          f"{s['f1_ci95'][0]:.2f}-{s['f1_ci95'][1]:.2f})")
 
 
 def _cmd_demo(args) -> int:
