@@ -66,7 +66,7 @@ def f1_and_densities(peaks, chosen, truth, centerlines) -> tuple[str, str]:
     ev = evaluate(peaks[chosen], truth, centerlines=centerlines, pred_point="distal_edge")
     e = ev.per_dendrite["density_error"].to_numpy()
     lo, hi = ev.summary["f1_ci95"]
-    return (f"{ev.summary['f1']:.3f} ({lo:.2f}-{hi:.2f})",
+    return (f"{ev.summary['f1']:.3f} (95% CI {lo:.2f} to {hi:.2f})",
             f"{', '.join(f'{v:+.0%}' for v in e)} ({int((abs(e) <= 0.1).sum())} within 10 %)")
 
 
@@ -178,7 +178,7 @@ def main():
         (f_rules, d_rules), (f_learned, d_learned) = (
             f1_and_densities(peaks, pick, truth, lines)
             for pick in (rules_choice(peaks), chosen(models, peaks, feats, segment)))
-        print(f"  {s}: rules {f_rules}, classifier {f_learned} (95 % intervals); density per "
+        print(f"  {s}: rules {f_rules}, classifier {f_learned}; density per "
               f"segment (all spines in its tube) against the annotated: rules {d_rules}, "
               f"classifier {d_learned}")
     print("rr30a made coarser or dimmer, each segment left out in turn:")

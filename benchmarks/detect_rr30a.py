@@ -310,7 +310,7 @@ def main():
         r = json.loads(out.strip().splitlines()[-1])
         m = r["summary"]
         print(f"session {s}: precision {m['precision']:.3f}  recall {m['recall']:.3f}  "
-              f"F1 {m['f1']:.3f} (95 % interval {m['f1_ci95'][0]:.2f}-{m['f1_ci95'][1]:.2f})  "
+              f"F1 {m['f1']:.3f} (95% CI {m['f1_ci95'][0]:.2f} to {m['f1_ci95'][1]:.2f})  "
               f"(matched {m['true_positives']}, detected {m['n_pred']}, annotated "
               f"{m['n_gt']}); {r['n_dendrites']} dendrites detected in the field")
         c = r["centre"]

@@ -168,7 +168,7 @@ def _cmd_evaluate(args) -> int:
     s = ev.summary
     lo, hi = s["f1_ci95"]
     print(f"precision {s['precision']:.3f}  recall {s['recall']:.3f}  F1 {s['f1']:.3f} "
-          f"(95 % interval {lo:.2f}-{hi:.2f})  (matched {s['true_positives']}, predicted "
+          f"(95% CI {lo:.2f} to {hi:.2f})  (matched {s['true_positives']}, predicted "
           f"{s['n_pred']}, annotated {s['n_gt']})")
     if len(ev.per_dendrite):
         print(ev.per_dendrite.round(3).to_string(index=False))
@@ -199,8 +199,8 @@ def _score_real_sample(samples: Path, out: Path, params) -> None:
     s = ev.summary
     print(f"real sample {name}: {len(det.spines)} spines; against the human annotation "
           f"(at the distal edge of each head, where the annotator clicked): precision "
-          f"{s['precision']:.2f}, recall {s['recall']:.2f}, F1 {s['f1']:.2f} (95 % interval "
-          f"{s['f1_ci95'][0]:.2f}-{s['f1_ci95'][1]:.2f})")
+          f"{s['precision']:.2f}, recall {s['recall']:.2f}, F1 {s['f1']:.2f} (95% CI "
+          f"{s['f1_ci95'][0]:.2f} to {s['f1_ci95'][1]:.2f})")
 
 
 def _cmd_demo(args) -> int:

@@ -186,4 +186,4 @@ def test_demo_runs_the_synthetic_experiment_and_the_real_sample(tmp_path, capsys
     assert d.loc["ketamine - chronic stress", "estimate"] > 0
     assert d.loc[["chronic stress - control", "ketamine - chronic stress"], "p_adj"].max() < 0.05
     assert (tmp_path / "demo/real_sample/rr30a_s0_crop/evaluation/evaluation.json").exists()
-    assert "real sample rr30a_s0_crop" in out and "F1" in out and "95 % interval" in out
+    assert "real sample rr30a_s0_crop" in out and "F1" in out and "95% CI" in out
