@@ -382,10 +382,10 @@ def f1_interval(true_positives: int, false_positives: int, false_negatives: int,
     The matched pairs, the unmatched detections and the unmatched annotations are drawn again
     with replacement, as many as there were (a multinomial draw of the three counts), and the
     interval is the central `level` of the F1s of the draws (percentiles). On one stack of a
-    hundred or so annotated spines it is about ±0.06 wide: an F1 differs from a goal, or
-    from another detector's on the same stack, only by more than that. Spines of one dendrite
-    are not independent (a dim stretch hides several), so the true uncertainty is larger
-    still.
+    hundred or so annotated spines it reaches about 0.06 either side of the F1: only a larger
+    difference from a goal, or from another detector's F1 on the same stack, is clear. Spines
+    of one dendrite are not independent (a dim stretch hides several), so the true
+    uncertainty is larger still.
 
     Parameters
     ----------
